@@ -1,0 +1,20 @@
+"""infogan-cells: labelled synthetic single-cell images from microscopy, with an InfoGAN.
+
+Stages, each an importable function that works without Snakemake:
+``simulate.simulate_smears``, ``crop.crop``, ``train.train``, ``analyse.analyse``,
+``synthesise.synthesise`` / ``synthesise.gather``. Readers of the outputs:
+``SyntheticCells`` (a torch Dataset) and ``read_obs`` (the label table as a DataFrame).
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Lazy: importing the package must not import torch (the crop stage does not need it).
+    if name in ("SyntheticCells", "read_obs"):
+        from infogan_cells import dataset
+
+        return getattr(dataset, name)
+    raise AttributeError(f"module 'infogan_cells' has no attribute {name!r}")

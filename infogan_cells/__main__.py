@@ -1,0 +1,5 @@
+import sys
+
+from infogan_cells.cli import main
+
+sys.exit(main())

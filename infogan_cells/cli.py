@@ -1,0 +1,269 @@
+"""The ``infogan-cells`` command: one subcommand per stage, each a thin layer over a package call.
+
+Every subcommand takes ``--config FILE`` (the same YAML Snakemake reads; each stage reads its
+own section) and ``--set key=value`` overrides; its own options override both. A user's
+mistake (``InputError``) prints one line naming the file or key and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from infogan_cells import __version__
+from infogan_cells.config import Config, load_config, parse_set_option
+from infogan_cells.errors import InputError
+
+log = logging.getLogger("infogan_cells")
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML config (the workflow's config file)")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="set_",
+                   help="override a config key, e.g. --set train.batch_size=128 (repeatable)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _load(args: argparse.Namespace, **section_overrides: dict) -> Config:
+    overrides = [parse_set_option(s) for s in args.set_]
+    extra = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in section_overrides.items()}
+    extra = {k: v for k, v in extra.items() if v}
+    if "device" in extra:
+        extra["device"] = extra["device"]["device"]
+    return load_config(args.config, [*overrides, extra])
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise InputError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise InputError(f"--shard {text!r}: out of range (need 0 <= i < n and n >= 1)")
+    return i, n
+
+
+# --------------------------------------------------------------------------------------
+# Subcommands
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from infogan_cells.simulate import simulate_smears
+
+    cfg = _load(args, simulate={"n_images": args.images, "seed": args.seed})
+    json_path = simulate_smears(args.out, cfg.simulate)
+    print(json_path)
+
+
+def cmd_crop(args: argparse.Namespace) -> None:
+    from infogan_cells.crop import crop
+
+    cfg = _load(args, input={"path": args.input, "format": args.format, "segment": args.segment or None},
+                crop={"size": args.size, "keep_failed": args.keep_failed or None,
+                      "align": args.align or None})
+    summary = crop(cfg.input.path, args.out, cfg.input, cfg.crop, images=args.images or None,
+                   config_text=_dump(cfg))
+    log.info("crop summary: %s", summary)
+
+
+def cmd_merge_crops(args: argparse.Namespace) -> None:
+    from infogan_cells.crop import merge_crops
+
+    cfg = _load(args)
+    merge_crops(args.parts, args.out, cfg.crop, config_text=_dump(cfg))
+
+
+def cmd_list_images(args: argparse.Namespace) -> None:
+    from infogan_cells.readers import list_source_images
+
+    cfg = _load(args, input={"path": args.input, "format": args.format})
+    for name in list_source_images(cfg.input.path, cfg.input.format):
+        print(name)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from infogan_cells.train import train
+
+    cfg = _load(args, device={"device": args.device})
+    seed = args.seed if args.seed is not None else cfg.train.seeds[0]
+    train(args.crops, args.out, cfg.train, seed=seed, device=cfg.device, progress=not args.no_progress,
+          resolved_config=cfg)
+
+
+def cmd_analyse(args: argparse.Namespace) -> None:
+    from infogan_cells.analyse import analyse
+
+    cfg = _load(args, device={"device": args.device})
+    analyse(args.run, args.crops, args.out, cfg.analyse, device=cfg.device)
+
+
+def cmd_compare_seeds(args: argparse.Namespace) -> None:
+    from infogan_cells.analyse import compare_seeds
+
+    compare_seeds(args.analyses, args.out)
+
+
+def cmd_synthesise(args: argparse.Namespace) -> None:
+    from infogan_cells.synthesise import synthesise
+
+    cfg = _load(args, device={"device": args.device}, synthesis={"n": args.n, "seed": args.seed})
+    shard = _parse_shard(args.shard)
+    synthesise(args.run, args.out, cfg.synthesis, shard=shard, tiff_dir=args.tiff,
+               per_category=args.per_category, overwrite=args.overwrite, device=cfg.device,
+               category_map=args.category_map)
+
+
+def cmd_gather_synthesis(args: argparse.Namespace) -> None:
+    from infogan_cells.synthesise import gather
+
+    gather(args.shards, args.out, tiff_dir=args.tiff, overwrite=args.overwrite)
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from infogan_cells.validate import validate_file
+
+    problems = validate_file(args.file)
+    if problems:
+        for p in problems:
+            print(f"{args.file}: {p}", file=sys.stderr)
+        raise SystemExit(1)
+    print(f"{args.file}: valid")
+
+
+def cmd_schema(args: argparse.Namespace) -> None:
+    import json
+
+    from infogan_cells.config import schema_of
+
+    text = json.dumps(schema_of(), indent=2) + "\n"
+    if args.out:
+        from infogan_cells._io import write_text_atomic
+
+        write_text_atomic(args.out, text)
+    else:
+        sys.stdout.write(text)
+
+
+def _dump(cfg: Config) -> str:
+    from infogan_cells.config import dump_config
+
+    return dump_config(cfg)
+
+
+# --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="infogan-cells", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+
+    p = sub.add_parser("simulate", help="generate Giemsa-like smear images with true boxes (default data)")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--images", type=int, help="number of images (simulate.n_images)")
+    p.add_argument("--seed", type=int, help="seed (simulate.seed)")
+    _config_args(p)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("crop", help="read images and boxes (or segment), crop, QC, write crops.h5")
+    p.add_argument("--input", help="input path (input.path)")
+    p.add_argument("--format", choices=["auto", "bbbc041", "csv", "folder", "tiff", "npz", "idx"])
+    p.add_argument("--size", type=int, help="crop side in pixels (crop.size)")
+    p.add_argument("--segment", action="store_true", help="find cells by segmentation (no boxes)")
+    p.add_argument("--keep-failed", action="store_true", help="keep QC failures, flagged")
+    p.add_argument("--align", action="store_true", help="rotate cells to a common orientation")
+    p.add_argument("--images", nargs="+", metavar="NAME", help="crop only these source images")
+    p.add_argument("--out", required=True, type=Path, help="output crop store (.h5)")
+    _config_args(p)
+    p.set_defaults(func=cmd_crop)
+
+    p = sub.add_parser("merge-crops", help="join per-image crop stores into one")
+    p.add_argument("parts", nargs="+", type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    _config_args(p)
+    p.set_defaults(func=cmd_merge_crops)
+
+    p = sub.add_parser("list-images", help="list the source images of an input (one job each)")
+    p.add_argument("--input")
+    p.add_argument("--format", choices=["auto", "bbbc041", "csv", "folder", "tiff", "npz", "idx"])
+    _config_args(p)
+    p.set_defaults(func=cmd_list_images)
+
+    p = sub.add_parser("train", help="train an InfoGAN on a crop store")
+    p.add_argument("--crops", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="run directory")
+    p.add_argument("--seed", type=int, help="training seed (default: the first of train.seeds)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (device)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _config_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("analyse", help="assign crops to categories, measure codes and quality, write reports")
+    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--crops", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--device")
+    _config_args(p)
+    p.set_defaults(func=cmd_analyse)
+
+    p = sub.add_parser("compare-seeds", help="compare the analyses of several seeds and pick one")
+    p.add_argument("analyses", nargs="+", type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    _config_args(p)
+    p.set_defaults(func=cmd_compare_seeds)
+
+    p = sub.add_parser("synthesise", aliases=["synthesize"], help="generate labelled synthetic cells")
+    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--n", type=int, help="size of the whole data set (synthesis.n)")
+    p.add_argument("--out", required=True, type=Path, help="output HDF5")
+    p.add_argument("--tiff", type=Path, help="also write per-category TIFF stacks here")
+    p.add_argument("--per-category", action="store_true", help="--n images of every category")
+    p.add_argument("--shard", default="0/1", help="make the i-th of n parts (from 0), e.g. 2/4")
+    p.add_argument("--seed", type=int, help="base seed (synthesis.seed)")
+    p.add_argument("--category-map", type=Path, help="category_map.csv from the analysis (label names)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--device")
+    _config_args(p)
+    p.set_defaults(func=cmd_synthesise)
+
+    p = sub.add_parser("gather-synthesis", help="join shards with an HDF5 virtual dataset")
+    p.add_argument("shards", nargs="+", type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--tiff", type=Path, help="write per-category TIFF stacks here")
+    p.add_argument("--overwrite", action="store_true")
+    _config_args(p)
+    p.set_defaults(func=cmd_gather_synthesis)
+
+    p = sub.add_parser("validate", help="check a synthetic HDF5 file against the documented layout")
+    p.add_argument("file", type=Path)
+    _config_args(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("schema", help="print the config's JSON schema")
+    p.add_argument("--out", type=Path)
+    _config_args(p)
+    p.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        args.func(args)
+    except InputError as err:
+        print(f"infogan-cells {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"infogan-cells {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The crop store ``crops.h5``: single-cell crops with one metadata column per dataset.
+
+Layout (documented in ``docs/hdf5.md``)::
+
+    /images            (N, H, W, C) uint8, chunked by whole images, gzip; attrs axes="NYXC",
+                       channel_names
+    /obs/<column>      (N,) one dataset per metadata column; strings are UTF-8
+    attrs              format="infogan-cells/crops", format_version, summary (JSON), config (YAML)
+
+The table beside it, ``crops.csv``, holds the same ``obs`` columns. Every write is atomic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from infogan_cells._io import atomic_path
+from infogan_cells.errors import InputError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "infogan-cells/crops"
+FORMAT_VERSION = 1
+
+#: Columns every crop store has, in this order; more (QC values) may follow.
+REQUIRED_OBS = ("source_image", "source_index", "min_row", "min_col", "max_row", "max_col", "label",
+                "qc_pass", "qc_reason")
+
+
+@dataclasses.dataclass
+class CropSet:
+    """Crops in memory: ``images`` (N, H, W, C) uint8 and their metadata table ``obs``."""
+
+    images: np.ndarray | None
+    obs: pd.DataFrame
+    channel_names: list[str]
+    summary: dict
+    config: str = ""
+
+    def __len__(self) -> int:
+        return len(self.obs)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Label strings, ``""`` where unknown."""
+        return self.obs["label"].to_numpy(dtype=str)
+
+
+def _obs_dataset(group: h5py.Group, name: str, values: pd.Series) -> None:
+    if values.dtype == bool:
+        group.create_dataset(name, data=values.to_numpy(dtype=bool))
+    elif pd.api.types.is_integer_dtype(values.dtype):
+        group.create_dataset(name, data=values.to_numpy(dtype=np.int64))
+    elif pd.api.types.is_float_dtype(values.dtype):
+        group.create_dataset(name, data=values.to_numpy(dtype=np.float64))
+    else:
+        data = np.array([("" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+                         for v in values], dtype=object)
+        group.create_dataset(name, data=data, dtype=h5py.string_dtype("utf-8"))
+
+
+def write_crop_store(path: str | Path, images: np.ndarray, obs: pd.DataFrame,
+                     channel_names: Sequence[str], *, summary: Mapping | None = None,
+                     config: str = "", csv: bool = True) -> None:
+    """Write ``images`` (N, H, W, C) uint8 and ``obs`` to ``path`` atomically (and ``crops.csv`` beside it).
+
+    ``obs`` must have :data:`REQUIRED_OBS` columns and N rows.
+    """
+    path = Path(path)
+    images = np.asarray(images)
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ValueError(f"images must be (N, H, W, C) uint8, got {images.shape} {images.dtype}")
+    if len(obs) != len(images):
+        raise ValueError(f"obs has {len(obs)} rows for {len(images)} images")
+    missing = [c for c in REQUIRED_OBS if c not in obs.columns]
+    if missing:
+        raise ValueError(f"obs lacks columns {missing}")
+    if len(channel_names) != images.shape[3]:
+        raise ValueError(f"{len(channel_names)} channel names for {images.shape[3]} channels")
+    n, h, w, c = images.shape
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["summary"] = json.dumps(dict(summary or {}))
+            f.attrs["config"] = config
+            chunk_n = max(1, min(n, max(1, (1 << 20) // max(1, h * w * c))))
+            ds = f.create_dataset("images", data=images, chunks=(chunk_n, h, w, c) if n else None,
+                                  compression="gzip" if n else None, compression_opts=4 if n else None,
+                                  shuffle=bool(n))
+            ds.attrs["axes"] = "NYXC"
+            ds.attrs["channel_names"] = list(map(str, channel_names))
+            grp = f.create_group("obs")
+            grp.attrs["columns"] = list(map(str, obs.columns))
+            for col in obs.columns:
+                _obs_dataset(grp, str(col), obs[col])
+    if csv:
+        with atomic_path(path.with_suffix(".csv")) as tmp:
+            obs.to_csv(tmp, index_label="crop_index")
+    log.info("wrote %d crops (%dx%dx%d) to %s", n, h, w, c, path)
+
+
+def read_obs(f: h5py.File) -> pd.DataFrame:
+    grp = f["obs"]
+    cols = list(grp.attrs.get("columns", list(grp.keys())))
+    data = {}
+    for col in cols:
+        ds = grp[col]
+        if h5py.check_string_dtype(ds.dtype) is not None:
+            data[col] = ds.asstr()[...].astype(object) if len(ds) else np.array([], dtype=object)
+        else:
+            data[col] = ds[...]
+    return pd.DataFrame(data)
+
+
+def read_crop_store(path: str | Path, *, load_images: bool = True) -> CropSet:
+    """Read a crop store; raise :class:`InputError` naming the file if it is not one of ours."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: crop store not found")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise InputError(f"{path}: not a readable HDF5 file ({err})") from None
+    with f:
+        if f.attrs.get("format") != FORMAT:
+            raise InputError(f"{path}: not an infogan-cells crop store (no format='{FORMAT}' attribute; "
+                             "make one with `infogan-cells crop`)")
+        if "images" not in f or "obs" not in f:
+            raise InputError(f"{path}: crop store lacks /images or /obs")
+        ds = f["images"]
+        if ds.ndim != 4 or ds.dtype != np.uint8:
+            raise InputError(f"{path}: /images must be (N, H, W, C) uint8, found {ds.shape} {ds.dtype}")
+        images = ds[...] if load_images else None
+        channel_names = [str(c) for c in ds.attrs.get("channel_names", [])]
+        obs = read_obs(f)
+        summary = json.loads(f.attrs.get("summary", "{}"))
+        config = str(f.attrs.get("config", ""))
+    if len(obs) != (len(images) if images is not None else len(obs)):
+        raise InputError(f"{path}: {len(obs)} obs rows for {len(images)} images")
+    return CropSet(images=images, obs=obs, channel_names=channel_names, summary=summary, config=config)
+
+
+def merge_crop_stores(parts: Sequence[str | Path], out: str | Path, *, config: str = "") -> CropSet:
+    """Concatenate partial crop stores (one per image) into one, summing their summaries."""
+    if not parts:
+        raise InputError("no partial crop stores to merge")
+    sets = [read_crop_store(p) for p in parts]
+    shapes = {s.images.shape[1:] for s in sets if len(s)}
+    if len(shapes) > 1:
+        raise InputError(f"partial crop stores differ in crop shape: {sorted(shapes)}")
+    channel_names = next((s.channel_names for s in sets if s.channel_names), [])
+    nonempty = [s for s in sets if len(s)]
+    if nonempty:
+        images = np.concatenate([s.images for s in nonempty])
+    else:
+        images = np.zeros((0, *sets[0].images.shape[1:]), np.uint8)
+    obs = pd.concat([s.obs for s in sets], ignore_index=True)
+    summary = merge_summaries([s.summary for s in sets])
+    write_crop_store(out, images, obs, channel_names, summary=summary, config=config or sets[0].config)
+    return CropSet(images, obs, channel_names, summary, config)
+
+
+def merge_summaries(summaries: Sequence[Mapping]) -> dict:
+    """Add up numeric entries (and nested dicts of counts) of crop summaries."""
+    out: dict = {}
+    for s in summaries:
+        for k, v in s.items():
+            if isinstance(v, Mapping):
+                out[k] = merge_summaries([out.get(k, {}), v])
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[k] = out.get(k, 0) + v
+            elif isinstance(v, list):
+                out[k] = list(out.get(k, [])) + list(v)
+            else:
+                out.setdefault(k, v)
+    return out
