@@ -1,0 +1,155 @@
+"""Checkpoints that rebuild themselves, and the device choice.
+
+``network-final.pt`` (and ``network-<kimg>.pt`` snapshots) hold, for each network, its
+constructor arguments and ``state_dict``, plus the :class:`LatentSpec` and metadata (channel
+names, the learned categorical prior, the resolved config). Only tensors and plain Python
+values: loadable with ``torch.load(weights_only=True)``. Resume state (optimisers, RNG
+states, counters) lives in a separate file owned by the training loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from infogan_cells._io import atomic_path
+from infogan_cells.config import LatentSpec
+from infogan_cells.errors import InputError
+from infogan_cells.networks import Discriminator, Generator
+
+log = logging.getLogger(__name__)
+
+FORMAT = "infogan-cells/network"
+FORMAT_VERSION = 1
+FINAL_NAME = "network-final.pt"
+
+
+# --------------------------------------------------------------------------------------
+# Devices
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; an explicit device that is not there is an error."""
+    name = (name or "auto").strip()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"device {name!r}: not a device name (use auto, cpu, cuda, cuda:N or mps)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {name!r}: CUDA is not available on this machine "
+                             "(use --device cpu or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise InputError(f"device {name!r}: MPS is not available on this machine")
+    elif dev.type != "cpu":
+        raise InputError(f"device {name!r}: unsupported device type {dev.type!r}")
+    return dev
+
+
+def autocast(device: torch.device, bf16: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; a no-op elsewhere, so one loop runs on every device."""
+    if device.type == "cuda" and bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------------------
+# Networks
+
+
+def _net_entry(net: torch.nn.Module) -> dict:
+    net = getattr(net, "_orig_mod", net)  # unwrap torch.compile
+    return {"kwargs": net.kwargs, "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
+
+
+def save_network(path: str | Path, *, G: Generator, D: Discriminator, G_ema: Generator | None = None,
+                 meta: dict[str, Any] | None = None) -> None:
+    """Write G (and its EMA), D+Q and ``meta`` to ``path`` atomically."""
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "latent_spec": G.kwargs["spec"],
+        "generator": _net_entry(G),
+        "discriminator": _net_entry(D),
+        "meta": dict(meta or {}),
+    }
+    if G_ema is not None:
+        payload["generator_ema"] = _net_entry(G_ema)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def network_path(path: str | Path) -> Path:
+    """A run directory means its ``network-final.pt``; a file means itself."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / FINAL_NAME
+        if not path.exists():
+            raise InputError(f"{path.parent}: run directory holds no {FINAL_NAME} (has training finished?)")
+    return path
+
+
+def load_payload(path: str | Path) -> dict:
+    """Load and check a network file; :class:`InputError` names the file when it is not ours."""
+    path = network_path(path)
+    if not path.exists():
+        raise InputError(f"{path}: network file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, pickle with code, random bytes
+        raise InputError(f"{path}: not a readable infogan-cells network file ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise InputError(f"{path}: not an infogan-cells network file (no format='{FORMAT}')")
+    return payload
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(network_path(path), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _build(cls: type, entry: dict, device: torch.device | str, path: Path) -> torch.nn.Module:
+    try:
+        net = cls(**entry["kwargs"])
+        net.load_state_dict(entry["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise InputError(f"{path}: network entry does not match {cls.__name__} ({err})") from None
+    return net.to(device).eval()
+
+
+def load_generator(path: str | Path, *, ema: bool = True, device: torch.device | str = "cpu"
+                   ) -> tuple[Generator, LatentSpec, dict]:
+    """Rebuild the generator (the EMA one when present and ``ema``) in eval mode.
+
+    Returns ``(G, spec, meta)``; ``meta`` holds channel names, the learned prior and the config.
+    """
+    payload = load_payload(path)
+    key = "generator_ema" if ema and "generator_ema" in payload else "generator"
+    G = _build(Generator, payload[key], device, Path(path))
+    return G, G.spec, payload["meta"]
+
+
+def load_discriminator(path: str | Path, *, device: torch.device | str = "cpu"
+                       ) -> tuple[Discriminator, LatentSpec, dict]:
+    """Rebuild D with its Q head in eval mode (the analysis assigns real crops with Q)."""
+    payload = load_payload(path)
+    D = _build(Discriminator, payload["discriminator"], device, Path(path))
+    return D, D.spec, payload["meta"]

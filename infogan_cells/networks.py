@@ -1,0 +1,135 @@
+"""InfoGAN networks: a DCGAN-style generator, and a discriminator trunk shared by the D and Q heads.
+
+Nothing here knows about data, optimisers or files. Every class is built from explicit sizes and
+one :class:`~infogan_cells.config.LatentSpec`; ``kwargs`` records those sizes so a checkpoint can
+rebuild the network (``Generator(**kwargs)``).
+
+Known pitfalls of public InfoGAN ports that this module avoids on purpose:
+
+* Q's categorical head returns raw logits: cross-entropy applies the softmax once.
+* BatchNorm keeps its default ``eps``; nothing passes a momentum where ``eps`` goes.
+* Q's continuous head is an unbounded mean plus a clamped log-sigma, so codes in [-r, r]
+  are reachable (no sigmoid squashing to [0, 1]).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import nn
+
+from infogan_cells.config import LatentSpec
+
+LOG_SIGMA_MIN, LOG_SIGMA_MAX = -5.0, 2.0
+
+
+def _n_levels(img_size: int) -> int:
+    levels = math.log2(img_size / 4)
+    if img_size < 8 or levels != int(levels):
+        raise ValueError(f"img_size must be a power of two >= 8 (32, 64, 128...), got {img_size}")
+    return int(levels)
+
+
+def _spec_dict(spec: LatentSpec | dict) -> dict:
+    return dataclasses.asdict(spec) if isinstance(spec, LatentSpec) else dict(spec)
+
+
+class Generator(nn.Module):
+    """G: latent vector (B, spec.input_dim) -> image (B, C, H, W) in [-1, 1].
+
+    A linear layer to a 4x4 map, then stride-2 transposed convolutions, each with BatchNorm and
+    ReLU, halving the channels; ``width`` is the channel count of the last hidden layer.
+    """
+
+    def __init__(self, spec: LatentSpec | dict, img_size: int = 64, channels: int = 3, width: int = 64,
+                 max_width: int = 512):
+        super().__init__()
+        self.spec = spec if isinstance(spec, LatentSpec) else LatentSpec(**spec)
+        self.kwargs = dict(spec=_spec_dict(spec), img_size=img_size, channels=channels, width=width,
+                           max_width=max_width)
+        n = _n_levels(img_size)
+        chans = [min(width * 2 ** (n - 1 - i), max_width) for i in range(n)]  # 4x4 ... H/2
+        self.img_size, self.channels = img_size, channels
+        self.fc = nn.Sequential(nn.Linear(self.spec.input_dim, chans[0] * 16, bias=False),
+                                nn.BatchNorm1d(chans[0] * 16), nn.ReLU(inplace=True))
+        layers: list[nn.Module] = []
+        for cin, cout in zip(chans[:-1], chans[1:], strict=True):
+            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout),
+                       nn.ReLU(inplace=True)]
+        layers += [nn.ConvTranspose2d(chans[-1], channels, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        self._c0 = chans[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x).view(x.shape[0], self._c0, 4, 4)
+        return self.net(h)
+
+
+@dataclasses.dataclass
+class QOutput:
+    """Q's estimate of the codes: raw logits per categorical code, and a Gaussian per continuous code."""
+
+    cat_logits: list[torch.Tensor]
+    cont_mu: torch.Tensor
+    cont_log_sigma: torch.Tensor
+
+
+class Discriminator(nn.Module):
+    """D and Q on one shared convolutional trunk.
+
+    ``trunk(x)`` maps images (B, C, H, W) in [-1, 1] to features; ``d_head`` gives a real/fake
+    logit (B,); ``q_head`` a :class:`QOutput`. ``forward`` returns both.
+    """
+
+    def __init__(self, spec: LatentSpec | dict, img_size: int = 64, channels: int = 3, width: int = 64,
+                 max_width: int = 512, spectral_norm: bool = False, q_hidden: int = 128):
+        super().__init__()
+        self.spec = spec if isinstance(spec, LatentSpec) else LatentSpec(**spec)
+        self.kwargs = dict(spec=_spec_dict(spec), img_size=img_size, channels=channels, width=width,
+                           max_width=max_width, spectral_norm=spectral_norm, q_hidden=q_hidden)
+        n = _n_levels(img_size)
+        chans = [min(width * 2 ** i, max_width) for i in range(n)]  # H/2 ... 4x4
+        sn = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
+        layers: list[nn.Module] = [sn(nn.Conv2d(channels, chans[0], 4, 2, 1)), nn.LeakyReLU(0.2, inplace=True)]
+        for cin, cout in zip(chans[:-1], chans[1:], strict=True):
+            layers.append(sn(nn.Conv2d(cin, cout, 4, 2, 1, bias=spectral_norm)))
+            if not spectral_norm:
+                layers.append(nn.BatchNorm2d(cout))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+        self.trunk = nn.Sequential(*layers)
+        feat = chans[-1] * 16
+        self.d_head = nn.Sequential(nn.Flatten(), sn(nn.Linear(feat, 1)))
+        n_out = self.spec.n_cat_dims + 2 * self.spec.n_continuous
+        self.q_net = nn.Sequential(nn.Flatten(), nn.Linear(feat, q_hidden), nn.LeakyReLU(0.2, inplace=True),
+                                   nn.Linear(q_hidden, max(n_out, 1)))
+
+    def q_head(self, h: torch.Tensor) -> QOutput:
+        out = self.q_net(h).float()
+        logits, i = [], 0
+        for k in self.spec.categorical:
+            logits.append(out[:, i:i + k])
+            i += k
+        nc = self.spec.n_continuous
+        mu = out[:, i:i + nc]
+        log_sigma = out[:, i + nc:i + 2 * nc].clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX)
+        return QOutput(logits, mu, log_sigma)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, QOutput]:
+        h = self.trunk(x)
+        return self.d_head(h).squeeze(1).float(), self.q_head(h)
+
+
+def init_weights(module: nn.Module) -> None:
+    """DCGAN initialisation: N(0, 0.02) weights, BatchNorm scale N(1, 0.02)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            w = getattr(m, "parametrizations", None)
+            weight = m.parametrizations.weight.original if w is not None and hasattr(w, "weight") else m.weight
+            nn.init.normal_(weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
