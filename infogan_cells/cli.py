@@ -51,52 +51,46 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
-    from infogan_cells.simulate import simulate_smears
-
     cfg = _load(args, simulate={"n_images": args.images, "seed": args.seed})
+    from infogan_cells.simulate import simulate_smears
     json_path = simulate_smears(args.out, cfg.simulate)
     print(json_path)
 
 
 def cmd_crop(args: argparse.Namespace) -> None:
-    from infogan_cells.crop import crop
-
     cfg = _load(args, input={"path": args.input, "format": args.format, "segment": args.segment or None},
                 crop={"size": args.size, "keep_failed": args.keep_failed or None,
                       "align": args.align or None})
+    from infogan_cells.crop import crop
     summary = crop(cfg.input.path, args.out, cfg.input, cfg.crop, images=args.images or None,
                    config_text=_dump(cfg))
     log.info("crop summary: %s", summary)
 
 
 def cmd_merge_crops(args: argparse.Namespace) -> None:
-    from infogan_cells.crop import merge_crops
-
     cfg = _load(args)
+    from infogan_cells.crop import merge_crops
     merge_crops(args.parts, args.out, cfg.crop, config_text=_dump(cfg))
 
 
 def cmd_list_images(args: argparse.Namespace) -> None:
-    from infogan_cells.readers import list_source_images
-
     cfg = _load(args, input={"path": args.input, "format": args.format})
+    from infogan_cells.readers import list_source_images
     for name in list_source_images(cfg.input.path, cfg.input.format):
         print(name)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from infogan_cells.train import train
-
     cfg = _load(args, device={"device": args.device})
+    from infogan_cells.train import train
     seed = args.seed if args.seed is not None else cfg.train.seeds[0]
     train(args.crops, args.out, cfg.train, seed=seed, device=cfg.device, progress=not args.no_progress,
           resolved_config=cfg)
 
 
 def cmd_analyse(args: argparse.Namespace) -> None:
-    from infogan_cells.analyse import analyse
-
     cfg = _load(args, device={"device": args.device})
+    from infogan_cells.analyse import analyse
     analyse(args.run, args.crops, args.out, cfg.analyse, device=cfg.device)
 
 
@@ -107,9 +101,8 @@ def cmd_compare_seeds(args: argparse.Namespace) -> None:
 
 
 def cmd_synthesise(args: argparse.Namespace) -> None:
-    from infogan_cells.synthesise import synthesise
-
     cfg = _load(args, device={"device": args.device}, synthesis={"n": args.n, "seed": args.seed})
+    from infogan_cells.synthesise import synthesise
     shard = _parse_shard(args.shard)
     synthesise(args.run, args.out, cfg.synthesis, shard=shard, tiff_dir=args.tiff,
                per_category=args.per_category, overwrite=args.overwrite, device=cfg.device,

@@ -1,0 +1,49 @@
+"""Glue for the Snakemake scripts: logging to the rule's log, threads, the typed config.
+
+Each script in ``workflow/scripts`` is a few lines: ``with stage(snakemake) as cfg:`` and one
+package call. A user's mistake (``InputError``) is written to the log as one line and the job
+fails with exit status 1, without a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from infogan_cells.config import Config, dump_config, from_mapping
+from infogan_cells.errors import InputError
+
+
+@contextlib.contextmanager
+def stage(smk: Any) -> Iterator[Config]:
+    """Set up logging to ``smk.log[0]`` and CPU threads; yield the typed config."""
+    log_path = smk.log[0] if len(smk.log) else None
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    threads = max(1, int(getattr(smk, "threads", 1) or 1))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    if "torch" in sys.modules or _wants_torch(smk):
+        import torch
+
+        torch.set_num_threads(threads)
+    log = logging.getLogger(f"infogan_cells.workflow.{smk.rule}")
+    try:
+        yield from_mapping(Config, smk.config)
+    except InputError as err:
+        log.error("%s", err)
+        sys.exit(1)
+
+
+def _wants_torch(smk: Any) -> bool:
+    return smk.rule in {"train", "analyse", "synthesise_shard"}
+
+
+def config_text(cfg: Config) -> str:
+    return dump_config(cfg)

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Set up a virtual environment in .venv with infogan-cells installed.
+#
+#   ./setup.sh          the pipeline (torch, snakemake, the package)
+#   ./setup.sh --dev    also the test tools, and on Debian as root the system packages the
+#                       browser and cluster tests use (chromium, slurm-wlm, munge)
+#
+# torch: if the venv has none yet, the CPU build torch==2.13.0 is installed first (a bare
+# `pip install torch` pulls a CUDA build of several GB). With a GPU, install your own CUDA
+# build into .venv first (e.g. .venv/bin/pip install torch --index-url ...); it is kept.
+set -euo pipefail
+cd "$(dirname "$0")"
+dev=0
+[ "${1:-}" = "--dev" ] && dev=1
+PY=${PYTHON:-python3}
+
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    pip install "torch==2.13.0"
+fi
+if [ "$dev" = 1 ]; then
+    pip install -e ".[dev]"
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        need=()
+        command -v chromium >/dev/null || need+=(chromium)
+        command -v slurmctld >/dev/null || need+=(slurm-wlm)
+        command -v munged >/dev/null || need+=(munge)
+        if [ ${#need[@]} -gt 0 ]; then
+            echo "setup.sh: installing ${need[*]} (Debian packages)" >&2
+            apt-get update -qq >/dev/null
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+        fi
+    fi
+else
+    pip install -e .
+fi
+echo "setup.sh: ready (.venv/bin/snakemake, .venv/bin/infogan-cells)" >&2

@@ -1,0 +1,49 @@
+"""Test options and shared fixtures.
+
+Slow, SLURM and GPU tests sit behind options so the default run stays fast on 2 CPU cores:
+``--runslow`` and ``--runslurm`` (or INFOGAN_TEST_SLURM=1). Tests reading the real data in
+``../shared/data`` skip with a reason when it is absent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", help="run tests marked slow")
+    parser.addoption("--runslurm", action="store_true", help="run the local SLURM cluster test")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    runslow = config.getoption("--runslow")
+    runslurm = config.getoption("--runslurm") or os.environ.get("INFOGAN_TEST_SLURM") == "1"
+    for item in items:
+        if "slow" in item.keywords and not runslow:
+            item.add_marker(pytest.mark.skip(reason="slow: run with --runslow"))
+        if "slurm" in item.keywords and not runslurm:
+            item.add_marker(pytest.mark.skip(reason="starts a SLURM cluster: run with --runslurm"))
+        if "gpu" in item.keywords:
+            import torch
+
+            if not torch.cuda.is_available():
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real test data folder ``../shared/data``; skips the test when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test data not found at {SHARED_DATA} (../shared/data beside the repo)")
+    return SHARED_DATA

@@ -1,0 +1,51 @@
+# Stage 3: what each category captures and what each continuous code changes; reports.
+
+
+rule analyse:
+    input:
+        network="results/train/seed{seed}/network-final.pt",
+        crops="results/crops/crops.h5",
+    output:
+        metrics="results/analyse/seed{seed}/metrics.json",
+        category_map="results/analyse/seed{seed}/category_map.csv",
+        report_index="results/analyse/seed{seed}/report/index.html",
+        samples=report(
+            directory("results/analyse/seed{seed}/samples"),
+            patterns=["cat{category}.png"],
+            caption="../report/category_samples.rst",
+            category="3 Cell categories",
+            subcategory="category {category}",
+            labels={"seed": "{seed}", "figure": "generated cells"},
+        ),
+        nearest=report(
+            directory("results/analyse/seed{seed}/nearest"),
+            patterns=["cat{category}.png"],
+            caption="../report/category_nearest.rst",
+            category="3 Cell categories",
+            subcategory="category {category}",
+            labels={"seed": "{seed}", "figure": "real cells"},
+        ),
+    log:
+        "logs/analyse/seed{seed}.log",
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    script:
+        "../scripts/analyse.py"
+
+
+rule compare_seeds:
+    input:
+        metrics=get_analyses,
+    output:
+        index="results/analyse/seeds/index.html",
+        choice="results/analyse/seeds/seeds.json",
+    log:
+        "logs/compare_seeds.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../scripts/compare_seeds.py"

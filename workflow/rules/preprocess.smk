@@ -1,0 +1,58 @@
+# Stage 1: simulate the default data (when the input is the simulator), crop each image in its
+# own job (so a cluster spreads images over jobs), and gather the crops into one store.
+
+
+rule simulate:
+    output:
+        annotations="results/simulate/annotations.json",
+        images=expand(
+            "results/simulate/images/smear_{i:04d}.png", i=range(CFG.simulate.n_images)
+        ),
+    log:
+        "logs/simulate.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../scripts/simulate.py"
+
+
+rule crop_image:
+    input:
+        unpack(get_crop_inputs),
+    output:
+        part="results/crops/parts/{image}.h5",
+    log:
+        "logs/crop/{image}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        source=get_source_name,
+    script:
+        "../scripts/crop_image.py"
+
+
+rule gather_crops:
+    input:
+        parts=get_crop_parts,
+    output:
+        crops="results/crops/crops.h5",
+        table="results/crops/crops.csv",
+        montages=report(
+            directory("results/crops/montages"),
+            patterns=["{name}.png"],
+            caption="../report/montage.rst",
+            category="1 Preprocessing",
+            labels={"montage": "{name}"},
+        ),
+    log:
+        "logs/gather_crops.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../scripts/gather_crops.py"

@@ -1,0 +1,35 @@
+# Stage 4: labelled synthetic cells, scattered over shards (one job each), gathered into an
+# HDF5 virtual-dataset master file and per-category TIFF stacks.
+
+
+rule synthesise_shard:
+    input:
+        choice="results/analyse/seeds/seeds.json",
+        networks=get_run_dirs,
+        category_maps=get_category_maps,
+    output:
+        shard="results/synthesis/shards/synth-{shard}-of-{n}.h5",
+    log:
+        "logs/synthesise/shard{shard}-of-{n}.log",
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    script:
+        "../scripts/synthesise_shard.py"
+
+
+rule gather_synthesis:
+    input:
+        shards=get_synthesis_shards,
+    output:
+        master="results/synthesis/synth.h5",
+        tiff=directory("results/synthesis/tiff"),
+    log:
+        "logs/gather_synthesis.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    script:
+        "../scripts/gather_synthesis.py"

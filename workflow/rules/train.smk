@@ -1,0 +1,29 @@
+# Stage 2: one InfoGAN run per seed (InfoGAN results vary between seeds).
+
+
+rule train:
+    input:
+        crops="results/crops/crops.h5",
+    output:
+        network="results/train/seed{seed}/network-final.pt",
+        samples=report(
+            "results/train/seed{seed}/samples.gif",
+            caption="../report/samples.rst",
+            category="2 Training",
+            labels={"seed": "{seed}", "figure": "samples over training"},
+        ),
+        loss=report(
+            "results/train/seed{seed}/loss.png",
+            caption="../report/loss.rst",
+            category="2 Training",
+            labels={"seed": "{seed}", "figure": "losses"},
+        ),
+    log:
+        "logs/train/seed{seed}.log",
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=720,
+        gpu=get_train_resources_gpu,
+    script:
+        "../scripts/train.py"

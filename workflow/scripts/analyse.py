@@ -1,0 +1,11 @@
+"""Snakemake wrapper: analyse one run's latent factors and write its report."""
+
+from pathlib import Path
+
+from infogan_cells.analyse import analyse
+from infogan_cells.workflow import stage
+
+smk = snakemake  # noqa: F821
+with stage(smk) as cfg:
+    analyse(Path(smk.input.network).parent, smk.input.crops, Path(smk.output.metrics).parent, cfg.analyse,
+            device=cfg.device)

@@ -1,0 +1,10 @@
+"""Snakemake wrapper: compare the seeds' analyses and pick one (label-free criterion)."""
+
+from pathlib import Path
+
+from infogan_cells.analyse import compare_seeds
+from infogan_cells.workflow import stage
+
+smk = snakemake  # noqa: F821
+with stage(smk):
+    compare_seeds([Path(m).parent for m in smk.input.metrics], Path(smk.output.index).parent)

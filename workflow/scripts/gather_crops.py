@@ -1,0 +1,9 @@
+"""Snakemake wrapper: join the per-image crop stores, run the set-wide QC, write montages."""
+
+from infogan_cells.crop import merge_crops
+from infogan_cells.workflow import config_text, stage
+
+smk = snakemake  # noqa: F821
+with stage(smk) as cfg:
+    merge_crops(list(smk.input.parts), smk.output.crops, cfg.crop, config_text=config_text(cfg),
+                montage_dir=smk.output.montages)

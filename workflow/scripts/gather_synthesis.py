@@ -1,0 +1,9 @@
+"""Snakemake wrapper: join the shards into the master file and write per-category TIFF stacks."""
+
+from infogan_cells.synthesise import gather
+from infogan_cells.workflow import stage
+
+smk = snakemake  # noqa: F821
+with stage(smk) as cfg:
+    gather(list(smk.input.shards), smk.output.master, tiff_dir=smk.output.tiff if cfg.synthesis.tiff else None,
+           overwrite=True)

@@ -1,0 +1,9 @@
+"""Snakemake wrapper: generate the default smear images (infogan_cells.simulate)."""
+
+from pathlib import Path
+
+from infogan_cells.simulate import simulate_smears
+from infogan_cells.workflow import stage
+
+with stage(snakemake) as cfg:  # noqa: F821
+    simulate_smears(Path(snakemake.output.annotations).parent, cfg.simulate)  # noqa: F821

@@ -1,0 +1,11 @@
+"""Snakemake wrapper: train one InfoGAN run (infogan_cells.train)."""
+
+from pathlib import Path
+
+from infogan_cells.train import train
+from infogan_cells.workflow import stage
+
+smk = snakemake  # noqa: F821
+with stage(smk) as cfg:
+    train(smk.input.crops, Path(smk.output.network).parent, cfg.train, seed=int(smk.wildcards.seed),
+          device=cfg.device, progress=False, resolved_config=cfg)
