@@ -95,7 +95,7 @@ def cmd_analyse(args: argparse.Namespace) -> None:
 
 
 def cmd_compare_seeds(args: argparse.Namespace) -> None:
-    from infogan_cells.analyse import compare_seeds
+    from infogan_cells.seeds import compare_seeds
 
     compare_seeds(args.analyses, args.out)
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from infogan_cells.analyse import compare_seeds
+from infogan_cells.seeds import compare_seeds
 from infogan_cells.workflow import stage
 
 smk = snakemake  # noqa: F821
