@@ -69,10 +69,12 @@ def _obs_dataset(group: h5py.Group, name: str, values: pd.Series) -> None:
 
 def write_crop_store(path: str | Path, images: np.ndarray, obs: pd.DataFrame,
                      channel_names: Sequence[str], *, summary: Mapping | None = None,
-                     config: str = "", csv: bool = True) -> None:
+                     config: str = "", csv: bool = True, compression: int | None = 4) -> None:
     """Write ``images`` (N, H, W, C) uint8 and ``obs`` to ``path`` atomically (and ``crops.csv`` beside it).
 
-    ``obs`` must have :data:`REQUIRED_OBS` columns and N rows.
+    ``obs`` must have :data:`REQUIRED_OBS` columns and N rows. ``compression`` is the gzip
+    level of ``/images`` (None: uncompressed); on crops level 1 makes files within 2% of
+    level 4's size in two thirds of the time.
     """
     path = Path(path)
     images = np.asarray(images)
@@ -93,9 +95,11 @@ def write_crop_store(path: str | Path, images: np.ndarray, obs: pd.DataFrame,
             f.attrs["summary"] = json.dumps(dict(summary or {}))
             f.attrs["config"] = config
             chunk_n = max(1, min(n, max(1, (1 << 20) // max(1, h * w * c))))
+            gzip = bool(n) and compression is not None
             ds = f.create_dataset("images", data=images, chunks=(chunk_n, h, w, c) if n else None,
-                                  compression="gzip" if n else None, compression_opts=4 if n else None,
-                                  shuffle=bool(n))
+                                  compression="gzip" if gzip else None,
+                                  compression_opts=compression if gzip else None,
+                                  shuffle=False)  # a no-op on one-byte pixels
             ds.attrs["axes"] = "NYXC"
             ds.attrs["channel_names"] = list(map(str, channel_names))
             grp = f.create_group("obs")
@@ -147,26 +151,6 @@ def read_crop_store(path: str | Path, *, load_images: bool = True) -> CropSet:
     if len(obs) != (len(images) if images is not None else len(obs)):
         raise InputError(f"{path}: {len(obs)} obs rows for {len(images)} images")
     return CropSet(images=images, obs=obs, channel_names=channel_names, summary=summary, config=config)
-
-
-def merge_crop_stores(parts: Sequence[str | Path], out: str | Path, *, config: str = "") -> CropSet:
-    """Concatenate partial crop stores (one per image) into one, summing their summaries."""
-    if not parts:
-        raise InputError("no partial crop stores to merge")
-    sets = [read_crop_store(p) for p in parts]
-    shapes = {s.images.shape[1:] for s in sets if len(s)}
-    if len(shapes) > 1:
-        raise InputError(f"partial crop stores differ in crop shape: {sorted(shapes)}")
-    channel_names = next((s.channel_names for s in sets if s.channel_names), [])
-    nonempty = [s for s in sets if len(s)]
-    if nonempty:
-        images = np.concatenate([s.images for s in nonempty])
-    else:
-        images = np.zeros((0, *sets[0].images.shape[1:]), np.uint8)
-    obs = pd.concat([s.obs for s in sets], ignore_index=True)
-    summary = merge_summaries([s.summary for s in sets])
-    write_crop_store(out, images, obs, channel_names, summary=summary, config=config or sets[0].config)
-    return CropSet(images, obs, channel_names, summary, config)
 
 
 def merge_summaries(summaries: Sequence[Mapping]) -> dict:
