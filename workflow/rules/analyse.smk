@@ -31,6 +31,7 @@ rule analyse:
     resources:
         mem_mb=8000,
         runtime=120,
+        gpu=get_gpus,
     script:
         "../scripts/analyse.py"
 

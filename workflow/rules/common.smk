@@ -70,8 +70,8 @@ def get_crop_parts(wildcards):
     return expand("results/crops/parts/{image}.h5", image=get_source_images())
 
 
-def get_train_resources_gpu(wildcards):
-    """Ask the scheduler for a GPU only where the config asks for CUDA."""
+def get_gpus(wildcards):
+    """One GPU for the torch jobs where the config asks for CUDA (the slurm profile asks anyway)."""
     return 1 if CFG.device.startswith("cuda") else 0
 
 

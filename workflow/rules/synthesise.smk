@@ -15,6 +15,7 @@ rule synthesise_shard:
     resources:
         mem_mb=4000,
         runtime=120,
+        gpu=get_gpus,
     script:
         "../scripts/synthesise_shard.py"
 

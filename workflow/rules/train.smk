@@ -24,6 +24,6 @@ rule train:
     resources:
         mem_mb=8000,
         runtime=720,
-        gpu=get_train_resources_gpu,
+        gpu=get_gpus,
     script:
         "../scripts/train.py"
