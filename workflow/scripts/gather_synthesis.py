@@ -1,5 +1,7 @@
 """Snakemake wrapper: join the shards into the master file and write per-category TIFF stacks."""
 
+from pathlib import Path
+
 from infogan_cells.synthesise import gather
 from infogan_cells.workflow import stage
 
@@ -7,3 +9,4 @@ smk = snakemake  # noqa: F821
 with stage(smk) as cfg:
     gather(list(smk.input.shards), smk.output.master, tiff_dir=smk.output.tiff if cfg.synthesis.tiff else None,
            overwrite=True)
+    Path(smk.output.tiff).mkdir(parents=True, exist_ok=True)  # empty when synthesis.tiff is false
