@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import h5py
-import pytest
 import tifffile
 
 from infogan_cells.store import read_crop_store
