@@ -121,15 +121,29 @@ class Discriminator(nn.Module):
         return self.d_head(h).squeeze(1).float(), self.q_head(h)
 
 
-def init_weights(module: nn.Module) -> None:
-    """DCGAN initialisation: N(0, 0.02) weights, BatchNorm scale N(1, 0.02)."""
+def init_weights(module: nn.Module, *, generator: torch.Generator | None = None) -> None:
+    """DCGAN initialisation: N(0, 0.02) weights, BatchNorm scale N(1, 0.02).
+
+    With ``generator`` every draw comes from it (spectral norm's power-iteration vectors too), so
+    a seed fixes the networks without seeding torch's global RNG.
+    """
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             w = getattr(m, "parametrizations", None)
             weight = m.parametrizations.weight.original if w is not None and hasattr(w, "weight") else m.weight
-            nn.init.normal_(weight, 0.0, 0.02)
+            with torch.no_grad():
+                nn.init.normal_(weight, 0.0, 0.02, generator=generator)
+                if w is not None and hasattr(w, "weight"):
+                    for p in w.weight:
+                        for name in ("_u", "_v"):
+                            buf = getattr(p, name, None)
+                            if buf is not None:
+                                buf.normal_(generator=generator)
+                                buf.div_(buf.norm().clamp_min(1e-12))
+                        if hasattr(p, "_power_method"):  # as torch does after its own draw
+                            p._power_method(p._reshape_weight_to_matrix(weight), 15)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.normal_(m.weight, 1.0, 0.02, generator=generator)
             nn.init.zeros_(m.bias)

@@ -1,0 +1,121 @@
+"""InfoGAN losses: small callables that take their weights in ``__init__`` and return named scalars.
+
+Each call returns a dict of 0-dim tensors named like ``Loss/D/adv`` or ``Loss/Q/cat``; the
+training loop adds up the ones it back-propagates and logs them all. Nothing here prints,
+steps an optimiser or knows which parameters a gradient reaches: that plumbing (whether the
+information loss trains D's shared trunk) lives in :mod:`infogan_cells.train`.
+
+Known bugs of public InfoGAN ports that these losses avoid on purpose (see
+``shared/notes/infogan-prior-art.md``):
+
+* the categorical term is ``cross_entropy`` on Q's *raw logits* (softmax applied once, inside
+  it), never on probabilities;
+* the continuous term is the Gaussian negative log-likelihood of the true code under Q's mean
+  and clamped log-sigma, with the mean unbounded, so codes in ``[-r, r]`` are reachable;
+* the entropy ``H(c)`` of the prior is a constant with no gradient and is left out, so
+  ``Loss/Q/cat`` tends to 0 (not to ``-log K``) when Q recovers the codes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from infogan_cells.latent import Latent
+from infogan_cells.networks import QOutput
+
+__all__ = ["DiscriminatorLoss", "GeneratorLoss", "InfoLoss", "SupervisedLoss", "total"]
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def total(terms: dict[str, torch.Tensor], *names: str) -> torch.Tensor:
+    """The sum of the named terms (the ones a backward pass uses)."""
+    return sum((terms[n] for n in names), start=torch.zeros((), device=next(iter(terms.values())).device))
+
+
+class DiscriminatorLoss:
+    """D's adversarial loss on real and fake logits (B,).
+
+    ``nonsaturating``: the standard GAN cross-entropy, softplus(-real) + softplus(fake).
+    ``hinge``: relu(1 - real) + relu(1 + fake) (Lim & Ye 2017; pairs well with spectral norm).
+    Returns ``Loss/D/adv`` (their sum) plus ``Loss/D/real`` and ``Loss/D/fake``.
+    """
+
+    def __init__(self, kind: str = "nonsaturating"):
+        if kind not in ("nonsaturating", "hinge"):
+            raise ValueError(f"unknown GAN loss {kind!r}")
+        self.kind = kind
+
+    def __call__(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.kind == "hinge":
+            real = F.relu(1 - real_logits).mean()
+            fake = F.relu(1 + fake_logits).mean()
+        else:
+            real = F.softplus(-real_logits).mean()
+            fake = F.softplus(fake_logits).mean()
+        return {"Loss/D/adv": real + fake, "Loss/D/real": real, "Loss/D/fake": fake}
+
+
+class GeneratorLoss:
+    """G's adversarial loss on fake logits (B,): non-saturating softplus(-fake), or -fake for hinge."""
+
+    def __init__(self, kind: str = "nonsaturating"):
+        if kind not in ("nonsaturating", "hinge"):
+            raise ValueError(f"unknown GAN loss {kind!r}")
+        self.kind = kind
+
+    def __call__(self, fake_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.kind == "hinge":
+            return {"Loss/G/adv": -fake_logits.mean()}
+        return {"Loss/G/adv": F.softplus(-fake_logits).mean()}
+
+
+class InfoLoss:
+    """The variational lower bound on I(c; G(z, c)), as a loss to minimise.
+
+    ``lambda_cat`` * cross-entropy of each categorical code (summed over codes, mean over the
+    batch) + ``lambda_cont`` * Gaussian NLL of the continuous codes (summed over codes, mean
+    over the batch). Returns ``Loss/Q/info`` (the weighted total), ``Loss/Q/cat``,
+    ``Loss/Q/cont`` (unweighted) and ``Acc/Q/cat``, the fraction of first-code categories Q
+    gets right (detached; for the logs).
+    """
+
+    def __init__(self, lambda_cat: float = 1.0, lambda_cont: float = 0.1):
+        self.lambda_cat = float(lambda_cat)
+        self.lambda_cont = float(lambda_cont)
+
+    def __call__(self, q: QOutput, latent: Latent) -> dict[str, torch.Tensor]:
+        device = q.cont_mu.device
+        cat = torch.zeros((), device=device)
+        for j, logits in enumerate(q.cat_logits):
+            cat = cat + F.cross_entropy(logits.float(), latent.cat[:, j])
+        cont = torch.zeros((), device=device)
+        if q.cont_mu.shape[1]:
+            mu, log_sigma = q.cont_mu.float(), q.cont_log_sigma.float()
+            nll = log_sigma + 0.5 * ((latent.cont - mu) * torch.exp(-log_sigma)) ** 2 + _HALF_LOG_2PI
+            cont = nll.sum(dim=1).mean()
+        out = {"Loss/Q/info": self.lambda_cat * cat + self.lambda_cont * cont, "Loss/Q/cat": cat,
+               "Loss/Q/cont": cont}
+        if q.cat_logits:
+            out["Acc/Q/cat"] = (q.cat_logits[0].detach().argmax(1) == latent.cat[:, 0]).float().mean()
+        return out
+
+
+class SupervisedLoss:
+    """Semi-supervision (ss-InfoGAN): cross-entropy of Q's first categorical head on labelled real crops.
+
+    ``targets`` (B,) int64 holds the category of each crop, or -1 where the crop is not in the
+    supervised subset; the loss averages over the supervised crops of the batch (0 when the
+    batch has none) without a host sync. Returns ``Loss/Q/sup`` (weighted by ``lambda_sup``).
+    """
+
+    def __init__(self, lambda_sup: float = 1.0):
+        self.lambda_sup = float(lambda_sup)
+
+    def __call__(self, cat_logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        ce = F.cross_entropy(cat_logits.float(), targets, ignore_index=-1, reduction="sum")
+        n = (targets >= 0).sum().clamp(min=1)
+        return {"Loss/Q/sup": self.lambda_sup * ce / n}
