@@ -96,7 +96,7 @@ class CropConfig:
     align: bool = param(False, help="Rotate each cell so its major axis is horizontal.")
     mask_background: bool = param(False, help="Set pixels outside the cell's mask to the background level.")
     keep_failed: bool = param(False, help="Keep crops that fail QC (flagged) instead of dropping them.")
-    qc_size_ratio: float = param(3.0, help="Reject boxes whose area is more than this factor away from the "
+    qc_size_ratio: float = param(5.0, help="Reject boxes whose area is more than this factor away from the "
                                  "set's median.", gt=1)
     qc_blur_min: float = param(0.0, help="Reject crops whose variance of the Laplacian is below this "
                                "(0 disables the blur check).", ge=0)
@@ -148,17 +148,23 @@ class AugmentConfig:
     rot90: bool = param(True, help="Random 90-degree rotations (cells have no canonical orientation).")
     flip: bool = param(True, help="Random horizontal/vertical flips.")
     shift: int = param(2, help="Largest random shift in pixels (0 disables).", ge=0)
+    rotate: float = param(0.0, help="Largest random rotation in degrees, any angle, bilinear (0 disables).",
+                          ge=0, le=180)
+    scale: float = param(0.0, help="Largest random zoom as a fraction: 0.1 draws 0.9x to 1.1x (0 disables).",
+                         ge=0, le=0.5)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """InfoGAN training. Budgets are counted in images seen, not epochs."""
 
-    latent: LatentSpec = param(default_factory=LatentSpec, help="The latent space.")
+    latent: LatentSpec = param(default_factory=lambda: LatentSpec(z_dim=16), help="The latent space "
+                               "(little noise: with a large z, z rather than the category decides the cell's kind).")
     seeds: list = param(default_factory=lambda: [0], help="Training seeds; the workflow trains one run per seed.")
-    total_images: int = param(60000, help="Training length in real images shown to D. "
-                              "A GPU run wants 1-5 million.", ge=1)
-    batch_size: int = param(64, help="Batch size.", ge=1)
+    total_images: int = param(40960, help="Training length in real images shown to D. The default trains "
+                              "for a few minutes on 2 CPU cores; a GPU run wants 1-5 million.", ge=1)
+    batch_size: int = param(128, help="Batch size (lambda_pair_mi needs ~10 images per category per batch).",
+                            ge=1)
     lr_g: float = param(1e-3, help="Generator (and Q) learning rate.", gt=0)
     lr_d: float = param(2e-4, help="Discriminator learning rate.", gt=0)
     beta1: float = param(0.5, help="Adam beta1.", ge=0, le=1)
@@ -169,21 +175,35 @@ class TrainConfig:
     info_trains_trunk: bool = param(True, help="The information loss also trains D's shared trunk "
                                     "(the InfoGAN paper: yes).")
     spectral_norm: bool = param(False, help="Spectral normalisation on D's layers.")
-    g_channels: int = param(64, help="Generator width (channels of its last hidden layer).", ge=4)
-    d_channels: int = param(64, help="Discriminator width (channels of its first layer).", ge=4)
+    g_channels: int = param(16, help="Generator width (channels of its last hidden layer); 16 keeps 64 px "
+                            "crops fast on a CPU, a GPU run wants 64.", ge=4)
+    d_channels: int = param(16, help="Discriminator width (channels of its first layer); a GPU run wants 64.",
+                            ge=4)
     ema_beta: float = param(0.999, help="EMA of the generator's weights (0 disables).", ge=0, le=1)
     prior: str = param("uniform", help="Categorical prior: uniform, or learned from Q's assignments of "
                        "real crops as training goes (finds rare classes).", choices=["uniform", "learned"])
     prior_momentum: float = param(0.99, help="Momentum of the learned prior's running estimate.", ge=0, le=1)
     prior_floor: float = param(0.01, help="Smallest probability a learned prior gives any category.",
                                ge=0, le=1)
+    prior_warmup: float = param(0.2, help="Fraction of training that samples the categorical code uniformly "
+                                "before the learned prior takes over (Q's early assignments are noise).",
+                                ge=0, le=1)
     supervised_fraction: float = param(0.0, help="Fraction of labelled crops whose label supervises Q's "
                                        "categorical head (0 = unsupervised).", ge=0, le=1)
+    lambda_pair_mi: float = param(1.0, help="Weight of invariant information clustering (IIC) of Q's first "
+                                  "categorical head on two diff_augment views of each real batch (0 disables; "
+                                  "needs diff_augment). Not part of InfoGAN: it makes Q cluster real crops.", ge=0)
     lambda_sup: float = param(1.0, help="Weight of the supervised cross-entropy on labelled real crops.", ge=0)
-    augment: AugmentConfig = param(default_factory=AugmentConfig, help="On-device augmentation.")
-    tick_images: int = param(4000, help="Images between progress records in stats.jsonl.", ge=1)
-    snapshot_images: int = param(20000, help="Images between sample grids.", ge=1)
-    checkpoint_images: int = param(20000, help="Images between resume checkpoints.", ge=1)
+    augment: AugmentConfig = param(default_factory=AugmentConfig, help="On-device augmentation of real crops "
+                                   "(G learns the augmented distribution).")
+    diff_augment: AugmentConfig = param(
+        default_factory=lambda: AugmentConfig(rot90=True, flip=True, shift=2),
+        help="Differentiable augmentation of every image D and Q see, real and generated (DiffAugment): G "
+             "still learns the un-augmented distribution, D overfits small sets less, and the codes cannot "
+             "encode what these transforms change (position, orientation, size). All off: none.")
+    tick_images: int = param(4096, help="Images between progress records in stats.jsonl.", ge=1)
+    snapshot_images: int = param(10240, help="Images between sample grids.", ge=1)
+    checkpoint_images: int = param(10240, help="Images between resume checkpoints.", ge=1)
     compile: bool = param(False, help="torch.compile the networks (CUDA only).")
     tf32: bool = param(True, help="Allow TF32 matrix multiplies on CUDA (recorded in the run).")
     bf16: bool = param(True, help="bf16 autocast on CUDA (ignored on CPU).")
@@ -225,7 +245,13 @@ class SynthConfig:
     truncation: float = param(1.0, help="Scale of z (truncation trick; 1 = none).", gt=0, le=1)
     compression: str = param("gzip", help="HDF5 compression.", choices=["gzip", "lzf", "blosc", "none"])
     batch_size: int = param(256, help="Generator batch size (does not change any sample).", ge=1)
+    micro_batch: int = param(64, help="Rows of every generator forward pass; partial passes are padded to "
+                             "it. Part of the data set's identity (like seed): changing it can change "
+                             "pixels by one grey level, batch_size and shards cannot.", ge=1)
+    grid_steps: int = param(5, help="Steps per continuous code when continuous='grid'.", ge=2)
     tiff: bool = param(True, help="Also write per-category multi-page TIFF stacks.")
+    tiff_per_image: bool = param(False, help="With TIFF output, also write one TIFF per image into "
+                                 "<tiff dir>/images/<label>/<block of 1000>/.")
     use_ema: bool = param(True, help="Use the EMA generator when the run has one.")
 
 

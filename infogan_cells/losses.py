@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from infogan_cells.latent import Latent
 from infogan_cells.networks import QOutput
 
-__all__ = ["DiscriminatorLoss", "GeneratorLoss", "InfoLoss", "SupervisedLoss", "total"]
+__all__ = ["DiscriminatorLoss", "GeneratorLoss", "InfoLoss", "PairMILoss", "SupervisedLoss", "total"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -119,3 +119,27 @@ class SupervisedLoss:
         ce = F.cross_entropy(cat_logits.float(), targets, ignore_index=-1, reduction="sum")
         n = (targets >= 0).sum().clamp(min=1)
         return {"Loss/Q/sup": self.lambda_sup * ce / n}
+
+
+class PairMILoss:
+    """Invariant information clustering (IIC, Ji et al. 2019) of Q's first categorical head on real crops.
+
+    Given Q's logits for two augmented views of the same real crops, (B, K) each, maximise the
+    mutual information of the two assignments, I(c1; c2) = sum P log(P / (P1 P2)) over the
+    symmetrised joint P (K, K) of the batch. It rewards confident, consistent assignments of real
+    crops whose marginal is spread over the categories; shared with the InfoGAN term, Q's
+    categories on real crops and G's categories become the same. Returns ``Loss/Q/pair_mi``
+    (``-lambda_mi * I``) and ``MI/Q/pair`` (I in nats, detached).
+    """
+
+    def __init__(self, lambda_mi: float = 1.0, eps: float = 1e-8):
+        self.lambda_mi = float(lambda_mi)
+        self.eps = eps
+
+    def __call__(self, logits_a: torch.Tensor, logits_b: torch.Tensor) -> dict[str, torch.Tensor]:
+        pa, pb = torch.softmax(logits_a.float(), 1), torch.softmax(logits_b.float(), 1)
+        joint = pa.t() @ pb / pa.shape[0]
+        joint = ((joint + joint.t()) / 2).clamp_min(self.eps)
+        pi, pj = joint.sum(1, keepdim=True), joint.sum(0, keepdim=True)
+        mi = (joint * (joint.log() - pi.log() - pj.log())).sum()
+        return {"Loss/Q/pair_mi": -self.lambda_mi * mi, "MI/Q/pair": mi.detach()}

@@ -48,7 +48,7 @@ from infogan_cells.checkpoint import FINAL_NAME, autocast, load_payload, resolve
 from infogan_cells.config import LatentSpec, TrainConfig, dump_config, to_dict
 from infogan_cells.errors import ConfigError, InputError
 from infogan_cells.latent import Latent, latent_grid, sample_latent, to_input
-from infogan_cells.losses import DiscriminatorLoss, GeneratorLoss, InfoLoss, SupervisedLoss, total
+from infogan_cells.losses import DiscriminatorLoss, GeneratorLoss, InfoLoss, PairMILoss, SupervisedLoss, total
 from infogan_cells.networks import Discriminator, Generator, QOutput, init_weights
 from infogan_cells.store import read_crop_store
 
@@ -180,6 +180,7 @@ class InfoGANStep:
         self.g_loss = GeneratorLoss(config.loss)
         self.info_loss = InfoLoss(config.lambda_cat, config.lambda_cont)
         self.sup_loss = SupervisedLoss(config.lambda_sup)
+        self.pair_loss = PairMILoss(config.lambda_pair_mi)
         self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         self._D_params = list(D.parameters())
         # the callables (compiled on CUDA when asked); G and D stay the plain modules
@@ -220,6 +221,12 @@ class InfoGANStep:
         if targets is not None and q_real is not None:
             terms.update(self.sup_loss(q_real.cat_logits[0], targets))
             d_total = d_total + terms["Loss/Q/sup"]
+        if cfg.lambda_pair_mi > 0:
+            q_view = q_real if q_real is not None else q_of_features(D, h_real, cfg.info_trains_trunk)
+            with autocast(self.device, cfg.bf16):
+                q_view2 = q_of_features(D, trunk(T(real)), cfg.info_trains_trunk)
+            terms.update(self.pair_loss(q_view.cat_logits[0], q_view2.cat_logits[0]))
+            d_total = d_total + terms["Loss/Q/pair_mi"]
         self.opt_D.zero_grad(set_to_none=True)
         d_total.backward()
         self.opt_D.step()
@@ -354,6 +361,12 @@ def _check_config(config: TrainConfig) -> None:
         if k * config.prior_floor > 1:
             raise ConfigError(f"config key 'train.prior_floor': {config.prior_floor} x {k} categories "
                               "exceeds 1")
+    if config.lambda_pair_mi > 0:
+        if not config.latent.categorical:
+            raise ConfigError("config key 'train.lambda_pair_mi': needs a categorical code")
+        if is_identity(config.diff_augment):
+            raise ConfigError("config key 'train.lambda_pair_mi': needs diff_augment (two different views "
+                              "of each real crop)")
     if config.supervised_fraction > 0 and not config.latent.categorical:
         raise ConfigError("config key 'train.supervised_fraction': semi-supervision needs a categorical code")
 
@@ -435,6 +448,7 @@ def train(crops_path: str | Path, run_dir: str | Path, config: TrainConfig, *, s
                         "uninterrupted run", resume_path, state["device_type"], dev.type)
             data_gen.manual_seed(s_data + state["cur_nimg"])
         prior = [p.to(dev) for p in state["prior"]]
+        prior_cpu = state["prior_cpu"]  # the sampler's copy, as stale as it was (refreshed every few steps)
         cur_nimg, n_steps, seconds = state["cur_nimg"], state["n_steps"], state["seconds"]
         tick_sums = {k: v.to(dev) for k, v in state["tick_sums"].items()}
         tick_steps = state["tick_steps"]
@@ -528,7 +542,7 @@ def train(crops_path: str | Path, run_dir: str | Path, config: TrainConfig, *, s
                     "G_ema": G_ema.state_dict() if G_ema is not None else None,
                     "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
                     "latent_rng": latent_gen.get_state(), "data_rng": data_gen.get_state(),
-                    "prior": [p.cpu() for p in prior],
+                    "prior": [p.cpu() for p in prior], "prior_cpu": prior_cpu,
                     "tick_sums": {k: v.cpu() for k, v in tick_sums.items()}, "tick_steps": tick_steps})
                 t_tick += time.perf_counter() - t0
     if pbar is not None:

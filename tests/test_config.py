@@ -9,13 +9,13 @@ import pytest
 import yaml
 
 from infogan_cells.cli import main
-from infogan_cells.config import Config, ConfigError, load_config, parse_set_option, schema_of
+from infogan_cells.config import Config, ConfigError, LatentSpec, load_config, parse_set_option, schema_of
 
 
 def test_defaults_load_without_a_file():
     cfg = load_config()
     assert cfg == Config()
-    assert cfg.train.latent.input_dim == 62 + 10 + 2
+    assert LatentSpec(z_dim=62, categorical=[10, 4], n_continuous=2).input_dim == 62 + 14 + 2
 
 
 def test_unknown_key_is_named(tmp_path):

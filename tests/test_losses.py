@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from infogan_cells.config import LatentSpec, TrainConfig
 from infogan_cells.latent import Latent, sample_latent, to_input
-from infogan_cells.losses import DiscriminatorLoss, GeneratorLoss, InfoLoss, SupervisedLoss, total
+from infogan_cells.losses import DiscriminatorLoss, GeneratorLoss, InfoLoss, PairMILoss, SupervisedLoss, total
 from infogan_cells.networks import LOG_SIGMA_MIN, QOutput
 from infogan_cells.train import InfoGANStep, build_networks, build_optimizers, q_of_features
 
@@ -101,6 +101,18 @@ def test_supervised_loss_ignores_unlabelled_crops():
     assert SupervisedLoss()(logits, torch.full((4,), -1))["Loss/Q/sup"].item() == 0.0
 
 
+def test_pair_mi_is_log_k_for_consistent_balanced_assignments_and_zero_for_independent_ones():
+    k = 4
+    hard = 30.0 * F.one_hot(torch.arange(8) % k, k).float()
+    out = PairMILoss(2.0)(hard, hard)
+    assert out["MI/Q/pair"].item() == pytest.approx(math.log(k), abs=1e-4)
+    assert out["Loss/Q/pair_mi"].item() == pytest.approx(-2 * math.log(k), abs=1e-3)
+    uniform = torch.zeros(8, k)
+    assert PairMILoss()(uniform, hard)["MI/Q/pair"].item() == pytest.approx(0.0, abs=1e-6)
+    collapsed = 30.0 * F.one_hot(torch.zeros(8, dtype=torch.long), k).float()
+    assert PairMILoss()(collapsed, collapsed)["MI/Q/pair"].item() == pytest.approx(0.0, abs=1e-5)
+
+
 def test_total_adds_named_terms():
     terms = {"a": torch.tensor(1.0), "b": torch.tensor(2.5), "c": torch.tensor(10.0)}
     assert total(terms, "a", "b").item() == 3.5
@@ -148,8 +160,10 @@ def test_full_step_updates_both_players_and_restores_grad_flags():
     d0 = [p.detach().clone() for p in D.parameters()]
     real = torch.rand(4, 1, 16, 16) * 2 - 1
     latent = sample_latent(SPEC, 4, generator=torch.Generator().manual_seed(0))
-    terms, q_real = step(real, latent, torch.tensor([0, -1, 2, -1]), want_q_real=True)
-    assert {"Loss/D/adv", "Loss/G/adv", "Loss/Q/cat", "Loss/Q/cont", "Loss/Q/sup", "Loss/G/info"} <= set(terms)
+    terms, q_real = step(real, latent, torch.tensor([0, -1, 2, -1]), want_q_real=True,
+                         generator=torch.Generator().manual_seed(0))
+    assert {"Loss/D/adv", "Loss/G/adv", "Loss/Q/cat", "Loss/Q/cont", "Loss/Q/sup", "Loss/G/info",
+            "Loss/Q/pair_mi"} <= set(terms)
     assert all(v.ndim == 0 and not v.requires_grad for v in terms.values())
     assert q_real is not None and q_real.cat_logits[0].shape == (4, 3)
     assert all(not torch.equal(a, b) for a, b in zip(g0, G.parameters(), strict=True))

@@ -30,7 +30,8 @@ SPEC = LatentSpec(z_dim=4, categorical=[2], n_continuous=1)
 
 def tiny_config(**kw) -> TrainConfig:
     base = dict(latent=SPEC, total_images=96, batch_size=8, g_channels=4, d_channels=4, tick_images=32,
-                snapshot_images=48, checkpoint_images=48, ema_beta=0.9)
+                snapshot_images=48, checkpoint_images=48, ema_beta=0.9, lambda_pair_mi=0.0,
+                diff_augment=AugmentConfig(rot90=False, flip=False, shift=0))
     base.update(kw)
     return TrainConfig(**base)
 
@@ -138,8 +139,10 @@ class Killed(Exception):
 
 
 def test_resume_after_kill_is_bit_identical(store, tmp_path, monkeypatch):
-    config = tiny_config(latent=LatentSpec(z_dim=4, categorical=[2], n_continuous=1), prior="learned",
-                         prior_warmup=0.25, augment=AugmentConfig(rot90=True, flip=True, shift=1),
+    # learned prior from step 2; the sampler's copy refreshes every 10 steps, the checkpoint is at step 6
+    config = tiny_config(latent=LatentSpec(z_dim=4, categorical=[6], n_continuous=1), prior="learned",
+                         prior_warmup=0.1, prior_momentum=0.5, batch_size=8, total_images=160,
+                         augment=AugmentConfig(rot90=True, flip=True, shift=1),
                          diff_augment=AugmentConfig(rot90=False, flip=True, shift=1, rotate=10, scale=0.1),
                          tick_images=40, checkpoint_images=48)  # a tick straddles the checkpoint
     whole = train(store, tmp_path / "whole", config, seed=5, device="cpu")
@@ -296,6 +299,7 @@ def test_config_bad_values(mapping, match):
 @pytest.mark.parametrize(("kw", "match"), [
     ({"batch_size": 1}, "BatchNorm needs batches of 2"),
     ({"prior": "learned", "prior_floor": 0.6}, "'train.prior_floor': 0.6 x 2 categories exceeds 1"),
+    ({"lambda_pair_mi": 1.0}, "'train.lambda_pair_mi': needs diff_augment"),
 ])
 def test_train_rejects_bad_combinations(store, tmp_path, kw, match):
     with pytest.raises(ConfigError, match=match):
@@ -395,3 +399,12 @@ def test_diff_augment_needs_a_generator():
         step(torch.zeros(4, 1, 16, 16), latent)
     terms, _ = step(torch.zeros(4, 1, 16, 16), latent, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(terms["Loss/D/adv"])
+    assert "Loss/Q/pair_mi" not in terms
+
+
+def test_pair_mi_runs_in_the_loop(store, tmp_path):
+    config = tiny_config(total_images=32, lambda_pair_mi=1.0,
+                         diff_augment=AugmentConfig(rot90=False, flip=True, shift=1))
+    run = train(store, tmp_path / "run", config, seed=0, device="cpu")
+    rec = json.loads((run / "stats.jsonl").read_text().splitlines()[-1])
+    assert rec["MI/Q/pair"] >= 0 and "Loss/Q/pair_mi" in rec

@@ -1,0 +1,229 @@
+"""Does InfoGAN's categorical code find the classes? Agreement with known labels, beside k-means.
+
+For each data set and seed: build a crop store (once), train with the data set's preset for the
+preset's fixed budget (``train.total_images``) on the CPU, assign every labelled crop to Q's most
+likely category, and score the assignment against the true classes: accuracy after Hungarian
+matching, NMI, ARI, and purity (many-to-one). k-means on the same pixels (as many clusters as
+classes, and as many as InfoGAN categories) runs in the same process as the baseline.
+
+Data sets (``--datasets``):
+
+* ``digits``     scikit-learn's bundled 8x8 digits (1,797), upsampled to 32 px; preset config/digits.yaml
+* ``simulated``  the smear simulator + crop stage with config/config.yaml (64 px); trained with the
+                 TrainConfig defaults of infogan_cells/config.py
+* ``jurkat``     ../shared/data/jurkat_ifc_cellcycle/cells.npz (1,709 cells, 3 channels, 40 -> 32 px);
+                 preset config/ifc_npz.yaml
+* ``nih``        ../shared/data/nih_malaria_cell_images (400 crops, 2 classes, padded square -> 64 px);
+                 preset config/nih_cells.yaml
+
+Stores for the real sets are built straight from the arrays/folders (per-set percentile scaling to
+uint8, resize), so the figures do not move when the crop stage changes.
+
+    python benchmarks/clustering_agreement.py --datasets digits --seeds 0 1 2 --threads 1
+    python benchmarks/clustering_agreement.py --datasets jurkat nih simulated --seeds 0 1 2
+
+Results: one JSON line per (data set, seed, method) in ``<out>/results.jsonl`` and a mean +- sd
+table in ``<out>/summary.md`` (also printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(REPO))
+
+from infogan_cells.checkpoint import load_discriminator  # noqa: E402
+from infogan_cells.clustering import agreement, assign_with_q  # noqa: E402
+from infogan_cells.config import load_config, parse_set_option  # noqa: E402
+from infogan_cells.store import read_crop_store, write_crop_store  # noqa: E402
+from infogan_cells.train import train  # noqa: E402
+
+log = logging.getLogger("clustering_agreement")
+
+PRESETS = {"digits": "digits.yaml", "simulated": None, "jurkat": "ifc_npz.yaml", "nih": "nih_cells.yaml"}
+
+
+# --------------------------------------------------------------------------------------
+# Crop stores
+
+
+def _obs(labels) -> pd.DataFrame:
+    n = len(labels)
+    return pd.DataFrame({"source_image": "benchmark", "source_index": np.arange(n), "min_row": 0, "min_col": 0,
+                         "max_row": 0, "max_col": 0, "label": list(labels), "qc_pass": np.ones(n, bool),
+                         "qc_reason": ""})
+
+
+def _resize(images: np.ndarray, size: int) -> np.ndarray:
+    """(N, C, H, W) float -> (N, C, size, size) float, antialiased when shrinking."""
+    x = torch.from_numpy(images.astype(np.float32))
+    shrink = x.shape[-1] > size
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink).numpy()
+
+
+def _uint8(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint((x - lo) / np.maximum(hi - lo, 1e-9) * 255), 0, 255).astype(np.uint8)
+
+
+def build_digits(path: Path) -> Path:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = _resize(d.images[:, None] / 16.0, 32)
+    images = _uint8(x, 0.0, 1.0).transpose(0, 2, 3, 1)
+    write_crop_store(path, images, _obs([str(t) for t in d.target]), ["grey"], csv=False)
+    return path
+
+
+def build_jurkat(path: Path, size: int = 32) -> Path:
+    z = np.load(SHARED / "jurkat_ifc_cellcycle" / "cells.npz")
+    x = _resize(z["images"].astype(np.float32), size)
+    lo = np.percentile(x, 0.5, axis=(0, 2, 3))[None, :, None, None]
+    hi = np.percentile(x, 99.5, axis=(0, 2, 3))[None, :, None, None]
+    images = _uint8(x, lo, hi).transpose(0, 2, 3, 1)
+    labels = [str(z["class_names"][i]) for i in z["labels"]]
+    write_crop_store(path, images, _obs(labels), [str(c) for c in z["channel_names"]], csv=False)
+    return path
+
+
+def build_nih(path: Path, size: int = 64) -> Path:
+    from PIL import Image
+
+    root = SHARED / "nih_malaria_cell_images"
+    table = pd.read_csv(root / "labels.csv")
+    images = []
+    for f in table["file"]:
+        with Image.open(root / f) as im:
+            a = np.asarray(im.convert("RGB"), np.float32)
+        h, w, _ = a.shape
+        s = max(h, w)  # pad to a square with the black background, then resize
+        sq = np.zeros((s, s, 3), np.float32)
+        sq[(s - h) // 2:(s - h) // 2 + h, (s - w) // 2:(s - w) // 2 + w] = a
+        images.append(_resize(sq.transpose(2, 0, 1)[None], size)[0])
+    x = np.stack(images)
+    images = _uint8(x, 0.0, 255.0).transpose(0, 2, 3, 1)
+    write_crop_store(path, images, _obs(table["label"].astype(str)), ["red", "green", "blue"], csv=False)
+    return path
+
+
+def build_simulated(path: Path) -> Path:
+    try:
+        from infogan_cells.crop import crop
+        from infogan_cells.simulate import simulate_smears
+    except ImportError as err:
+        raise RuntimeError(f"simulator or crop stage not available yet ({err})") from None
+    cfg = load_config(REPO / "config" / "config.yaml")
+    js = simulate_smears(path.parent / "smears", cfg.simulate)
+    crop(str(js), path, cfg.input, cfg.crop)
+    return path
+
+
+BUILDERS = {"digits": build_digits, "jurkat": build_jurkat, "nih": build_nih, "simulated": build_simulated}
+
+
+# --------------------------------------------------------------------------------------
+# Scoring
+
+
+def kmeans_scores(images: np.ndarray, labels: np.ndarray, k: int, seed: int) -> dict:
+    from sklearn.cluster import KMeans
+
+    x = images.reshape(len(images), -1).astype(np.float32) / 255
+    pred = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(x)
+    return agreement(labels, pred)
+
+
+def run_one(name: str, store: Path, seed: int, out: Path, overrides: list[dict], device: str) -> list[dict]:
+    preset = PRESETS[name]
+    cfg = load_config(REPO / "config" / preset if preset else None, overrides)
+    cs = read_crop_store(store)
+    labelled = cs.labels != ""
+    labels = cs.labels[labelled]
+    images = cs.images[labelled]
+    n_classes = len(set(labels))
+    k_cat = cfg.train.latent.categorical[0]
+    run_dir = out / name / f"seed{seed}"
+    t0 = time.perf_counter()
+    train(store, run_dir, cfg.train, seed=seed, device=device, resolved_config=cfg)
+    wall = time.perf_counter() - t0
+    D, _, meta = load_discriminator(run_dir)
+    pred, _ = assign_with_q(D, images)
+    base = {"dataset": name, "seed": seed, "n": int(len(labels)), "classes": n_classes}
+    rows = [{**base, "method": f"InfoGAN (K={k_cat})", **agreement(labels, pred),
+             "images": meta["images_seen"], "train_s": round(meta["seconds"], 1), "wall_s": round(wall, 1),
+             "categories_used": int(len(np.unique(pred)))}]
+    t0 = time.perf_counter()
+    rows.append({**base, "method": f"k-means (k={n_classes})", **kmeans_scores(images, labels, n_classes, seed),
+                 "wall_s": round(time.perf_counter() - t0, 1)})
+    if k_cat != n_classes:
+        rows.append({**base, "method": f"k-means (k={k_cat})", **kmeans_scores(images, labels, k_cat, seed)})
+    return rows
+
+
+def summarise(rows: list[dict]) -> str:
+    df = pd.DataFrame(rows)
+    lines = ["| data set | method | seeds | ACC (Hungarian) | NMI | ARI | purity | train s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (ds, method), g in df.groupby(["dataset", "method"], sort=False):
+        def ms(col, g=g):
+            v = g[col].dropna().to_numpy(float)
+            return "" if not len(v) else f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f}"
+        secs = g["train_s"].dropna().to_numpy(float) if "train_s" in g else np.array([])
+        lines.append(f"| {ds} | {method} | {len(g)} | {ms('acc')} | {ms('nmi')} | {ms('ari')} | {ms('purity')} | "
+                     f"{f'{secs.mean():.0f}' if len(secs) else ''} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", nargs="+", default=["digits"], choices=sorted(BUILDERS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks" / "clustering")
+    p.add_argument("--set", action="append", default=[], dest="set_", metavar="KEY=VALUE",
+                   help="config override applied to every preset, e.g. train.total_images=20000")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = [parse_set_option(s) for s in args.set_]
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in args.datasets:
+        store = args.out / name / "crops.h5"
+        if not store.exists():
+            try:
+                BUILDERS[name](store)
+            except (RuntimeError, FileNotFoundError) as err:
+                log.warning("%s: skipped (%s)", name, err)
+                continue
+        for seed in args.seeds:
+            new = run_one(name, store, seed, args.out, overrides, args.device)
+            for r in new:
+                log.info("%s", r)
+            rows += new
+            with open(args.out / "results.jsonl", "a") as f:
+                for r in new:
+                    f.write(json.dumps(r) + "\n")
+    table = summarise(rows)
+    (args.out / "summary.md").write_text(f"threads={torch.get_num_threads()} device={args.device} "
+                                         f"overrides={args.set_}\n\n{table}\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
