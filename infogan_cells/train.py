@@ -9,7 +9,9 @@
     loss.png               the loss curves
     resume.pt              optimisers, counters, RNG states, EMA, learned prior (every checkpoint_images;
                            removed once network-final.pt is written)
-    network-final.pt       G, EMA G, D+Q and meta (see :mod:`infogan_cells.checkpoint`)
+    network-final.pt       G, EMA G, D+Q and meta (see :mod:`infogan_cells.checkpoint`); D's BatchNorm
+                           statistics are recomputed on the real crops first (Q in eval mode reads
+                           real crops)
 
 Rerunning the same command after a kill resumes from ``resume.pt``; on the CPU the resumed run
 ends bit-identical to an uninterrupted one. A finished run (``network-final.pt`` for the same
@@ -52,7 +54,8 @@ from infogan_cells.losses import DiscriminatorLoss, GeneratorLoss, InfoLoss, Pai
 from infogan_cells.networks import Discriminator, Generator, QOutput, init_weights
 from infogan_cells.store import read_crop_store
 
-__all__ = ["train", "InfoGANStep", "build_networks", "build_optimizers", "q_of_features", "load_crops"]
+__all__ = ["train", "InfoGANStep", "build_networks", "build_optimizers", "q_of_features", "load_crops",
+           "recalibrate_batchnorm"]
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +263,36 @@ def ema_update(G_ema: torch.nn.Module, G: torch.nn.Module, beta: float) -> None:
         pe.lerp_(p, 1.0 - beta)
     for be, b in zip(G_ema.buffers(), G.buffers(), strict=True):
         be.copy_(b)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(D: Discriminator, images: torch.Tensor, batch_size: int, generator: torch.Generator,
+                          max_images: int = 16384) -> None:
+    """Set D's BatchNorm running statistics to those of real crops (uint8 (N, C, H, W) on D's device).
+
+    During training they average real and generated batches, the last forward of each step being
+    G's step on fakes; Q in eval mode (the analysis, the learned mix) is applied to real crops, so
+    it should normalise with real statistics ("precise BN"). Batches of ``batch_size`` in a random
+    order from ``generator`` (CPU), at most ``max_images`` crops; cumulative averages.
+    """
+    bns = [m for m in D.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the batches below
+    was_training = D.training
+    D.train()
+    order = torch.randperm(len(images), generator=generator)[:max_images].to(images.device)
+    step = max(2, batch_size)
+    for i in range(0, len(order) - 1, step):  # BatchNorm needs 2+ images
+        idx = order[i:i + step]
+        if len(idx) >= 2:
+            D.trunk(to_float(images[idx]))
+    for m, mom in zip(bns, momenta, strict=True):
+        m.momentum = mom
+    D.train(was_training)
 
 
 def effective_prior(prior: list[torch.Tensor], floor: float) -> list[torch.Tensor]:
@@ -548,7 +581,8 @@ def train(crops_path: str | Path, run_dir: str | Path, config: TrainConfig, *, s
     if pbar is not None:
         pbar.close()
 
-    # --- checkpoint: the final network
+    # --- checkpoint: the final network (D's BatchNorm statistics from real crops, for Q in eval mode)
+    recalibrate_batchnorm(D, crops.images, config.batch_size, torch.Generator().manual_seed(s_grid))
     labels = crops.label_names
     meta = {**ident, "channel_names": crops.channel_names, "img_size": img_size,
             "category_prior": [p.tolist() for p in (effective_prior(prior, config.prior_floor)

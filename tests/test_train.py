@@ -408,3 +408,25 @@ def test_pair_mi_runs_in_the_loop(store, tmp_path):
     run = train(store, tmp_path / "run", config, seed=0, device="cpu")
     rec = json.loads((run / "stats.jsonl").read_text().splitlines()[-1])
     assert rec["MI/Q/pair"] >= 0 and "Loss/Q/pair_mi" in rec
+
+
+def test_batchnorm_recalibration_depends_only_on_the_real_crops():
+    from infogan_cells.train import build_networks, recalibrate_batchnorm
+
+    config = tiny_config()
+    _, D1 = build_networks(SPEC, 16, 1, config, torch.Generator().manual_seed(0))
+    _, D2 = build_networks(SPEC, 16, 1, config, torch.Generator().manual_seed(0))
+    D1(torch.randn(8, 1, 16, 16))  # different training histories: different running statistics
+    D2(torch.randn(8, 1, 16, 16) * 3)
+    crops = torch.randint(0, 256, (40, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    for D in (D1, D2):
+        D.eval()
+        recalibrate_batchnorm(D, crops, 8, torch.Generator().manual_seed(2))
+        assert not D.training
+    b1 = dict(D1.named_buffers())
+    b2 = dict(D2.named_buffers())
+    assert b1.keys() == b2.keys() and any("running_mean" in k for k in b1)
+    for k in b1:
+        if "running" in k:
+            assert torch.equal(b1[k], b2[k]), k
+    assert all(m.momentum == 0.1 for m in D1.modules() if isinstance(m, torch.nn.BatchNorm2d))
