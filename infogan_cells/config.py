@@ -161,7 +161,7 @@ class TrainConfig:
     latent: LatentSpec = param(default_factory=lambda: LatentSpec(z_dim=16), help="The latent space "
                                "(little noise: with a large z, z rather than the category decides the cell's kind).")
     seeds: list = param(default_factory=lambda: [0], help="Training seeds; the workflow trains one run per seed.")
-    total_images: int = param(40960, help="Training length in real images shown to D. The default trains "
+    total_images: int = param(20480, help="Training length in real images shown to D. The default trains "
                               "for a few minutes on 2 CPU cores; a GPU run wants 1-5 million.", ge=1)
     batch_size: int = param(128, help="Batch size (lambda_pair_mi needs ~10 images per category per batch).",
                             ge=1)
