@@ -1,6 +1,6 @@
 """Checkpoints that rebuild themselves, and the device choice.
 
-``network-final.pt`` (and ``network-<kimg>.pt`` snapshots) hold, for each network, its
+``network-final.pt`` holds, for each network, its
 constructor arguments and ``state_dict``, plus the :class:`LatentSpec` and metadata (channel
 names, the learned categorical prior, the resolved config). Only tensors and plain Python
 values: loadable with ``torch.load(weights_only=True)``. Resume state (optimisers, RNG

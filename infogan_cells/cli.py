@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from infogan_cells import __version__
-from infogan_cells.config import Config, load_config, parse_set_option
+from infogan_cells.config import Config, dump_config, load_config, parse_set_option
 from infogan_cells.errors import InputError
 
 log = logging.getLogger("infogan_cells")
@@ -63,14 +63,14 @@ def cmd_crop(args: argparse.Namespace) -> None:
                       "align": args.align or None})
     from infogan_cells.crop import crop
     summary = crop(cfg.input.path, args.out, cfg.input, cfg.crop, images=args.images or None,
-                   config_text=_dump(cfg))
+                   config_text=dump_config(cfg))
     log.info("crop summary: %s", summary)
 
 
 def cmd_merge_crops(args: argparse.Namespace) -> None:
     cfg = _load(args)
     from infogan_cells.crop import merge_crops
-    merge_crops(args.parts, args.out, cfg.crop, config_text=_dump(cfg))
+    merge_crops(args.parts, args.out, cfg.crop, config_text=dump_config(cfg))
 
 
 def cmd_list_images(args: argparse.Namespace) -> None:
@@ -138,12 +138,6 @@ def cmd_schema(args: argparse.Namespace) -> None:
         write_text_atomic(args.out, text)
     else:
         sys.stdout.write(text)
-
-
-def _dump(cfg: Config) -> str:
-    from infogan_cells.config import dump_config
-
-    return dump_config(cfg)
 
 
 # --------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from infogan_cells.config import Config, dump_config, from_mapping
+from infogan_cells.config import Config, from_mapping
 from infogan_cells.errors import InputError
 
 
@@ -43,7 +43,3 @@ def stage(smk: Any) -> Iterator[Config]:
 
 def _wants_torch(smk: Any) -> bool:
     return smk.rule in {"train", "analyse", "synthesise_shard"}
-
-
-def config_text(cfg: Config) -> str:
-    return dump_config(cfg)

@@ -1,10 +1,11 @@
 """Snakemake wrapper: crop the cells of one source image (infogan_cells.crop)."""
 
+from infogan_cells.config import dump_config
 from infogan_cells.crop import crop
-from infogan_cells.workflow import config_text, stage
+from infogan_cells.workflow import stage
 
 smk = snakemake  # noqa: F821
 with stage(smk) as cfg:
     source = smk.params.source
     crop(smk.input.annotations, smk.output.part, cfg.input, cfg.crop,
-         images=None if source is None else [source], config_text=config_text(cfg), montages=False)
+         images=None if source is None else [source], config_text=dump_config(cfg), montages=False)

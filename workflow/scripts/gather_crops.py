@@ -1,9 +1,10 @@
 """Snakemake wrapper: join the per-image crop stores, run the set-wide QC, write montages."""
 
+from infogan_cells.config import dump_config
 from infogan_cells.crop import merge_crops
-from infogan_cells.workflow import config_text, stage
+from infogan_cells.workflow import stage
 
 smk = snakemake  # noqa: F821
 with stage(smk) as cfg:
-    merge_crops(list(smk.input.parts), smk.output.crops, cfg.crop, config_text=config_text(cfg),
+    merge_crops(list(smk.input.parts), smk.output.crops, cfg.crop, config_text=dump_config(cfg),
                 montage_dir=smk.output.montages)
