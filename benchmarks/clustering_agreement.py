@@ -145,7 +145,8 @@ def kmeans_scores(images: np.ndarray, labels: np.ndarray, k: int, seed: int) -> 
     return agreement(labels, pred)
 
 
-def run_one(name: str, store: Path, seed: int, out: Path, overrides: list[dict], device: str) -> list[dict]:
+def run_one(name: str, store: Path, seed: int, out: Path, overrides: list[dict], device: str,
+            with_analysis: bool = False) -> list[dict]:
     preset = PRESETS[name]
     cfg = load_config(REPO / "config" / preset if preset else None, overrides)
     cs = read_crop_store(store)
@@ -164,6 +165,15 @@ def run_one(name: str, store: Path, seed: int, out: Path, overrides: list[dict],
     rows = [{**base, "method": f"InfoGAN (K={k_cat})", **agreement(labels, pred),
              "images": meta["images_seen"], "train_s": round(meta["seconds"], 1), "wall_s": round(wall, 1),
              "categories_used": int(len(np.unique(pred)))}]
+    if with_analysis:  # the analysis stage's quality measures, train-on-synthetic-test-on-real among them
+        from infogan_cells.analyse import analyse
+
+        m = analyse(run_dir, store, run_dir / "analysis", cfg.analyse, device=device)
+        quality = m["quality"]
+        rows[0].update({"tstr": quality["tstr_accuracy"], "trtr": quality["trtr_accuracy"],
+                        "tstr_logistic": quality["classifier"]["logistic"]["tstr_accuracy"],
+                        "trtr_logistic": quality["classifier"]["logistic"]["trtr_accuracy"],
+                        "knn_precision": quality["knn_precision"], "knn_recall": quality["knn_recall"]})
     t0 = time.perf_counter()
     rows.append({**base, "method": f"k-means (k={n_classes})", **kmeans_scores(images, labels, n_classes, seed),
                  "wall_s": round(time.perf_counter() - t0, 1)})
@@ -174,15 +184,17 @@ def run_one(name: str, store: Path, seed: int, out: Path, overrides: list[dict],
 
 def summarise(rows: list[dict]) -> str:
     df = pd.DataFrame(rows)
-    lines = ["| data set | method | seeds | ACC (Hungarian) | NMI | ARI | purity | train s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    extra = [c for c in ("tstr", "trtr") if c in df and df[c].notna().any()]
+    lines = ["| data set | method | seeds | ACC (Hungarian) | NMI | ARI | purity | train s |"
+             + "".join(f" {c.upper()} |" for c in extra),
+             "| --- | --- | --- | --- | --- | --- | --- | --- |" + " --- |" * len(extra)]
     for (ds, method), g in df.groupby(["dataset", "method"], sort=False):
         def ms(col, g=g):
             v = g[col].dropna().to_numpy(float)
             return "" if not len(v) else f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f}"
         secs = g["train_s"].dropna().to_numpy(float) if "train_s" in g else np.array([])
         lines.append(f"| {ds} | {method} | {len(g)} | {ms('acc')} | {ms('nmi')} | {ms('ari')} | {ms('purity')} | "
-                     f"{f'{secs.mean():.0f}' if len(secs) else ''} |")
+                     f"{f'{secs.mean():.0f}' if len(secs) else ''} |" + "".join(f" {ms(c)} |" for c in extra))
     return "\n".join(lines)
 
 
@@ -195,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="config override applied to every preset, e.g. train.total_images=20000")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--analyse", action="store_true",
+                   help="also run the analysis stage on each run and record its train-on-synthetic-test-on-real "
+                        "(TSTR) and train-on-real-test-on-real (TRTR) accuracies")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.threads:
@@ -211,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.warning("%s: skipped (%s)", name, err)
                 continue
         for seed in args.seeds:
-            new = run_one(name, store, seed, args.out, overrides, args.device)
+            new = run_one(name, store, seed, args.out, overrides, args.device, args.analyse)
             for r in new:
                 log.info("%s", r)
             rows += new

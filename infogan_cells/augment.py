@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from infogan_cells.config import AugmentConfig
 
-__all__ = ["augment_batch", "is_identity", "to_float", "to_uint8"]
+__all__ = ["augment_batch", "is_identity", "needs_float", "to_float", "to_uint8"]
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -43,15 +43,22 @@ def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor
 
 def is_identity(config: AugmentConfig) -> bool:
     """True when ``config`` enables no transform."""
-    return not (config.rot90 or config.flip or config.shift or config.rotate or config.scale)
+    return not (config.rot90 or config.flip or config.shift or needs_float(config))
+
+
+def needs_float(config: AugmentConfig) -> bool:
+    """True when ``config`` enables a transform that needs floating-point images (resampling or
+    intensity changes); 90-degree rotations, flips and shifts work on uint8 too."""
+    return bool(config.rotate or config.scale or config.brightness or config.contrast or config.saturation)
 
 
 def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """Randomly rotate, zoom, flip and shift each image of a batch.
+    """Randomly rotate, zoom, flip, shift and change the intensities of each image of a batch.
 
     images : (B, C, H, W) tensor; any dtype for 90-degree rotations, flips and shifts (uint8
-    keeps them cheap), floating point for free rotations and zoom (``config.rotate``,
-    ``config.scale``: bilinear, edges repeated). Returns a tensor of the same shape and dtype
+    keeps them cheap), floating point in [-1, 1] for free rotations and zoom (``config.rotate``,
+    ``config.scale``: bilinear, edges repeated) and for the intensity changes (``brightness``,
+    ``contrast``, ``saturation``, as in DiffAugment; not clipped). Returns a tensor of the same shape and dtype
     (the input itself when every transform is off; it is never modified in place). Every
     transform is differentiable with respect to floating-point input. 90-degree rotations need
     square images. Shifts move the image by up to ``config.shift`` pixels in rows and columns,
@@ -60,9 +67,12 @@ def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.
     B, _, H, W = images.shape
     dev = images.device
     x = images
+    if needs_float(config) and not x.is_floating_point():
+        raise ValueError("free rotations, zoom and intensity changes need floating-point images "
+                         "(convert with to_float first)")
+    if config.brightness > 0 or config.contrast > 0 or config.saturation > 0:
+        x = _jitter_intensity(x, config, generator)
     if config.rotate > 0 or config.scale > 0:
-        if not x.is_floating_point():
-            raise ValueError("free rotations and zoom need floating-point images (convert with to_float first)")
         u = torch.rand(2, B, generator=generator, device=dev) * 2 - 1
         angle = u[0] * (config.rotate * math.pi / 180)
         zoom = 1 + u[1] * config.scale
@@ -99,4 +109,19 @@ def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.
         b = torch.arange(B, device=dev)[:, None, None]
         # advanced indexing puts the broadcast (B, H, W) dims first, then the sliced channel dim
         x = x[b, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    return x
+
+
+def _jitter_intensity(x: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Brightness offset, saturation and contrast scaling per image (images in [-1, 1])."""
+    B, C = x.shape[:2]
+    u = torch.rand(3, B, 1, 1, 1, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
+    if config.brightness > 0:
+        x = x + u[0] * (2 * config.brightness)  # the range [-1, 1] is 2 wide
+    if config.saturation > 0 and C > 1:
+        grey = x.mean(dim=1, keepdim=True)
+        x = grey + (x - grey) * (1 + u[1] * config.saturation)
+    if config.contrast > 0:
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = mean + (x - mean) * (1 + u[2] * config.contrast)
     return x

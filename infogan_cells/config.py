@@ -152,6 +152,13 @@ class AugmentConfig:
                           ge=0, le=180)
     scale: float = param(0.0, help="Largest random zoom as a fraction: 0.1 draws 0.9x to 1.1x (0 disables).",
                          ge=0, le=0.5)
+    brightness: float = param(0.0, help="Largest random brightness offset as a fraction of the intensity "
+                              "range, the same for every channel (0 disables).", ge=0, le=0.5)
+    contrast: float = param(0.0, help="Largest random contrast change as a fraction: 0.2 scales each image's "
+                            "deviation from its mean by 0.8x to 1.2x (0 disables).", ge=0, le=0.9)
+    saturation: float = param(0.0, help="Largest random saturation change as a fraction: scales each pixel's "
+                              "deviation from its mean over channels (0 disables; no effect on one channel).",
+                              ge=0, le=0.9)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +200,10 @@ class TrainConfig:
     lambda_pair_mi: float = param(1.0, help="Weight of invariant information clustering (IIC) of Q's first "
                                   "categorical head on two diff_augment views of each real batch (0 disables; "
                                   "needs diff_augment). Not part of InfoGAN: it makes Q cluster real crops.", ge=0)
+    pair_mi_entropy: float = param(1.0, help="Weight of the entropy of the categories' marginal in the IIC "
+                                   "term (1: mutual information; below 1 lets Q's categories on real crops be "
+                                   "unequal in size, as on imbalanced smears; above 1 pushes them to be equal).",
+                                   ge=0)
     lambda_sup: float = param(1.0, help="Weight of the supervised cross-entropy on labelled real crops.", ge=0)
     augment: AugmentConfig = param(default_factory=AugmentConfig, help="On-device augmentation of real crops "
                                    "(G learns the augmented distribution).")
@@ -225,6 +236,8 @@ class AnalyseConfig:
     holdout_fraction: float = param(0.2, help="Fraction of real crops held out for the memorisation "
                                     "check and train-on-synthetic-test-on-real.", gt=0, le=0.9)
     encoder_epochs: int = param(5, help="Epochs of the feature encoder trained on the real crops.", ge=1)
+    classifier_steps: int = param(400, help="Training batches (of 64) of the small CNN of train-on-synthetic-"
+                                  "test-on-real, and of its train-on-real twin.", ge=1)
     nearest: int = param(16, help="Nearest real crops shown per category.", ge=1)
     k_nn: int = param(5, help="k of the k-NN precision and recall.", ge=1)
 

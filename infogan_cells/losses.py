@@ -129,11 +129,14 @@ class PairMILoss:
     symmetrised joint P (K, K) of the batch. It rewards confident, consistent assignments of real
     crops whose marginal is spread over the categories; shared with the InfoGAN term, Q's
     categories on real crops and G's categories become the same. Returns ``Loss/Q/pair_mi``
-    (``-lambda_mi * I``) and ``MI/Q/pair`` (I in nats, detached).
+    (``-lambda_mi * I``) and ``MI/Q/pair`` (I in nats, detached). With ``entropy_weight`` w != 1 the
+    objective is w H(c) - H(c1 | c2) instead of I = H(c) - H(c1 | c2): below 1, unequal category
+    sizes cost less (imbalanced data); above 1, equal sizes are rewarded more.
     """
 
-    def __init__(self, lambda_mi: float = 1.0, eps: float = 1e-8):
+    def __init__(self, lambda_mi: float = 1.0, entropy_weight: float = 1.0, eps: float = 1e-8):
         self.lambda_mi = float(lambda_mi)
+        self.entropy_weight = float(entropy_weight)
         self.eps = eps
 
     def __call__(self, logits_a: torch.Tensor, logits_b: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -142,4 +145,8 @@ class PairMILoss:
         joint = ((joint + joint.t()) / 2).clamp_min(self.eps)
         pi, pj = joint.sum(1, keepdim=True), joint.sum(0, keepdim=True)
         mi = (joint * (joint.log() - pi.log() - pj.log())).sum()
-        return {"Loss/Q/pair_mi": -self.lambda_mi * mi, "MI/Q/pair": mi.detach()}
+        objective = mi
+        if self.entropy_weight != 1.0:  # w H(c) - H(c1|c2) = I - (1 - w) H(c); IIC's ``lamb`` is (w + 1) / 2
+            p = pi.squeeze(1)
+            objective = mi - (1.0 - self.entropy_weight) * -(p * p.log()).sum()
+        return {"Loss/Q/pair_mi": -self.lambda_mi * objective, "MI/Q/pair": mi.detach()}

@@ -45,7 +45,7 @@ import torch
 import yaml
 
 from infogan_cells._io import atomic_path, write_text_atomic
-from infogan_cells.augment import augment_batch, is_identity, to_float
+from infogan_cells.augment import augment_batch, is_identity, needs_float, to_float
 from infogan_cells.checkpoint import FINAL_NAME, autocast, load_payload, resolve_device, save_network
 from infogan_cells.config import LatentSpec, TrainConfig, dump_config, to_dict
 from infogan_cells.errors import ConfigError, InputError
@@ -183,7 +183,7 @@ class InfoGANStep:
         self.g_loss = GeneratorLoss(config.loss)
         self.info_loss = InfoLoss(config.lambda_cat, config.lambda_cont)
         self.sup_loss = SupervisedLoss(config.lambda_sup)
-        self.pair_loss = PairMILoss(config.lambda_pair_mi)
+        self.pair_loss = PairMILoss(config.lambda_pair_mi, config.pair_mi_entropy)
         self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         self._D_params = list(D.parameters())
         # the callables (compiled on CUDA when asked); G and D stay the plain modules
@@ -515,8 +515,10 @@ def train(crops_path: str | Path, run_dir: str | Path, config: TrainConfig, *, s
             if want_q_real and cur_nimg >= prior_start and (prior_cpu is None or n_steps % PRIOR_REFRESH_STEPS == 0):
                 prior_cpu = [p.cpu() for p in effective_prior(prior, config.prior_floor)]
             idx = torch.randint(n_crops, (B,), generator=data_gen, device=dev)
-            real = augment_batch(crops.images[idx], config.augment, data_gen)
-            real = to_float(real)
+            if needs_float(config.augment):
+                real = augment_batch(to_float(crops.images[idx]), config.augment, data_gen)
+            else:  # the integer transforms are cheaper on uint8
+                real = to_float(augment_batch(crops.images[idx], config.augment, data_gen))
             targets = crops.targets[idx] if crops.targets is not None else None
             latent = sample_latent(spec, B, generator=latent_gen, device=dev,
                                    cat_probs=prior_cpu if cur_nimg >= prior_start else None)

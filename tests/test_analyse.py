@@ -25,7 +25,7 @@ from infogan_cells.store import REQUIRED_OBS, write_crop_store
 SPEC = LatentSpec(z_dim=4, categorical=[3], n_continuous=2, continuous_range=1.0)
 LEVELS = (60, 130, 200)  # disk intensity of each category, grey levels on a black background
 TINY = AnalyseConfig(traversal_steps=3, traversal_samples=6, n_synthetic=30, holdout_fraction=0.3,
-                     encoder_epochs=1, nearest=4, k_nn=2)
+                     encoder_epochs=1, nearest=4, k_nn=2, classifier_steps=20)
 
 
 def _crops(levels, labels, size, seed=0):
@@ -182,7 +182,9 @@ def test_analyse_known_result(tmp_path, monkeypatch, report_calls):
     clf = quality["classifier"]
     assert clf["n_test"] + clf["n_real_train"] == 30
     assert 0 <= clf["tstr_accuracy"] <= 1 and 0 <= clf["trtr_accuracy"] <= 1
-    assert quality["tstr_accuracy"] == clf["tstr_accuracy"]
+    assert quality["tstr_accuracy"] == clf["tstr_accuracy"] == clf["cnn"]["tstr_accuracy"]
+    assert clf["trtr_accuracy"] == clf["cnn"]["trtr_accuracy"] and clf["model"].startswith("small CNN")
+    assert 0 <= clf["logistic"]["tstr_accuracy"] <= 1 and 0 <= clf["logistic"]["trtr_accuracy"] <= 1
     assert quality["fd_encoder"] == quality["encoder"]["frechet"] >= 0
     assert quality["memorisation_ratio"] == quality["memorisation"]["encoder"]["ratio"]
 

@@ -113,6 +113,22 @@ def test_pair_mi_is_log_k_for_consistent_balanced_assignments_and_zero_for_indep
     assert PairMILoss()(collapsed, collapsed)["MI/Q/pair"].item() == pytest.approx(0.0, abs=1e-5)
 
 
+def test_pair_mi_entropy_weight_trades_balance_against_consistency():
+    """w H(c) - H(c1|c2): consistent hard assignments have H(c1|c2) = 0, so the objective is w H(c)."""
+    k = 4
+    balanced = 30.0 * F.one_hot(torch.arange(8) % k, k).float()  # H(c) = log 4
+    skewed = 30.0 * F.one_hot(torch.tensor([0, 0, 0, 0, 0, 0, 1, 2]), k).float()  # 6/8, 1/8, 1/8
+    h_skewed = -(0.75 * math.log(0.75) + 2 * 0.125 * math.log(0.125))
+    for w in (0.5, 1.0, 2.0):
+        loss = PairMILoss(1.0, entropy_weight=w)
+        assert loss(balanced, balanced)["Loss/Q/pair_mi"].item() == pytest.approx(-w * math.log(k), abs=1e-3)
+        assert loss(skewed, skewed)["Loss/Q/pair_mi"].item() == pytest.approx(-w * h_skewed, abs=1e-3)
+        assert loss(skewed, skewed)["MI/Q/pair"].item() == pytest.approx(h_skewed, abs=1e-3)  # reported I unweighted
+    # inconsistent views: w = 0 leaves only -H(c1|c2), which is 0 for consistent views and negative here
+    noisy = torch.randn(8, k, generator=torch.Generator().manual_seed(0))
+    assert PairMILoss(1.0, entropy_weight=0.0)(noisy, balanced)["Loss/Q/pair_mi"].item() > 0.1
+
+
 def test_total_adds_named_terms():
     terms = {"a": torch.tensor(1.0), "b": torch.tensor(2.5), "c": torch.tensor(10.0)}
     assert total(terms, "a", "b").item() == 3.5

@@ -103,3 +103,44 @@ def test_classifier_accuracy_on_separable_classes_and_degenerate_inputs(caplog):
         # labels that are pure noise on many features: may not converge; must not warn
         q.classifier_accuracy(rng.normal(size=(30, 40)) * 1e3, rng.choice(["a", "b", "c"], 30), x[:2, :1].repeat(40, 1),
                               y[:2])
+
+
+def _spot_cells(n, rng, spot):
+    """Grey disks of random size and brightness on black, with a small dark spot somewhere inside
+    when ``spot`` (a parasite, in miniature): size and brightness say nothing about the class."""
+    yy, xx = np.mgrid[:32, :32]
+    out = np.zeros((n, 32, 32, 3), np.uint8)
+    for i in range(n):
+        r = rng.uniform(9, 14)
+        cell = (yy - 16) ** 2 + (xx - 16) ** 2 <= r * r
+        img = np.where(cell, rng.uniform(120, 220), 0.0)
+        if spot:
+            a = rng.uniform(0, 2 * np.pi)
+            d = rng.uniform(0, r - 4)
+            cy, cx = 16 + d * np.sin(a), 16 + d * np.cos(a)
+            img = np.where((yy - cy) ** 2 + (xx - cx) ** 2 <= 4, 40.0, img)
+        out[i] = img[..., None].astype(np.uint8)
+    return out
+
+
+def test_small_cnn_finds_a_small_spot_and_is_at_chance_on_shuffled_labels():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([_spot_cells(150, rng, True), _spot_cells(150, rng, False)])
+    y = np.array(["infected"] * 150 + ["healthy"] * 150)
+    order = rng.permutation(300)
+    x, y = x[order], y[order]
+    state = torch.random.get_rng_state()
+    acc = q.cnn_accuracy(x[:200], y[:200], x[200:], y[200:], steps=100, seed=0)
+    assert acc >= 0.9
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG untouched
+    assert q.cnn_accuracy(x[:200], y[:200], x[200:], y[200:], steps=100, seed=0) == acc  # seeded
+    shuffled = q.cnn_accuracy(x[:200], rng.permutation(y[:200]), x[200:], y[200:], steps=100, seed=0)
+    assert shuffled < 0.75
+    # a rare class is still learned (balanced sampling): 15 infected among 115 training crops
+    rare = np.concatenate([np.flatnonzero(y[:200] == "infected")[:15], np.flatnonzero(y[:200] == "healthy")])
+    acc_rare = q.cnn_accuracy(x[rare], y[rare], x[200:], y[200:], steps=100, seed=0)
+    test_infected = y[200:] == "infected"
+    assert acc_rare >= 0.8
+    assert q.cnn_accuracy(x[rare], y[rare], x[200:][test_infected], y[200:][test_infected], steps=100) >= 0.6
+    assert q.cnn_accuracy(x[:10], np.array(["a"] * 10), x[200:], y[200:]) is None
+    assert q.cnn_accuracy(x[:10], y[:10], x[:0], y[:0]) is None

@@ -32,7 +32,7 @@ TINY = {
               "batch_size": 64, "g_channels": 16, "d_channels": 16, "tick_images": 512,
               "snapshot_images": 1024, "checkpoint_images": 1024},
     "analyse": {"traversal_steps": 3, "traversal_samples": 4, "n_synthetic": 128, "encoder_epochs": 1,
-                "nearest": 4},
+                "nearest": 4, "classifier_steps": 30},
     "synthesis": {"n": 70, "shards": 4, "batch_size": 16},
 }
 

@@ -385,6 +385,46 @@ def test_free_rotation_and_zoom_are_differentiable_and_need_floats():
         augment_batch(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), cfg, torch.Generator())
 
 
+def test_intensity_jitter_changes_what_it_says_and_keeps_the_rest():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(32, 3, 8, 8, generator=g) * 1.2 - 0.6
+
+    def run(**kw):
+        cfg = AugmentConfig(rot90=False, flip=False, shift=0, **kw)
+        return augment_batch(x, cfg, torch.Generator().manual_seed(3))
+
+    bright = run(brightness=0.2)
+    offset = (bright - x).flatten(1)
+    assert torch.allclose(offset, offset[:, :1].expand_as(offset), atol=1e-6)  # one offset per image
+    assert offset[:, 0].abs().max() <= 0.4 + 1e-6 and offset[:, 0].std() > 0.05
+    contrast = run(contrast=0.5)
+    assert torch.allclose(contrast.mean(dim=(1, 2, 3)), x.mean(dim=(1, 2, 3)), atol=1e-5)  # mean kept
+    ratio = contrast.std(dim=(1, 2, 3)) / x.std(dim=(1, 2, 3))
+    assert ratio.min() >= 0.5 - 1e-4 and ratio.max() <= 1.5 + 1e-4 and ratio.std() > 0.1
+    sat = run(saturation=0.5)
+    assert torch.allclose(sat.mean(dim=1), x.mean(dim=1), atol=1e-5)  # grey level of each pixel kept
+    assert not torch.allclose(sat, x)
+    assert torch.equal(augment_batch(x[:, :1], AugmentConfig(rot90=False, flip=False, shift=0, saturation=0.5),
+                                     torch.Generator().manual_seed(3)), x[:, :1])  # one channel: no-op
+    assert torch.equal(run(brightness=0.2, contrast=0.3), run(brightness=0.2, contrast=0.3))  # seeded
+    xg = x.clone().requires_grad_(True)
+    augment_batch(xg, AugmentConfig(rot90=False, flip=False, shift=0, brightness=0.1, contrast=0.2,
+                                    saturation=0.2), torch.Generator().manual_seed(0)).square().sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="need floating-point images"):
+        augment_batch(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), AugmentConfig(brightness=0.1), torch.Generator())
+
+
+def test_training_with_float_augmentation_of_the_real_crops(store, tmp_path):
+    """Free rotation, zoom and intensity jitter of the real crops (they need floats) train."""
+    aug = AugmentConfig(rot90=True, flip=True, shift=1, rotate=20, scale=0.1, brightness=0.1, contrast=0.2)
+    run = train(store, tmp_path / "run", tiny_config(augment=aug, diff_augment=aug, lambda_pair_mi=0.5),
+                seed=0, device="cpu")
+    records = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert records[-1]["images_seen"] == 96
+    assert all(np.isfinite(r["Loss/D/adv"]) and np.isfinite(r["Loss/Q/pair_mi"]) for r in records)
+
+
 def test_diff_augment_needs_a_generator():
     from infogan_cells.train import InfoGANStep, build_networks, build_optimizers
 
