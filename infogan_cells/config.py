@@ -204,6 +204,9 @@ class TrainConfig:
                                    "term (1: mutual information; below 1 lets Q's categories on real crops be "
                                    "unequal in size, as on imbalanced smears; above 1 pushes them to be equal).",
                                    ge=0)
+    q_overcluster: int = param(0, help="Categories of an auxiliary over-clustering head on Q, trained only by "
+                               "the IIC term (IIC's recipe: about 5x the categories of the code; 0: none). It "
+                               "shapes D's features; the code's own head is what the analysis reads.", ge=0)
     lambda_sup: float = param(1.0, help="Weight of the supervised cross-entropy on labelled real crops.", ge=0)
     augment: AugmentConfig = param(default_factory=AugmentConfig, help="On-device augmentation of real crops "
                                    "(G learns the augmented distribution).")

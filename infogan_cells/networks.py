@@ -74,6 +74,7 @@ class QOutput:
     cat_logits: list[torch.Tensor]
     cont_mu: torch.Tensor
     cont_log_sigma: torch.Tensor
+    over_logits: torch.Tensor | None = None  # the auxiliary over-clustering head (IIC), when D has one
 
 
 class Discriminator(nn.Module):
@@ -84,11 +85,13 @@ class Discriminator(nn.Module):
     """
 
     def __init__(self, spec: LatentSpec | dict, img_size: int = 64, channels: int = 3, width: int = 64,
-                 max_width: int = 512, spectral_norm: bool = False, q_hidden: int = 128):
+                 max_width: int = 512, spectral_norm: bool = False, q_hidden: int = 128, q_overcluster: int = 0):
         super().__init__()
         self.spec = spec if isinstance(spec, LatentSpec) else LatentSpec(**spec)
         self.kwargs = dict(spec=_spec_dict(spec), img_size=img_size, channels=channels, width=width,
                            max_width=max_width, spectral_norm=spectral_norm, q_hidden=q_hidden)
+        if q_overcluster:  # only when used, so checkpoints without it keep their constructor arguments
+            self.kwargs["q_overcluster"] = q_overcluster
         n = _n_levels(img_size)
         chans = [min(width * 2 ** i, max_width) for i in range(n)]  # H/2 ... 4x4
         sn = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
@@ -104,9 +107,13 @@ class Discriminator(nn.Module):
         n_out = self.spec.n_cat_dims + 2 * self.spec.n_continuous
         self.q_net = nn.Sequential(nn.Flatten(), nn.Linear(feat, q_hidden), nn.LeakyReLU(0.2, inplace=True),
                                    nn.Linear(q_hidden, max(n_out, 1)))
+        # an auxiliary categorical head on Q's hidden layer with more categories than the code
+        # (IIC's over-clustering head): trained only by the pair-MI term, it shapes the features
+        self.q_over = nn.Linear(q_hidden, q_overcluster) if q_overcluster else None
 
     def q_head(self, h: torch.Tensor) -> QOutput:
-        out = self.q_net(h).float()
+        hidden = self.q_net[:-1](h)
+        out = self.q_net[-1](hidden).float()
         logits, i = [], 0
         for k in self.spec.categorical:
             logits.append(out[:, i:i + k])
@@ -114,7 +121,8 @@ class Discriminator(nn.Module):
         nc = self.spec.n_continuous
         mu = out[:, i:i + nc]
         log_sigma = out[:, i + nc:i + 2 * nc].clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX)
-        return QOutput(logits, mu, log_sigma)
+        over = self.q_over(hidden).float() if self.q_over is not None else None
+        return QOutput(logits, mu, log_sigma, over)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, QOutput]:
         h = self.trunk(x)

@@ -49,6 +49,17 @@ CRITERION = ("information score = mean Q confidence on the real crops x evenness
              "(entropy of the category shares / log n_categories); ties: lower morphology Fréchet distance")
 
 
+def information_score(mean_confidence: float | None, counts: Sequence[int], n_categories: int
+                      ) -> tuple[float | None, float]:
+    """(score, usage evenness) of a seed from Q's mean confidence on the real crops and the number of
+    crops assigned to each category (see the module docstring); score is None without a confidence."""
+    n = sum(counts)
+    shares = [c / n for c in counts if c > 0] if n else []
+    entropy = sum(-p * math.log(p) for p in shares)  # sum() starts at +0: no -0.0 for one category
+    evenness = entropy / math.log(n_categories) if n_categories > 1 else 1.0
+    return (None if mean_confidence is None else mean_confidence * evenness), evenness
+
+
 def seed_summary(path: Path) -> dict:
     """The measures of one analysis folder that the comparison shows."""
     a = read_analysis(path)
@@ -57,13 +68,9 @@ def seed_summary(path: Path) -> dict:
     entry: dict = {"name": path.name, "path": str(path), "n_categories": n_cat, "mean_confidence": None,
                    "usage_evenness": None, "categories_used": None, "score": None}
     if asg:
-        shares = [c / asg["n"] for c in asg["counts"].values() if c > 0]
-        entropy = sum(-p * math.log(p) for p in shares)  # sum() starts at +0: no -0.0 for one category
-        evenness = entropy / math.log(n_cat) if n_cat > 1 else 1.0
+        score, evenness = information_score(asg["mean_confidence"], list(asg["counts"].values()), n_cat)
         entry.update(mean_confidence=asg["mean_confidence"], usage_evenness=evenness,
-                     categories_used=len(shares))
-        if asg["mean_confidence"] is not None:
-            entry["score"] = asg["mean_confidence"] * evenness
+                     categories_used=sum(1 for c in asg["counts"].values() if c > 0), score=score)
     for key, *_ in AGREEMENT:
         entry[key] = number(a.metrics.get(key))
     quality = a.metrics.get("quality")

@@ -138,7 +138,7 @@ def build_networks(spec: LatentSpec, img_size: int, channels: int, config: Train
     with torch.random.fork_rng(devices=[]):  # module constructors draw default inits from it
         G = Generator(spec, img_size=img_size, channels=channels, width=config.g_channels)
         D = Discriminator(spec, img_size=img_size, channels=channels, width=config.d_channels,
-                          spectral_norm=config.spectral_norm)
+                          spectral_norm=config.spectral_norm, q_overcluster=config.q_overcluster)
     init_weights(G, generator=generator)
     init_weights(D, generator=generator)
     return G, D
@@ -230,6 +230,10 @@ class InfoGANStep:
                 q_view2 = q_of_features(D, trunk(T(real)), cfg.info_trains_trunk)
             terms.update(self.pair_loss(q_view.cat_logits[0], q_view2.cat_logits[0]))
             d_total = d_total + terms["Loss/Q/pair_mi"]
+            if q_view.over_logits is not None:
+                over = self.pair_loss(q_view.over_logits, q_view2.over_logits)
+                terms["Loss/Q/pair_mi_over"], terms["MI/Q/pair_over"] = over["Loss/Q/pair_mi"], over["MI/Q/pair"]
+                d_total = d_total + terms["Loss/Q/pair_mi_over"]
         self.opt_D.zero_grad(set_to_none=True)
         d_total.backward()
         self.opt_D.step()
@@ -400,6 +404,9 @@ def _check_config(config: TrainConfig) -> None:
         if is_identity(config.diff_augment):
             raise ConfigError("config key 'train.lambda_pair_mi': needs diff_augment (two different views "
                               "of each real crop)")
+    if config.q_overcluster > 0 and config.lambda_pair_mi <= 0:
+        raise ConfigError("config key 'train.q_overcluster': the over-clustering head is trained by the IIC "
+                          "term only; set train.lambda_pair_mi above 0")
     if config.supervised_fraction > 0 and not config.latent.categorical:
         raise ConfigError("config key 'train.supervised_fraction': semi-supervision needs a categorical code")
 

@@ -425,6 +425,22 @@ def test_training_with_float_augmentation_of_the_real_crops(store, tmp_path):
     assert all(np.isfinite(r["Loss/D/adv"]) and np.isfinite(r["Loss/Q/pair_mi"]) for r in records)
 
 
+def test_over_clustering_head_trains_with_the_iic_term_and_is_saved(store, tmp_path):
+    from infogan_cells.checkpoint import load_discriminator
+
+    aug = AugmentConfig(rot90=True, flip=True, shift=1)
+    config = tiny_config(diff_augment=aug, lambda_pair_mi=1.0, q_overcluster=6)
+    run = train(store, tmp_path / "run", config, seed=0, device="cpu")
+    records = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["Loss/Q/pair_mi_over"]) and r["MI/Q/pair_over"] >= 0 for r in records)
+    D, _, _ = load_discriminator(run / "network-final.pt")
+    assert D.q_over is not None and D.q_over.out_features == 6
+    q = D.q_head(D.trunk(torch.zeros(3, 1, 16, 16)))
+    assert q.over_logits.shape == (3, 6) and q.cat_logits[0].shape == (3, 2)
+    with pytest.raises(ConfigError, match="train.q_overcluster"):
+        train(store, tmp_path / "bad", tiny_config(q_overcluster=6), seed=0, device="cpu")
+
+
 def test_diff_augment_needs_a_generator():
     from infogan_cells.train import InfoGANStep, build_networks, build_optimizers
 
