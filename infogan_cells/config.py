@@ -208,6 +208,8 @@ class TrainConfig:
                                "the IIC term (IIC's recipe: about 5x the categories of the code; 0: none). It "
                                "shapes D's features; the code's own head is what the analysis reads.", ge=0)
     lambda_sup: float = param(1.0, help="Weight of the supervised cross-entropy on labelled real crops.", ge=0)
+    supervised_batch: int = param(32, help="Labelled real crops per step for the supervised loss, drawn with "
+                                  "classes equally often (semi-supervised runs only).", ge=1)
     augment: AugmentConfig = param(default_factory=AugmentConfig, help="On-device augmentation of real crops "
                                    "(G learns the augmented distribution).")
     diff_augment: AugmentConfig = param(

@@ -168,7 +168,7 @@ class InfoGANStep:
 
     D's step minimises the adversarial loss on real and fake, plus the information loss on the
     fake batch (it trains Q, and D's shared trunk iff ``config.info_trains_trunk``), plus the
-    supervised loss on labelled real crops. With ``config.diff_augment`` every image D and Q see
+    supervised loss on a separate batch of labelled real crops (semi-supervised runs). With ``config.diff_augment`` every image D and Q see
     (real and fake, in both steps) goes through the same random differentiable transforms first.
     G's step minimises its adversarial loss plus the
     information loss (the paper's min_G max_D V - lambda I, both players sharing L_I).
@@ -193,10 +193,12 @@ class InfoGANStep:
         elif config.compile:
             log.info("compile: ignored on %s (CUDA only)", device)
 
-    def __call__(self, real: torch.Tensor, latent: Latent, targets: torch.Tensor | None = None,
+    def __call__(self, real: torch.Tensor, latent: Latent,
+                 supervised: tuple[torch.Tensor, torch.Tensor] | None = None,
                  want_q_real: bool = False, generator: torch.Generator | None = None
                  ) -> tuple[dict[str, torch.Tensor], QOutput | None]:
-        """``real`` (B, C, H, W) float in [-1, 1]; ``generator`` draws the differentiable augmentation."""
+        """``real`` (B, C, H, W) float in [-1, 1]; ``supervised`` (images, categories) a batch of labelled
+        real crops for Q's supervised loss; ``generator`` draws the differentiable augmentation."""
         cfg, D, trunk = self.config, self.D, self.trunk
         real = real.contiguous(memory_format=self.memory_format)
         if is_identity(cfg.diff_augment):
@@ -217,12 +219,16 @@ class InfoGANStep:
             real_logits = D.d_head(h_real).squeeze(1).float()
             fake_logits = D.d_head(h_fake).squeeze(1).float()
             q_fake = q_of_features(D, h_fake, cfg.info_trains_trunk)
-            q_real = q_of_features(D, h_real, cfg.info_trains_trunk) if (want_q_real or targets is not None) else None
+            q_real = q_of_features(D, h_real, cfg.info_trains_trunk) if want_q_real else None
         terms = self.d_loss(real_logits, fake_logits)
         terms.update(self.info_loss(q_fake, latent))
         d_total = total(terms, "Loss/D/adv", "Loss/Q/info")
-        if targets is not None and q_real is not None:
-            terms.update(self.sup_loss(q_real.cat_logits[0], targets))
+        if supervised is not None:
+            x_sup, t_sup = supervised
+            with autocast(self.device, cfg.bf16):
+                q_sup = q_of_features(D, trunk(T(x_sup.contiguous(memory_format=self.memory_format))),
+                                      cfg.info_trains_trunk)
+            terms.update(self.sup_loss(q_sup.cat_logits[0], t_sup))
             d_total = d_total + terms["Loss/Q/sup"]
         if cfg.lambda_pair_mi > 0:
             q_view = q_real if q_real is not None else q_of_features(D, h_real, cfg.info_trains_trunk)
@@ -509,6 +515,11 @@ def train(crops_path: str | Path, run_dir: str | Path, config: TrainConfig, *, s
 
     # --- loop
     B = config.batch_size
+    sup_pool = sup_weights = None
+    if crops.targets is not None:
+        sup_pool = torch.nonzero(crops.targets >= 0).squeeze(1)
+        cls = crops.targets[sup_pool]
+        sup_weights = (1.0 / torch.bincount(cls)[cls].float())
     want_q_real = config.prior == "learned"
     prior_start = int(config.prior_warmup * config.total_images)
     pbar = None
@@ -526,10 +537,19 @@ def train(crops_path: str | Path, run_dir: str | Path, config: TrainConfig, *, s
                 real = augment_batch(to_float(crops.images[idx]), config.augment, data_gen)
             else:  # the integer transforms are cheaper on uint8
                 real = to_float(augment_batch(crops.images[idx], config.augment, data_gen))
-            targets = crops.targets[idx] if crops.targets is not None else None
+            supervised = None
+            if sup_pool is not None:  # a class-balanced batch of the labelled crops
+                j = sup_pool[torch.multinomial(sup_weights, config.supervised_batch, replacement=True,
+                                               generator=data_gen)]
+                x_sup = crops.images[j]
+                if needs_float(config.augment):
+                    x_sup = augment_batch(to_float(x_sup), config.augment, data_gen)
+                else:
+                    x_sup = to_float(augment_batch(x_sup, config.augment, data_gen))
+                supervised = (x_sup, crops.targets[j])
             latent = sample_latent(spec, B, generator=latent_gen, device=dev,
                                    cat_probs=prior_cpu if cur_nimg >= prior_start else None)
-            terms, q_real = step_fn(real, latent, targets, want_q_real=want_q_real, generator=data_gen)
+            terms, q_real = step_fn(real, latent, supervised, want_q_real=want_q_real, generator=data_gen)
             if G_ema is not None:
                 ema_update(G_ema, G, min(config.ema_beta, (1 + n_steps) / (10 + n_steps)))
             if want_q_real and q_real is not None:
