@@ -9,8 +9,8 @@ classes, and as many as InfoGAN categories) runs in the same process as the base
 Data sets (``--datasets``):
 
 * ``digits``     scikit-learn's bundled 8x8 digits (1,797), upsampled to 32 px; preset config/digits.yaml
-* ``simulated``  the smear simulator + crop stage with config/config.yaml (64 px); trained with the
-                 TrainConfig defaults of infogan_cells/config.py
+* ``simulated``  the smear simulator + crop stage with config/config.yaml (64 px), trained with
+                 config/config.yaml too (the default pipeline)
 * ``jurkat``     ../shared/data/jurkat_ifc_cellcycle/cells.npz (1,709 cells, 3 channels, 40 -> 32 px);
                  preset config/ifc_npz.yaml
 * ``nih``        ../shared/data/nih_malaria_cell_images (400 crops, 2 classes, padded square -> 64 px);
@@ -59,7 +59,7 @@ from infogan_cells.train import train  # noqa: E402
 
 log = logging.getLogger("clustering_agreement")
 
-PRESETS = {"digits": "digits.yaml", "simulated": None, "jurkat": "ifc_npz.yaml", "nih": "nih_cells.yaml"}
+PRESETS = {"digits": "digits.yaml", "simulated": "config.yaml", "jurkat": "ifc_npz.yaml", "nih": "nih_cells.yaml"}
 
 
 # --------------------------------------------------------------------------------------
@@ -157,7 +157,7 @@ def kmeans_scores(images: np.ndarray, labels: np.ndarray, k: int, seed: int) -> 
 def run_one(name: str, store: Path, seed: int, out: Path, overrides: list[dict], device: str,
             with_analysis: bool = False) -> list[dict]:
     preset = PRESETS[name]
-    cfg = load_config(REPO / "config" / preset if preset else None, overrides)
+    cfg = load_config(REPO / "config" / preset, overrides)
     cs = read_crop_store(store)
     labelled = cs.labels != ""
     labels = cs.labels[labelled]
@@ -212,9 +212,12 @@ def summarise(rows: list[dict]) -> str:
     for (ds, method), g in df.groupby(["dataset", "method"], sort=False):
         def ms(col, g=g):
             v = g[col].dropna().to_numpy(float)
-            return "" if not len(v) else f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f}"
+            if not len(v):
+                return ""
+            return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
         secs = g["train_s"].dropna().to_numpy(float) if "train_s" in g else np.array([])
-        lines.append(f"| {ds} | {method} | {len(g)} | {ms('acc')} | {ms('nmi')} | {ms('ari')} | {ms('purity')} | "
+        seeds = f"seed {g['seed'].iloc[0]}" if "picked" in method else len(g)
+        lines.append(f"| {ds} | {method} | {seeds} | {ms('acc')} | {ms('nmi')} | {ms('ari')} | {ms('purity')} | "
                      f"{f'{secs.mean():.0f}' if len(secs) else ''} |" + "".join(f" {ms(c)} |" for c in extra))
     return "\n".join(lines)
 

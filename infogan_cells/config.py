@@ -200,7 +200,7 @@ class TrainConfig:
     lambda_pair_mi: float = param(1.0, help="Weight of invariant information clustering (IIC) of Q's first "
                                   "categorical head on two diff_augment views of each real batch (0 disables; "
                                   "needs diff_augment). Not part of InfoGAN: it makes Q cluster real crops.", ge=0)
-    pair_mi_entropy: float = param(1.0, help="Weight of the entropy of the categories' marginal in the IIC "
+    pair_mi_entropy: float = param(0.5, help="Weight of the entropy of the categories' marginal in the IIC "
                                    "term (1: mutual information; below 1 lets Q's categories on real crops be "
                                    "unequal in size, as on imbalanced smears; above 1 pushes them to be equal).",
                                    ge=0)

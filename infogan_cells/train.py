@@ -168,9 +168,9 @@ class InfoGANStep:
 
     D's step minimises the adversarial loss on real and fake, plus the information loss on the
     fake batch (it trains Q, and D's shared trunk iff ``config.info_trains_trunk``), plus the
-    supervised loss on a separate batch of labelled real crops (semi-supervised runs). With ``config.diff_augment`` every image D and Q see
-    (real and fake, in both steps) goes through the same random differentiable transforms first.
-    G's step minimises its adversarial loss plus the
+    supervised loss on a separate batch of labelled real crops (semi-supervised runs). With
+    ``config.diff_augment`` every image D and Q see (real and fake, in both steps) goes through the
+    same random differentiable transforms first. G's step minimises its adversarial loss plus the
     information loss (the paper's min_G max_D V - lambda I, both players sharing L_I).
     Returns the named scalars (detached 0-dim tensors; nothing is synced to the host).
     """
@@ -393,6 +393,13 @@ def _matmul_precision(device: torch.device, tf32: bool):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
+def _augment_real(images: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """uint8 real crops -> augmented float crops in [-1, 1] (the integer transforms stay on uint8)."""
+    if needs_float(config.augment):
+        return augment_batch(to_float(images), config.augment, generator)
+    return to_float(augment_batch(images, config.augment, generator))
+
+
 def _check_config(config: TrainConfig) -> None:
     if config.batch_size < 2:
         raise ConfigError(f"config key 'train.batch_size': {config.batch_size} is too small "
@@ -533,20 +540,12 @@ def train(crops_path: str | Path, run_dir: str | Path, config: TrainConfig, *, s
             if want_q_real and cur_nimg >= prior_start and (prior_cpu is None or n_steps % PRIOR_REFRESH_STEPS == 0):
                 prior_cpu = [p.cpu() for p in effective_prior(prior, config.prior_floor)]
             idx = torch.randint(n_crops, (B,), generator=data_gen, device=dev)
-            if needs_float(config.augment):
-                real = augment_batch(to_float(crops.images[idx]), config.augment, data_gen)
-            else:  # the integer transforms are cheaper on uint8
-                real = to_float(augment_batch(crops.images[idx], config.augment, data_gen))
+            real = _augment_real(crops.images[idx], config, data_gen)
             supervised = None
             if sup_pool is not None:  # a class-balanced batch of the labelled crops
                 j = sup_pool[torch.multinomial(sup_weights, config.supervised_batch, replacement=True,
                                                generator=data_gen)]
-                x_sup = crops.images[j]
-                if needs_float(config.augment):
-                    x_sup = augment_batch(to_float(x_sup), config.augment, data_gen)
-                else:
-                    x_sup = to_float(augment_batch(x_sup, config.augment, data_gen))
-                supervised = (x_sup, crops.targets[j])
+                supervised = (_augment_real(crops.images[j], config, data_gen), crops.targets[j])
             latent = sample_latent(spec, B, generator=latent_gen, device=dev,
                                    cat_probs=prior_cpu if cur_nimg >= prior_start else None)
             terms, q_real = step_fn(real, latent, supervised, want_q_real=want_q_real, generator=data_gen)

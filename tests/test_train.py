@@ -452,7 +452,7 @@ def test_over_clustering_head_trains_with_the_iic_term_and_is_saved(store, tmp_p
     config = tiny_config(diff_augment=aug, lambda_pair_mi=1.0, q_overcluster=6)
     run = train(store, tmp_path / "run", config, seed=0, device="cpu")
     records = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
-    assert all(np.isfinite(r["Loss/Q/pair_mi_over"]) and r["MI/Q/pair_over"] >= 0 for r in records)
+    assert all(np.isfinite(r["Loss/Q/pair_mi_over"]) and r["MI/Q/pair_over"] >= -1e-6 for r in records)
     D, _, _ = load_discriminator(run / "network-final.pt")
     assert D.q_over is not None and D.q_over.out_features == 6
     q = D.q_head(D.trunk(torch.zeros(3, 1, 16, 16)))
@@ -483,7 +483,7 @@ def test_pair_mi_runs_in_the_loop(store, tmp_path):
                          diff_augment=AugmentConfig(rot90=False, flip=True, shift=1))
     run = train(store, tmp_path / "run", config, seed=0, device="cpu")
     rec = json.loads((run / "stats.jsonl").read_text().splitlines()[-1])
-    assert rec["MI/Q/pair"] >= 0 and "Loss/Q/pair_mi" in rec
+    assert rec["MI/Q/pair"] >= -1e-6 and "Loss/Q/pair_mi" in rec
 
 
 def test_batchnorm_recalibration_depends_only_on_the_real_crops():
