@@ -176,8 +176,8 @@ def test_full_step_updates_both_players_and_restores_grad_flags():
     d0 = [p.detach().clone() for p in D.parameters()]
     real = torch.rand(4, 1, 16, 16) * 2 - 1
     latent = sample_latent(SPEC, 4, generator=torch.Generator().manual_seed(0))
-    terms, q_real = step(real, latent, torch.tensor([0, -1, 2, -1]), want_q_real=True,
-                         generator=torch.Generator().manual_seed(0))
+    labelled = (torch.rand(2, 1, 16, 16) * 2 - 1, torch.tensor([0, 2]))
+    terms, q_real = step(real, latent, labelled, want_q_real=True, generator=torch.Generator().manual_seed(0))
     assert {"Loss/D/adv", "Loss/G/adv", "Loss/Q/cat", "Loss/Q/cont", "Loss/Q/sup", "Loss/G/info",
             "Loss/Q/pair_mi"} <= set(terms)
     assert all(v.ndim == 0 and not v.requires_grad for v in terms.values())
