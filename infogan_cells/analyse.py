@@ -59,7 +59,7 @@ from infogan_cells.metrics import (
 )
 from infogan_cells.morphology import FEATURES, measure_morphology
 from infogan_cells.plots import image_grid, save_gif, save_grid
-from infogan_cells.store import read_crop_store
+from infogan_cells.store import holdout_split, read_crop_store
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +128,25 @@ def analyse(run_dir: str | Path, crops_path: str | Path, out_dir: str | Path, co
     syn_images = generate(G, spec, syn_latent, dev)
     syn_cats = syn_latent.cat[:, 0].numpy() if spec.categorical else np.zeros(len(syn_images), np.int64)
     syn_morph = measure_morphology(syn_images, channel_names=channel_names)
-    hold, train = holdout_split(len(images), config.holdout_fraction)
+    recorded = meta.get("holdout") or []
+    if recorded:  # the crops training never saw
+        hold = np.flatnonzero(np.isin(crop_index, recorded))
+        train = np.flatnonzero(~np.isin(crop_index, recorded))
+        if len(hold) < 2 or len(train) < 2:
+            raise InputError(f"{crops_path}: only {len(hold)} of the {len(recorded)} crops held out of training "
+                             f"in {run_dir} are in this store; analyse the crop store the run was trained on")
+    else:
+        hold, train = holdout_split(len(images), config.holdout_fraction)
     # synthetic crops take their category's label as the training split sees it (no test labels)
     train_map = category_map(category_summary(categories[train], contingency_table(
         categories[train], labels[train], n_cat)), meta.get("category_labels"))
     syn_labels = train_map["label"].to_numpy(dtype=str)[syn_cats]
     quality = synthetic_quality(images, labels, hold, train, real_morph, syn_images, syn_labels, syn_morph,
                                 config, dev)
+    quality["holdout_seen_in_training"] = not recorded
+    if not recorded:
+        log.info("the %d held-out crops were seen in training (set train.holdout_fraction for a true hold-out)",
+                 len(hold))
     write_json_atomic(out_dir / "quality.json", quality)
 
     # Figures per category
@@ -263,13 +275,6 @@ def traverse(G: torch.nn.Module, spec: LatentSpec, n_cat: int, config: AnalyseCo
         feats = pd.concat(morph, ignore_index=True).drop(columns="orientation")
         tables.append(spearman_table(np.concatenate(values)[:, None], feats, code_names=[f"c{j}"]))
     return pd.concat(tables, ignore_index=True)
-
-
-def holdout_split(n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (held out, training) of a fixed random split of ``n`` crops; at least 2 in each."""
-    order = np.random.default_rng(0).permutation(n)
-    n_hold = min(max(2, round(fraction * n)), n - 2)
-    return np.sort(order[:n_hold]), np.sort(order[n_hold:])
 
 
 def synthetic_quality(images: np.ndarray, labels: np.ndarray, hold: np.ndarray, train: np.ndarray,

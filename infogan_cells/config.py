@@ -195,6 +195,10 @@ class TrainConfig:
     prior_warmup: float = param(0.2, help="Fraction of training that samples the categorical code uniformly "
                                 "before the learned prior takes over (Q's early assignments are noise).",
                                 ge=0, le=1)
+    holdout_fraction: float = param(0.0, help="Fraction of the crops (that passed QC) kept out of training, "
+                                    "a fixed split recorded in the checkpoint; the analysis uses them as its "
+                                    "hold-out (memorisation check, train-on-synthetic-test-on-real). 0: train on "
+                                    "all, and the analysis marks its hold-out as seen in training.", ge=0, le=0.9)
     supervised_fraction: float = param(0.0, help="Fraction of labelled crops whose label supervises Q's "
                                        "categorical head (0 = unsupervised).", ge=0, le=1)
     lambda_pair_mi: float = param(1.0, help="Weight of invariant information clustering (IIC) of Q's first "

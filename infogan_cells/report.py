@@ -421,6 +421,11 @@ def _index_body(a: Analysis, explorer: bool) -> str:
     parts.append(table(["Measure", "Value", "What it means", "Better"],
                        [[esc(name), _num_td(quality_value(q, key), key), f'<span class="what">{esc(what)}</span>',
                          esc(better)] for key, name, what, better in QUALITY], raw=True))
+    if q.get("holdout_seen_in_training"):
+        parts.append('<p class="missing">The held-out real cells were also in the training set '
+                     "(train.holdout_fraction was 0): the memorisation ratio and train-on-synthetic-test-on-real are "
+                     "measured on cells the generator was trained on. Train with train.holdout_fraction above 0 "
+                     "for a true hold-out.</p>")
 
     parts.append("<h2>Categories</h2>")
     parts.append('<p class="explain">Size = real crops assigned to the category. Purity = share of them '

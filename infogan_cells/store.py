@@ -167,3 +167,11 @@ def merge_summaries(summaries: Sequence[Mapping]) -> dict:
             else:
                 out.setdefault(k, v)
     return out
+
+
+def holdout_split(n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (held out, the rest) of a fixed random split of ``n`` crops, at least 2 in each;
+    the same for a given ``n`` and ``fraction`` everywhere (training and analysis both use it)."""
+    order = np.random.default_rng(0).permutation(n)
+    n_hold = min(max(2, round(fraction * n)), n - 2)
+    return np.sort(order[:n_hold]), np.sort(order[n_hold:])

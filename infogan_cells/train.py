@@ -24,7 +24,7 @@ comes from ``torch.Generator`` objects made from ``seed`` (never torch's global 
 Checkpoint meta written here, beside what :func:`~infogan_cells.checkpoint.save_network` needs:
 ``channel_names``, ``img_size``, ``category_prior`` (one probability list per categorical code:
 the learned prior, or uniform), ``category_labels`` (label names of categories 0..n-1 when
-semi-supervised, else empty), ``images_seen``, ``seed``, ``config`` (resolved config YAML),
+semi-supervised, else empty), ``holdout`` (store rows kept out of training), ``images_seen``, ``seed``, ``config`` (resolved config YAML),
 ``train_config`` (the TrainConfig YAML that identifies the run), ``n_crops``, ``device``, ``tf32``,
 ``bf16``, ``torch``.
 """
@@ -52,7 +52,7 @@ from infogan_cells.errors import ConfigError, InputError
 from infogan_cells.latent import Latent, latent_grid, sample_latent, to_input
 from infogan_cells.losses import DiscriminatorLoss, GeneratorLoss, InfoLoss, PairMILoss, SupervisedLoss, total
 from infogan_cells.networks import Discriminator, Generator, QOutput, init_weights
-from infogan_cells.store import read_crop_store
+from infogan_cells.store import holdout_split, read_crop_store
 
 __all__ = ["train", "InfoGANStep", "build_networks", "build_optimizers", "q_of_features", "load_crops",
            "recalibrate_batchnorm"]
@@ -73,12 +73,14 @@ PRIOR_REFRESH_STEPS = 10  # steps between copies of the learned prior to the CPU
 @dataclasses.dataclass
 class Crops:
     """The training set on its device: images (N, C, H, W) uint8, and per-crop supervision targets
-    (N,) int64 (-1 = not supervised) when semi-supervised."""
+    (N,) int64 (-1 = not supervised) when semi-supervised; ``holdout`` the store's row numbers of
+    the crops kept out of training."""
 
     images: torch.Tensor
     targets: torch.Tensor | None
     channel_names: list[str]
     label_names: list[str]
+    holdout: list[int] = dataclasses.field(default_factory=list)  # store rows kept out of training
 
     @property
     def img_size(self) -> int:
@@ -93,12 +95,22 @@ def load_crops(crops_path: str | Path, config: TrainConfig, device: torch.device
     images = cs.images
     keep = np.ones(len(cs), bool)
     if "qc_pass" in cs.obs.columns:
-        keep = cs.obs["qc_pass"].to_numpy(dtype=bool)
+        keep = cs.obs["qc_pass"].to_numpy(dtype=bool, copy=True)
         if (~keep).any():
             log.info("%s: training on %d of %d crops (the rest failed QC)", crops_path, keep.sum(), len(keep))
     if not keep.any():
         raise InputError(f"{crops_path}: crop store holds no crops to train on "
                          f"({len(cs)} crops, {int((~keep).sum())} failed QC)")
+    holdout = np.zeros(0, np.int64)
+    if config.holdout_fraction > 0:  # the same split the analysis makes of the crops that passed QC
+        if keep.sum() < 4:
+            raise InputError(f"{crops_path}: {int(keep.sum())} crops cannot be split for train.holdout_fraction="
+                             f"{config.holdout_fraction} (at least 2 to train on and 2 to hold out)")
+        hold, _ = holdout_split(int(keep.sum()), config.holdout_fraction)
+        holdout = np.flatnonzero(keep)[hold]
+        keep[holdout] = False
+        log.info("%s: %d crops held out of training (train.holdout_fraction=%g)", crops_path, len(holdout),
+                 config.holdout_fraction)
     images = images[keep]
     n, h, w, c = images.shape
     if h != w or h < 8 or h & (h - 1):
@@ -129,7 +141,7 @@ def load_crops(crops_path: str | Path, config: TrainConfig, device: torch.device
                  ", ".join(f"{i}={name}" for i, name in enumerate(label_names)))
     tensor = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
     names = cs.channel_names or [f"channel_{i}" for i in range(c)]
-    return Crops(tensor, targets, names, label_names if targets is not None else [])
+    return Crops(tensor, targets, names, label_names if targets is not None else [], holdout.tolist())
 
 
 def build_networks(spec: LatentSpec, img_size: int, channels: int, config: TrainConfig,
@@ -616,7 +628,7 @@ def train(crops_path: str | Path, run_dir: str | Path, config: TrainConfig, *, s
             "category_prior": [p.tolist() for p in (effective_prior(prior, config.prior_floor)
                                                     if config.prior == "learned" else
                                                     [torch.full((k,), 1.0 / k) for k in spec.categorical])],
-            "category_labels": labels, "images_seen": cur_nimg, "config": config_text, "n_crops": n_crops,
+            "category_labels": labels, "holdout": crops.holdout, "images_seen": cur_nimg, "config": config_text, "n_crops": n_crops,
             "device": str(dev), "tf32": bool(config.tf32 and dev.type == "cuda"),
             "bf16": bool(config.bf16 and dev.type == "cuda"), "torch": str(torch.__version__),
             "seconds": round(seconds, 3)}

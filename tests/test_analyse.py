@@ -178,6 +178,7 @@ def test_analyse_known_result(tmp_path, monkeypatch, report_calls):
 
     quality = metrics["quality"]
     assert quality["n_synthetic"] == 30 and quality["n_holdout"] == 11
+    assert quality["holdout_seen_in_training"] is True  # the run recorded no hold-out
     assert quality["memorisation"]["encoder"]["ratio"] > 0
     clf = quality["classifier"]
     assert clf["n_test"] + clf["n_real_train"] == 30
@@ -201,6 +202,22 @@ def test_analyse_known_result(tmp_path, monkeypatch, report_calls):
         nearest = np.asarray(im)
     assert set(np.unique(nearest)) == {0, 200, 255}  # category 2's crops, on white padding
     assert not list(out.rglob(".*.tmp"))
+
+
+def test_analyse_holds_out_the_crops_training_held_out(tmp_path, monkeypatch, report_calls):
+    levels = [60, 130, 200] * 8
+    labels = ["a", "b", "c"] * 8
+    crops = _write_crops(tmp_path / "crops.h5", levels, labels, 32)
+    meta = {"category_prior": [1 / 3] * 3, "holdout": [0, 4, 8, 13, 20]}
+    monkeypatch.setattr(analyse_mod, "load_discriminator", lambda run, device: (WiredDiscriminator(32), SPEC, meta))
+    monkeypatch.setattr(analyse_mod, "load_generator", lambda run, ema, device: (WiredGenerator(32), SPEC, meta))
+    quality = analyse(tmp_path / "run", crops, tmp_path / "analysis", TINY, device="cpu")["quality"]
+    assert quality["holdout_seen_in_training"] is False
+    assert quality["n_holdout"] == 5 and quality["n_train"] == 19  # not TINY's 30%: the run's own split
+    assert quality["classifier"]["n_test"] == 5
+    meta["holdout"] = [100, 101, 102]  # rows of another store
+    with pytest.raises(InputError, match="held out of training"):
+        analyse(tmp_path / "run", crops, tmp_path / "analysis2", TINY, device="cpu")
 
 
 def test_analyse_without_labels_gives_nulls_not_a_crash(tmp_path, report_calls):

@@ -144,6 +144,18 @@ def test_category_page_shows_every_figure(tmp_path: Path) -> None:
                     "../traversals/cat01_code1.gif", "../composition/cat01.png", "../morphology/cat01.png"]
 
 
+def test_a_holdout_seen_in_training_is_flagged(tmp_path: Path) -> None:
+    out = make_analysis(tmp_path / "seed0")
+    write_report(out)
+    note = "held-out real cells were also in the training set"
+    assert note not in (out / "report" / "index.html").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["quality"]["holdout_seen_in_training"] = True
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    write_report(out)
+    assert note in (out / "report" / "index.html").read_text()
+
+
 def test_missing_measures_and_figures_render_as_notes(tmp_path: Path) -> None:
     out = make_analysis(tmp_path / "seed0", figures=False)
     metrics = json.loads((out / "metrics.json").read_text())

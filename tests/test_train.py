@@ -249,6 +249,18 @@ def test_semi_supervision_teaches_q_the_labels_from_a_few_crops(tmp_path):
     assert (names[labelled] == cs.labels[labelled]).mean() >= 0.9
 
 
+def test_holdout_crops_are_kept_out_of_training_and_recorded(store, tmp_path):
+    from infogan_cells.store import holdout_split
+
+    run = train(store, tmp_path / "run", tiny_config(holdout_fraction=0.25), seed=0, device="cpu")
+    _, _, meta = load_generator(run)
+    hold, _ = holdout_split(24, 0.25)
+    assert meta["holdout"] == hold.tolist() and len(hold) == 6
+    assert meta["n_crops"] == 18
+    _, _, plain = load_generator(train(store, tmp_path / "all", tiny_config(), seed=0, device="cpu"))
+    assert plain["holdout"] == [] and plain["n_crops"] == 24
+
+
 def test_semi_supervised_needs_a_category_per_label(tmp_path):
     store = make_store(tmp_path / "crops.h5", labels=("a", "b"))
     config = tiny_config(latent=LatentSpec(z_dim=4, categorical=[3], n_continuous=1), supervised_fraction=0.5)
