@@ -12,13 +12,15 @@ import pandas as pd
 import pytest
 import tifffile
 import torch
+from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from infogan_cells import SyntheticCells, read_obs
 from infogan_cells.analyse import analyse
 from infogan_cells.config import load_config
 from infogan_cells.crop import crop
-from infogan_cells.store import read_crop_store
+from infogan_cells.quality import cnn_accuracy
+from infogan_cells.store import holdout_split, read_crop_store
 from infogan_cells.synthesise import gather, synthesise
 from infogan_cells.train import train
 from infogan_cells.validate import validate_file
@@ -66,8 +68,33 @@ def test_analysis_on_a_trained_run_matches_an_independent_computation(trained):
         assert counts[cmap.loc[k, "label"]] == counts.iloc[0]
     saved = json.loads((root / "analysis" / "metrics.json").read_text())
     assert set(saved["baselines"]) == {"kmeans_pixels", "kmeans_morphology"}
+    # the k-means baseline on pixels, recomputed here from the store (same k, seed and restarts)
+    keep = store.obs["qc_pass"].to_numpy(dtype=bool)
+    pixels = store.images[keep].reshape(int(keep.sum()), -1).astype(np.float32) / 255
+    clusters = KMeans(7, n_init=3, random_state=0).fit_predict(pixels)
+    known = store.labels[keep] != ""
+    assert saved["baselines"]["kmeans_pixels"]["nmi"] == pytest.approx(
+        normalized_mutual_info_score(store.labels[keep][known], clusters[known]), abs=1e-9)
+    # the code-meaning table: each code's named feature is its strongest |rho| in codes.csv
+    codes = pd.read_csv(root / "analysis" / "codes.csv")
     assert set(saved["codes"]) == {"c0", "c1"}
-    assert saved["quality"]["fd_morphology"] >= 0
+    for code, rows in codes.groupby("code"):
+        best = rows.loc[rows["rho"].abs().idxmax()]
+        assert saved["codes"][code]["feature"] == best["feature"]
+        assert saved["codes"][code]["rho"] == pytest.approx(best["rho"])
+        assert rows["rho"].between(-1, 1).all()
+    # quality: the train-on-real line recomputed with the same classifier on the analysis's split
+    quality = saved["quality"]
+    assert quality["fd_morphology"] >= 0 and quality["holdout_seen_in_training"] is True
+    hold, rest = holdout_split(int(keep.sum()), cfg.analyse.holdout_fraction)
+    images, labels = store.images[keep], store.labels[keep]
+    trtr = cnn_accuracy(images[rest], labels[rest], images[hold], labels[hold], steps=cfg.analyse.classifier_steps)
+    assert quality["trtr_accuracy"] == pytest.approx(trtr)
+    assert quality["n_holdout"] == len(hold)
+    if cmap["label"][cmap["label"].isin(set(labels))].nunique() < 2:  # < 2 classes to train on
+        assert quality["tstr_accuracy"] is None
+    else:
+        assert 0 <= quality["tstr_accuracy"] <= 1
     assert (root / "analysis" / "report" / "index.html").exists()
     assert (root / "analysis" / "report" / "explorer.html").exists()
 
