@@ -25,7 +25,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from infogan_cells.augment import to_float
+from infogan_cells.augment import augment_batch, to_float
+from infogan_cells.config import AugmentConfig
 
 log = logging.getLogger(__name__)
 
@@ -284,16 +285,12 @@ def cnn_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y
     ``None`` when the training set holds fewer than two classes or the test set is empty. The
     global RNG is left as it was: everything draws from ``seed``.
     """
-    from infogan_cells.augment import augment_batch
-    from infogan_cells.config import AugmentConfig
-
     classes, y_idx = np.unique(np.asarray(y_train), return_inverse=True)
     if len(classes) < 2 or len(y_test) == 0:
         return None
-    n, _, _, c = x_train.shape
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = SmallCNN(c, len(classes)).to(device)
+        model = SmallCNN(x_train.shape[3], len(classes)).to(device)
     gen = torch.Generator().manual_seed(seed)
     data, targets = to_unit_range(x_train), torch.from_numpy(y_idx).long()
     weights = torch.from_numpy(1.0 / np.bincount(y_idx)[y_idx]).double()
