@@ -139,11 +139,16 @@ class Killed(Exception):
 
 
 def test_resume_after_kill_is_bit_identical(store, tmp_path, monkeypatch):
-    # learned prior from step 2; the sampler's copy refreshes every 10 steps, the checkpoint is at step 6
+    # learned prior from step 2; the sampler's copy refreshes every 10 steps, the checkpoint is at step 6;
+    # every random draw of the loop is on: augmentation, DiffAugment with intensity jitter, the IIC term
+    # with its over-clustering head, a labelled batch per step, a held-out split
     config = tiny_config(latent=LatentSpec(z_dim=4, categorical=[6], n_continuous=1), prior="learned",
                          prior_warmup=0.1, prior_momentum=0.5, batch_size=8, total_images=160,
                          augment=AugmentConfig(rot90=True, flip=True, shift=1),
-                         diff_augment=AugmentConfig(rot90=False, flip=True, shift=1, rotate=10, scale=0.1),
+                         diff_augment=AugmentConfig(rot90=False, flip=True, shift=1, rotate=10, scale=0.1,
+                                                    brightness=0.1, contrast=0.1),
+                         lambda_pair_mi=0.5, pair_mi_entropy=0.5, q_overcluster=8, supervised_fraction=0.5,
+                         supervised_batch=4, holdout_fraction=0.2,
                          tick_images=40, checkpoint_images=48)  # a tick straddles the checkpoint
     whole = train(store, tmp_path / "whole", config, seed=5, device="cpu")
 
