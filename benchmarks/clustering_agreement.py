@@ -169,9 +169,10 @@ def run_one(name: str, store: Path, seed: int, out: Path, overrides: list[dict],
     train(store, run_dir, cfg.train, seed=seed, device=device, resolved_config=cfg)
     wall = time.perf_counter() - t0
     D, _, meta = load_discriminator(run_dir)
-    pred, probs = assign_with_q(D, images)
-    # the label-free score the workflow uses to pick a seed (infogan_cells.seeds), on all crops
+    # Q on every crop: the label-free score the workflow uses to pick a seed (infogan_cells.seeds)
+    # reads all of them, the agreement the labelled ones
     all_pred, all_probs = assign_with_q(D, cs.images)
+    pred = all_pred[labelled]
     score, _ = information_score(float(all_probs.max(1).mean()), np.bincount(all_pred, minlength=k_cat).tolist(),
                                  k_cat)
     base = {"dataset": name, "seed": seed, "n": int(len(labels)), "classes": n_classes}

@@ -130,8 +130,8 @@ def analyse(run_dir: str | Path, crops_path: str | Path, out_dir: str | Path, co
     syn_morph = measure_morphology(syn_images, channel_names=channel_names)
     recorded = meta.get("holdout") or []
     if recorded:  # the crops training never saw
-        hold = np.flatnonzero(np.isin(crop_index, recorded))
-        train = np.flatnonzero(~np.isin(crop_index, recorded))
+        held = np.isin(crop_index, recorded)
+        hold, train = np.flatnonzero(held), np.flatnonzero(~held)
         if len(hold) < 2 or len(train) < 2:
             raise InputError(f"{crops_path}: only {len(hold)} of the {len(recorded)} crops held out of training "
                              f"in {run_dir} are in this store; analyse the crop store the run was trained on")
