@@ -19,7 +19,7 @@ import torch
 
 from infogan_cells._io import atomic_path
 from infogan_cells.config import LatentSpec
-from infogan_cells.errors import InputError
+from infogan_cells.errors import ConfigError, InputError
 from infogan_cells.networks import Discriminator, Generator
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,40 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
-def autocast(device: torch.device, bf16: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; a no-op elsewhere, so one loop runs on every device."""
-    if device.type == "cuda" and bf16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` | ``fp32`` | ``bf16`` -> ``fp32`` or ``bf16`` on ``device``.
+
+    ``auto`` is bf16 on a CUDA device that supports it and fp32 elsewhere (bf16 on the CPU is
+    correct but usually slower than fp32). An explicit ``bf16`` on a device without bf16 is a
+    :class:`ConfigError` naming the key.
+    """
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"config key 'train.precision': {precision!r} is not one of auto, fp32, bf16")
+    if precision == "fp32":
+        return "fp32"
+    supported = _bf16_supported(device)
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and supported else "fp32"
+    if not supported:
+        raise ConfigError(f"config key 'train.precision': bf16 is not supported on {device} "
+                          f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type}); "
+                          "use fp32 or auto")
+    return "bf16"
+
+
+def _bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    if device.type == "cpu":
+        return True
+    return False  # MPS autocast supports fp16 only on many macOS versions: keep it fp32
+
+
+def autocast(device: torch.device, precision: str = "fp32") -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` when ``precision`` (resolved, :func:`resolve_precision`) is
+    ``bf16``; a no-op for ``fp32``, so one loop runs on every device in either precision."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -226,7 +226,9 @@ class TrainConfig:
     checkpoint_images: int = param(10240, help="Images between resume checkpoints.", ge=1)
     compile: bool = param(False, help="torch.compile the networks (CUDA only).")
     tf32: bool = param(True, help="Allow TF32 matrix multiplies on CUDA (recorded in the run).")
-    bf16: bool = param(True, help="bf16 autocast on CUDA (ignored on CPU).")
+    precision: str = param("auto", help="Mixed precision: auto (bf16 autocast on a CUDA device that supports "
+                           "it, fp32 elsewhere), fp32, or bf16 (autocast on any device, the CPU too). Losses "
+                           "and Q's last layer stay fp32 either way.", choices=["auto", "fp32", "bf16"])
 
     def check(self, prefix: str = "") -> None:
         if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0

@@ -4,9 +4,10 @@ A latent sample is noise ``z ~ N(0, 1)``, one index per categorical code, and co
 ``c ~ U(-r, r)``. The generator's input is their concatenation with the categorical indices
 one-hot encoded (:func:`to_input`).
 
-Two ways to draw: :func:`sample_latent` draws a batch from one ``torch.Generator`` (training),
-:func:`sample_latent_by_seed` draws each sample from its own seed, so that sample ``k`` is the
-same whatever the batch it is drawn in (synthesis: the seed is the sample's identity).
+Two ways to draw: :func:`sample_latent` draws a batch from one ``torch.Generator`` on its own
+device (training), :func:`sample_latent_by_seed` draws each sample from a counter-based stream
+keyed by its own seed, so that sample ``k`` is the same whatever the batch it is drawn in
+(synthesis: the seed is the sample's identity), with no Python call per sample.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -52,47 +54,101 @@ def to_input(spec: LatentSpec, latent: Latent) -> torch.Tensor:
 
 def _draw_cat(spec: LatentSpec, n: int, generator: torch.Generator,
               cat_probs: Sequence[torch.Tensor] | None) -> torch.Tensor:
+    dev = generator.device
     cols = []
     for j, k in enumerate(spec.categorical):
         if cat_probs is not None and cat_probs[j] is not None:
-            p = torch.as_tensor(cat_probs[j], dtype=torch.float64).cpu()
-            cols.append(torch.multinomial(p / p.sum(), n, replacement=True, generator=generator))
+            # inverse CDF: no host sync on any device (torch.multinomial checks its input on the host)
+            p = torch.as_tensor(cat_probs[j], dtype=torch.float32).to(dev)
+            cdf = torch.cumsum(p / p.sum(), 0)
+            u = torch.rand(n, generator=generator, device=dev)
+            cols.append(torch.searchsorted(cdf, u, right=True).clamp_(max=k - 1))
         else:
-            cols.append(torch.randint(k, (n,), generator=generator))
-    return torch.stack(cols, dim=1) if cols else torch.zeros(n, 0, dtype=torch.long)
+            cols.append(torch.randint(k, (n,), generator=generator, device=dev))
+    return torch.stack(cols, dim=1) if cols else torch.zeros(n, 0, dtype=torch.long, device=dev)
 
 
 def sample_latent(spec: LatentSpec, n: int, *, generator: torch.Generator,
                   cat_probs: Sequence[torch.Tensor] | None = None, truncation: float = 1.0,
-                  device: torch.device | str = "cpu") -> Latent:
-    """Draw ``n`` samples from one CPU ``generator`` (then move them to ``device``).
+                  device: torch.device | str | None = None) -> Latent:
+    """Draw ``n`` samples from ``generator``, on the generator's device (then moved to ``device``
+    when one is given).
 
-    ``cat_probs`` gives each categorical code's prior (default uniform); ``truncation`` scales z.
-    Drawing on the CPU keeps a seed's stream the same on every device.
+    ``cat_probs`` gives each categorical code's prior (default uniform; a tensor on any device);
+    ``truncation`` scales z. Training draws on its own device with a generator there, so a step
+    makes no host copy and no host sync.
     """
-    z = torch.randn(n, spec.z_dim, generator=generator) * truncation
+    dev = generator.device
+    z = torch.randn(n, spec.z_dim, generator=generator, device=dev)
+    if truncation != 1.0:
+        z = z * truncation
     cat = _draw_cat(spec, n, generator, cat_probs)
     r = spec.continuous_range
-    cont = (torch.rand(n, spec.n_continuous, generator=generator) * 2 - 1) * r
-    return Latent(z, cat, cont).to(device)
+    cont = (torch.rand(n, spec.n_continuous, generator=generator, device=dev) * 2 - 1) * r
+    latent = Latent(z, cat, cont)
+    return latent if device is None else latent.to(device)
 
 
-def sample_latent_by_seed(spec: LatentSpec, seeds: Sequence[int], *,
+# --------------------------------------------------------------------------------------
+# Per-sample streams (synthesis): a counter-based generator keyed by each sample's seed
+
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)  # SplitMix64's increment (2**64 / golden ratio)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's output function (uint64 in, uint64 out; arithmetic modulo 2**64)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def seed_uniforms(seeds: np.ndarray, n: int) -> np.ndarray:
+    """(len(seeds), n) float64 uniforms in (0, 1): number ``i`` of sample ``s`` is a function of
+    ``(seeds[s], i)`` alone (SplitMix64 keyed by the mixed seed, counter ``i``), computed for all
+    samples at once with no Python loop."""
+    seeds = np.asarray(seeds, dtype=np.int64)
+    if seeds.size and seeds.min() < 0:
+        raise ValueError("seeds must be >= 0")
+    with np.errstate(over="ignore"):
+        key = _mix64(seeds.astype(np.uint64) + _GAMMA)
+        ctr = np.arange(1, n + 1, dtype=np.uint64) * _GAMMA
+        bits = _mix64(key[:, None] + ctr[None, :])
+    return ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53
+
+
+def sample_latent_by_seed(spec: LatentSpec, seeds: Sequence[int] | np.ndarray, *,
                           cat_probs: Sequence[torch.Tensor] | None = None, truncation: float = 1.0,
                           device: torch.device | str = "cpu") -> Latent:
-    """One sample per seed, each drawn from ``torch.Generator().manual_seed(seed)``.
+    """One sample per seed: sample ``k`` depends on ``seeds[k]`` alone, never on the batch it is
+    drawn in, and the whole batch is drawn with array operations (no Python call per sample).
 
-    Sample ``k`` depends on ``seeds[k]`` alone, never on the batch it is drawn in.
+    Each seed keys a counter-based stream (:func:`seed_uniforms`): the first ``2 * ceil(z_dim / 2)``
+    numbers give z by the Box-Muller transform, then one number per categorical code (inverse
+    CDF of its prior, uniform by default), then one per continuous code (uniform on [-r, r]).
     """
-    parts = []
-    for s in seeds:
-        g = torch.Generator().manual_seed(int(s))
-        parts.append(sample_latent(spec, 1, generator=g, cat_probs=cat_probs, truncation=truncation))
-    if not parts:
-        return Latent(torch.zeros(0, spec.z_dim), torch.zeros(0, len(spec.categorical), dtype=torch.long),
-                      torch.zeros(0, spec.n_continuous)).to(device)
-    return Latent(torch.cat([p.z for p in parts]), torch.cat([p.cat for p in parts]),
-                  torch.cat([p.cont for p in parts])).to(device)
+    seeds = np.asarray(seeds, dtype=np.int64).reshape(-1)
+    n_z = 2 * ((spec.z_dim + 1) // 2)
+    n_cat, n_cont = len(spec.categorical), spec.n_continuous
+    u = seed_uniforms(seeds, n_z + n_cat + n_cont)
+    u1, u2 = u[:, 0:n_z:2], u[:, 1:n_z:2]
+    radius = np.sqrt(-2.0 * np.log(u1))
+    angle = 2.0 * np.pi * u2
+    z = np.empty((len(seeds), n_z), np.float64)
+    z[:, 0::2], z[:, 1::2] = radius * np.cos(angle), radius * np.sin(angle)
+    z = z[:, :spec.z_dim] * truncation
+    cat = np.zeros((len(seeds), n_cat), np.int64)
+    for j, k in enumerate(spec.categorical):
+        uj = u[:, n_z + j]
+        if cat_probs is not None and cat_probs[j] is not None:
+            p = np.asarray(torch.as_tensor(cat_probs[j]).cpu(), dtype=np.float64)
+            cat[:, j] = np.minimum(np.searchsorted(np.cumsum(p / p.sum()), uj, side="right"), k - 1)
+        else:
+            cat[:, j] = np.minimum((uj * k).astype(np.int64), k - 1)
+    cont = (u[:, n_z + n_cat:] * 2 - 1) * spec.continuous_range
+    return Latent(torch.from_numpy(z.astype(np.float32)), torch.from_numpy(cat),
+                  torch.from_numpy(cont.astype(np.float32))).to(device)
 
 
 def latent_grid(spec: LatentSpec, *, n_steps: int = 8, code: int = 0, generator: torch.Generator,

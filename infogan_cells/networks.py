@@ -112,8 +112,16 @@ class Discriminator(nn.Module):
         self.q_over = nn.Linear(q_hidden, q_overcluster) if q_overcluster else None
 
     def q_head(self, h: torch.Tensor) -> QOutput:
+        """Q's estimate from trunk features ``h``. Under autocast the hidden layer may run in bf16;
+        the last layer (logits, means, log-sigmas) always runs in fp32, and features of another
+        dtype than Q's weights are cast when no autocast is active."""
+        if not torch.is_autocast_enabled(h.device.type):
+            h = h.to(self.q_net[1].weight.dtype)
         hidden = self.q_net[:-1](h)
-        out = self.q_net[-1](hidden).float()
+        with torch.autocast(h.device.type, enabled=False):
+            hidden = hidden.float()
+            out = self.q_net[-1](hidden)
+            over = self.q_over(hidden) if self.q_over is not None else None
         logits, i = [], 0
         for k in self.spec.categorical:
             logits.append(out[:, i:i + k])
@@ -121,7 +129,6 @@ class Discriminator(nn.Module):
         nc = self.spec.n_continuous
         mu = out[:, i:i + nc]
         log_sigma = out[:, i + nc:i + 2 * nc].clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX)
-        over = self.q_over(hidden).float() if self.q_over is not None else None
         return QOutput(logits, mu, log_sigma, over)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, QOutput]:

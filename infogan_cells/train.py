@@ -36,18 +36,28 @@ import copy
 import dataclasses
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import torch
+import torch.nn.functional as F
 import yaml
 
 from infogan_cells._io import atomic_path, write_text_atomic
 from infogan_cells.augment import augment_batch, is_identity, needs_float, to_float
-from infogan_cells.checkpoint import FINAL_NAME, autocast, load_payload, resolve_device, save_network
-from infogan_cells.config import LatentSpec, TrainConfig, dump_config, to_dict
+from infogan_cells.checkpoint import (
+    FINAL_NAME,
+    autocast,
+    load_payload,
+    resolve_device,
+    resolve_precision,
+    save_network,
+)
+from infogan_cells.config import AugmentConfig, LatentSpec, TrainConfig, dump_config, to_dict
 from infogan_cells.errors import ConfigError, InputError
 from infogan_cells.latent import Latent, latent_grid, sample_latent, to_input
 from infogan_cells.losses import DiscriminatorLoss, GeneratorLoss, InfoLoss, PairMILoss, SupervisedLoss, total
@@ -63,7 +73,6 @@ RESUME_NAME = "resume.pt"
 STATS_NAME = "stats.jsonl"
 RESUME_FORMAT = "infogan-cells/resume"
 GRID_STEPS = 8  # columns per continuous-code sweep in the sample grids
-PRIOR_REFRESH_STEPS = 10  # steps between copies of the learned prior to the CPU sampler
 
 
 # --------------------------------------------------------------------------------------
@@ -89,10 +98,15 @@ class Crops:
 
 def load_crops(crops_path: str | Path, config: TrainConfig, device: torch.device,
                generator: torch.Generator) -> Crops:
-    """Read a crop store onto ``device``; choose the supervised subset with ``generator`` (CPU)."""
+    """Read a crop store onto ``device``; choose the supervised subset with ``generator`` (CPU).
+
+    The images go straight from the file into one preallocated (N, C, H, W) uint8 tensor on
+    ``device``, a block of about :data:`LOAD_BLOCK_BYTES` at a time, so host memory peaks near the
+    crops' own size (on a GPU, near one block). A set that the device cannot hold is refused
+    before anything is read, naming the size needed and the size free.
+    """
     crops_path = Path(crops_path)
-    cs = read_crop_store(crops_path)
-    images = cs.images
+    cs = read_crop_store(crops_path, load_images=False)
     keep = np.ones(len(cs), bool)
     if "qc_pass" in cs.obs.columns:
         keep = cs.obs["qc_pass"].to_numpy(dtype=bool, copy=True)
@@ -111,8 +125,9 @@ def load_crops(crops_path: str | Path, config: TrainConfig, device: torch.device
         keep[holdout] = False
         log.info("%s: %d crops held out of training (train.holdout_fraction=%g)", crops_path, len(holdout),
                  config.holdout_fraction)
-    images = images[keep]
-    n, h, w, c = images.shape
+    with h5py.File(crops_path, "r") as f:
+        n_all, h, w, c = f["images"].shape
+    n = int(keep.sum())
     if h != w or h < 8 or h & (h - 1):
         raise InputError(f"{crops_path}: crops are {h}x{w} px; training needs square crops whose side is a "
                          "power of two (32, 64, 128); re-crop with crop.size")
@@ -139,9 +154,63 @@ def load_crops(crops_path: str | Path, config: TrainConfig, device: torch.device
         targets = torch.from_numpy(t).to(device)
         log.info("semi-supervised: %d labelled crops supervise Q (%s)", int((t >= 0).sum()),
                  ", ".join(f"{i}={name}" for i, name in enumerate(label_names)))
-    tensor = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
+    tensor = _read_images(crops_path, keep, (n, c, h, w), device)
     names = cs.channel_names or [f"channel_{i}" for i in range(c)]
     return Crops(tensor, targets, names, label_names if targets is not None else [], holdout.tolist())
+
+
+#: Bytes of crops read from the store at a time while loading (the host memory on top of the set).
+LOAD_BLOCK_BYTES = 16 << 20
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device`` (host: MemAvailable), or None when unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "cpu":
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def _read_images(path: Path, keep: np.ndarray, shape: tuple[int, int, int, int],
+                 device: torch.device) -> torch.Tensor:
+    """The kept rows of the store's (N, H, W, C) images as one (n, C, H, W) uint8 tensor on
+    ``device``, filled block by block (no second copy of the set anywhere)."""
+    need = int(np.prod(shape))
+    free = free_memory(device)
+    if free is not None and need > free:
+        raise InputError(f"{path}: the crops need {need / 2**30:.2f} GiB on {device} and only "
+                         f"{free / 2**30:.2f} GiB is free; train on fewer or smaller crops, or on a device "
+                         "with more memory")
+    out = torch.empty(shape, dtype=torch.uint8, device=device)
+    with h5py.File(path, "r") as f:
+        ds = f["images"]
+        per_image = max(1, int(np.prod(ds.shape[1:])))
+        chunk = ds.chunks[0] if ds.chunks else 1
+        block = max(chunk, LOAD_BLOCK_BYTES // per_image // chunk * chunk)
+        row = 0
+        for a in range(0, len(keep), block):
+            sel = keep[a:a + block]
+            if not sel.any():
+                continue
+            arr = ds[a:a + len(sel)]
+            if not sel.all():
+                arr = arr[sel]
+            part = torch.from_numpy(arr).permute(0, 3, 1, 2)  # a view: (m, C, H, W)
+            out[row:row + len(arr)].copy_(part)
+            row += len(arr)
+    if row != shape[0]:
+        raise InputError(f"{path}: read {row} crops, expected {shape[0]}")
+    return out
 
 
 def build_networks(spec: LatentSpec, img_size: int, channels: int, config: TrainConfig,
@@ -196,6 +265,7 @@ class InfoGANStep:
         self.info_loss = InfoLoss(config.lambda_cat, config.lambda_cont)
         self.sup_loss = SupervisedLoss(config.lambda_sup)
         self.pair_loss = PairMILoss(config.lambda_pair_mi, config.pair_mi_entropy)
+        self.precision = resolve_precision(config.precision, device)
         self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         self._D_params = list(D.parameters())
         # the callables (compiled on CUDA when asked); G and D stay the plain modules
@@ -222,34 +292,36 @@ class InfoGANStep:
 
             def T(x: torch.Tensor) -> torch.Tensor:
                 return augment_batch(x, cfg.diff_augment, generator)
-        with autocast(self.device, cfg.bf16):
-            fake = self.G_fwd(to_input(self.spec, latent))
-        # --- D and Q (both see T(real) and T(fake): DiffAugment)
-        with autocast(self.device, cfg.bf16):
+        prec, pair = self.precision, cfg.lambda_pair_mi > 0
+        with autocast(self.device, prec):
+            # G's output in fp32 before augmentation: DiffAugment's resampling is then the same
+            # arithmetic for real and generated images (bf16 would quantise the fakes' grid only)
+            fake = self.G_fwd(to_input(self.spec, latent)).float()
+            # --- D and Q (both see T(real) and T(fake): DiffAugment)
             h_real = trunk(T(real))
             h_fake = trunk(T(fake.detach()))
             real_logits = D.d_head(h_real).squeeze(1).float()
             fake_logits = D.d_head(h_fake).squeeze(1).float()
             q_fake = q_of_features(D, h_fake, cfg.info_trains_trunk)
-            q_real = q_of_features(D, h_real, cfg.info_trains_trunk) if want_q_real else None
+            q_real = q_of_features(D, h_real, cfg.info_trains_trunk) if want_q_real or pair else None
+            q_sup = q_view2 = None
+            if supervised is not None:
+                x_sup = supervised[0].contiguous(memory_format=self.memory_format)
+                q_sup = q_of_features(D, trunk(T(x_sup)), cfg.info_trains_trunk)
+            if pair:
+                q_view2 = q_of_features(D, trunk(T(real)), cfg.info_trains_trunk)
+        # every loss term in fp32, outside autocast
         terms = self.d_loss(real_logits, fake_logits)
         terms.update(self.info_loss(q_fake, latent))
         d_total = total(terms, "Loss/D/adv", "Loss/Q/info")
-        if supervised is not None:
-            x_sup, t_sup = supervised
-            with autocast(self.device, cfg.bf16):
-                q_sup = q_of_features(D, trunk(T(x_sup.contiguous(memory_format=self.memory_format))),
-                                      cfg.info_trains_trunk)
-            terms.update(self.sup_loss(q_sup.cat_logits[0], t_sup))
+        if q_sup is not None:
+            terms.update(self.sup_loss(q_sup.cat_logits[0], supervised[1]))
             d_total = d_total + terms["Loss/Q/sup"]
-        if cfg.lambda_pair_mi > 0:
-            q_view = q_real if q_real is not None else q_of_features(D, h_real, cfg.info_trains_trunk)
-            with autocast(self.device, cfg.bf16):
-                q_view2 = q_of_features(D, trunk(T(real)), cfg.info_trains_trunk)
-            terms.update(self.pair_loss(q_view.cat_logits[0], q_view2.cat_logits[0]))
+        if pair:
+            terms.update(self.pair_loss(q_real.cat_logits[0], q_view2.cat_logits[0]))
             d_total = d_total + terms["Loss/Q/pair_mi"]
-            if q_view.over_logits is not None:
-                over = self.pair_loss(q_view.over_logits, q_view2.over_logits)
+            if q_real.over_logits is not None:
+                over = self.pair_loss(q_real.over_logits, q_view2.over_logits)
                 terms["Loss/Q/pair_mi_over"], terms["MI/Q/pair_over"] = over["Loss/Q/pair_mi"], over["MI/Q/pair"]
                 d_total = d_total + terms["Loss/Q/pair_mi_over"]
         self.opt_D.zero_grad(set_to_none=True)
@@ -258,7 +330,7 @@ class InfoGANStep:
         # --- G (D's weights need no gradient here: skip computing them)
         for p in self._D_params:
             p.requires_grad_(False)
-        with autocast(self.device, cfg.bf16):
+        with autocast(self.device, prec):
             h = trunk(T(fake))
             g_logits = D.d_head(h).squeeze(1).float()
             q = D.q_head(h)
@@ -272,19 +344,20 @@ class InfoGANStep:
         terms.update(g_terms)
         terms["Loss/G/info"] = g_info["Loss/Q/info"]
         terms = {k: v.detach() for k, v in terms.items()}
-        if q_real is not None:
-            q_real = QOutput([t.detach() for t in q_real.cat_logits], q_real.cont_mu.detach(),
-                             q_real.cont_log_sigma.detach())
-        return terms, q_real
+        if not want_q_real:
+            return terms, None
+        return terms, QOutput([t.detach() for t in q_real.cat_logits], q_real.cont_mu.detach(),
+                              q_real.cont_log_sigma.detach())
 
 
 @torch.no_grad()
 def ema_update(G_ema: torch.nn.Module, G: torch.nn.Module, beta: float) -> None:
     """Move G_ema's weights ``1 - beta`` of the way to G's; copy G's BatchNorm statistics."""
-    for pe, p in zip(G_ema.parameters(), G.parameters(), strict=True):
-        pe.lerp_(p, 1.0 - beta)
-    for be, b in zip(G_ema.buffers(), G.buffers(), strict=True):
-        be.copy_(b)
+    ema_params, params = list(G_ema.parameters()), list(G.parameters())
+    if len(ema_params) != len(params):
+        raise ValueError("ema_update: G_ema and G have different parameters")
+    torch._foreach_lerp_(ema_params, params, 1.0 - beta)  # one fused update on CUDA
+    torch._foreach_copy_(list(G_ema.buffers()), list(G.buffers()))
 
 
 @torch.no_grad()
@@ -392,24 +465,69 @@ def _snapshot(run_dir: Path, G: Generator, grid: Latent, n_cols: int, spec: Late
 
 
 @contextlib.contextmanager
-def _matmul_precision(device: torch.device, tf32: bool):
-    """TF32 for CUDA matmuls and convolutions as asked, restored afterwards (a recorded choice)."""
+def _device_flags(device: torch.device, tf32: bool):
+    """On CUDA: TF32 for matmuls and convolutions as asked (a recorded choice), and cuDNN's
+    autotuner (every shape in the loop is static); restored afterwards."""
     if device.type != "cuda":
         yield
         return
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+           torch.backends.cudnn.benchmark)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(tf32)
+    torch.backends.cudnn.benchmark = True
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = old
 
 
-def _augment_real(images: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+def _augment_real(images: torch.Tensor, augment: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """uint8 real crops -> augmented float crops in [-1, 1] (the integer transforms stay on uint8)."""
-    if needs_float(config.augment):
-        return augment_batch(to_float(images), config.augment, generator)
-    return to_float(augment_batch(images, config.augment, generator))
+    if needs_float(augment):
+        return augment_batch(to_float(images), augment, generator)
+    return to_float(augment_batch(images, augment, generator))
+
+
+class _Batches:
+    """Draws each step's inputs on the training device: a real batch (augmented), a class-balanced
+    batch of labelled crops when semi-supervised, and a latent batch; no host sync."""
+
+    def __init__(self, crops: Crops, config: TrainConfig, data_gen: torch.Generator,
+                 latent_gen: torch.Generator):
+        self.crops, self.config, self.data_gen, self.latent_gen = crops, config, data_gen, latent_gen
+        self.n = crops.images.shape[0]
+        self.dev = crops.images.device
+        self.sup_pool = self.sup_cdf = None
+        if crops.targets is not None:  # classes drawn equally often: weights 1 / class size
+            self.sup_pool = torch.nonzero(crops.targets >= 0).squeeze(1)
+            cls = crops.targets[self.sup_pool]
+            w = 1.0 / torch.bincount(cls)[cls].float()
+            self.sup_cdf = torch.cumsum(w / w.sum(), 0)
+
+    def real(self) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        cfg, g = self.config, self.data_gen
+        idx = torch.randint(self.n, (cfg.batch_size,), generator=g, device=self.dev)
+        real = _augment_real(self.crops.images[idx], cfg.augment, g)
+        if self.sup_pool is None:
+            return real, None
+        u = torch.rand(cfg.supervised_batch, generator=g, device=self.dev)
+        pick = torch.searchsorted(self.sup_cdf, u, right=True).clamp_(max=len(self.sup_pool) - 1)
+        j = self.sup_pool[pick]
+        return real, (_augment_real(self.crops.images[j], cfg.augment, g), self.crops.targets[j])
+
+    def latent(self, cat_probs: list[torch.Tensor] | None) -> Latent:
+        return sample_latent(self.config.latent, self.config.batch_size, generator=self.latent_gen,
+                             cat_probs=cat_probs)
+
+
+@torch.no_grad()
+def update_prior(prior: list[torch.Tensor], q_real: QOutput, momentum: float) -> None:
+    """Move each code's running prior toward the share of real crops Q puts in each category
+    (one-hot counts: no host sync, unlike ``bincount``)."""
+    for p, logits in zip(prior, q_real.cat_logits, strict=True):
+        share = F.one_hot(logits.argmax(1), p.numel()).float().mean(0)
+        p.mul_(momentum).add_(share, alpha=1 - momentum)
 
 
 def _check_config(config: TrainConfig) -> None:
@@ -455,6 +573,7 @@ def train(crops_path: str | Path, run_dir: str | Path, config: TrainConfig, *, s
     _check_config(config)
     run_dir = Path(run_dir)
     dev = resolve_device(device)
+    precision = resolve_precision(config.precision, dev)
     spec = config.latent
     ident = _identity(config, seed)
     final_path, resume_path, stats_path = run_dir / FINAL_NAME, run_dir / RESUME_NAME, run_dir / STATS_NAME
@@ -463,8 +582,10 @@ def train(crops_path: str | Path, run_dir: str | Path, config: TrainConfig, *, s
         _check_same_run(final_path, meta, ident)
         log.info("%s: already trained (%d images); nothing to do", run_dir, meta.get("images_seen", 0))
         return run_dir
+    log.info("training on %s in %s%s", dev, precision,
+             f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else "")
     s_init, s_latent, s_data, s_grid, s_sup = (int(s) for s in np.random.SeedSequence(seed).generate_state(5))
-    latent_gen = torch.Generator().manual_seed(s_latent)  # latents are drawn on the CPU (see latent.py)
+    latent_gen = torch.Generator(device=dev).manual_seed(s_latent)  # latents are drawn on the device
     data_gen = torch.Generator(device=dev).manual_seed(s_data)  # batch indices and augmentation
 
     # --- data
@@ -484,7 +605,6 @@ def train(crops_path: str | Path, run_dir: str | Path, config: TrainConfig, *, s
     opt_G, opt_D = build_optimizers(G, D, config, dev)
     step_fn = InfoGANStep(G, D, opt_G, opt_D, spec, config, dev)
     prior = [torch.full((k,), 1.0 / k, device=dev) for k in spec.categorical]
-    prior_cpu: list[torch.Tensor] | None = None
     cur_nimg, n_steps, seconds, records = 0, 0, 0.0, []
     tick_sums: dict[str, torch.Tensor] = {}
     tick_steps = 0
@@ -505,15 +625,15 @@ def train(crops_path: str | Path, run_dir: str | Path, config: TrainConfig, *, s
             G_ema.load_state_dict(state["G_ema"])
         opt_G.load_state_dict(state["opt_G"])
         opt_D.load_state_dict(state["opt_D"])
-        latent_gen.set_state(state["latent_rng"])
         if state["device_type"] == dev.type:
+            latent_gen.set_state(state["latent_rng"])
             data_gen.set_state(state["data_rng"])
         else:
             log.warning("%s: saved on %s, resuming on %s: batches after the resume differ from an "
                         "uninterrupted run", resume_path, state["device_type"], dev.type)
+            latent_gen.manual_seed(s_latent + state["cur_nimg"])
             data_gen.manual_seed(s_data + state["cur_nimg"])
         prior = [p.to(dev) for p in state["prior"]]
-        prior_cpu = state["prior_cpu"]  # the sampler's copy, as stale as it was (refreshed every few steps)
         cur_nimg, n_steps, seconds = state["cur_nimg"], state["n_steps"], state["seconds"]
         tick_sums = {k: v.to(dev) for k, v in state["tick_sums"].items()}
         tick_steps = state["tick_steps"]
@@ -534,11 +654,7 @@ def train(crops_path: str | Path, run_dir: str | Path, config: TrainConfig, *, s
 
     # --- loop
     B = config.batch_size
-    sup_pool = sup_weights = None
-    if crops.targets is not None:
-        sup_pool = torch.nonzero(crops.targets >= 0).squeeze(1)
-        cls = crops.targets[sup_pool]
-        sup_weights = (1.0 / torch.bincount(cls)[cls].float())
+    batches = _Batches(crops, config, data_gen, latent_gen)
     want_q_real = config.prior == "learned"
     prior_start = int(config.prior_warmup * config.total_images)
     pbar = None
@@ -547,28 +663,17 @@ def train(crops_path: str | Path, run_dir: str | Path, config: TrainConfig, *, s
 
         pbar = tqdm(total=config.total_images, initial=cur_nimg, unit="img", unit_scale=True, dynamic_ncols=True)
     t_tick = time.perf_counter()
-    with _matmul_precision(dev, config.tf32):
+    with _device_flags(dev, config.tf32):
         while cur_nimg < config.total_images:
-            if want_q_real and cur_nimg >= prior_start and (prior_cpu is None or n_steps % PRIOR_REFRESH_STEPS == 0):
-                prior_cpu = [p.cpu() for p in effective_prior(prior, config.prior_floor)]
-            idx = torch.randint(n_crops, (B,), generator=data_gen, device=dev)
-            real = _augment_real(crops.images[idx], config, data_gen)
-            supervised = None
-            if sup_pool is not None:  # a class-balanced batch of the labelled crops
-                j = sup_pool[torch.multinomial(sup_weights, config.supervised_batch, replacement=True,
-                                               generator=data_gen)]
-                supervised = (_augment_real(crops.images[j], config, data_gen), crops.targets[j])
-            latent = sample_latent(spec, B, generator=latent_gen, device=dev,
-                                   cat_probs=prior_cpu if cur_nimg >= prior_start else None)
+            # --- one step: every draw and update stays on the device (no host sync until a tick)
+            learned = want_q_real and cur_nimg >= prior_start
+            real, supervised = batches.real()
+            latent = batches.latent(effective_prior(prior, config.prior_floor) if learned else None)
             terms, q_real = step_fn(real, latent, supervised, want_q_real=want_q_real, generator=data_gen)
             if G_ema is not None:
                 ema_update(G_ema, G, min(config.ema_beta, (1 + n_steps) / (10 + n_steps)))
-            if want_q_real and q_real is not None:
-                m = config.prior_momentum
-                with torch.no_grad():
-                    for j, logits in enumerate(q_real.cat_logits):
-                        counts = torch.bincount(logits.argmax(1), minlength=logits.shape[1]).float() / B
-                        prior[j].mul_(m).add_(counts, alpha=1 - m)
+            if q_real is not None:
+                update_prior(prior, q_real, config.prior_momentum)
             for k, v in terms.items():
                 tick_sums[k] = tick_sums[k] + v if k in tick_sums else v.clone()
             tick_steps += 1
@@ -580,7 +685,7 @@ def train(crops_path: str | Path, run_dir: str | Path, config: TrainConfig, *, s
             def crossed(every: int) -> bool:
                 return cur_nimg // every > prev // every  # noqa: B023
 
-            # --- snapshots
+            # --- snapshots (the only host syncs: the tick's means, the sample grid)
             if crossed(config.tick_images) or done:
                 rec = {k: v.item() / tick_steps for k, v in tick_sums.items()}
                 now = time.perf_counter()
@@ -588,6 +693,8 @@ def train(crops_path: str | Path, run_dir: str | Path, config: TrainConfig, *, s
                 seconds += dt
                 rec = {"images_seen": cur_nimg, "kimg": cur_nimg / 1000, "seconds": round(seconds, 3),
                        "images_per_s": round(tick_steps * B / max(dt, 1e-9), 2), **rec}
+                if dev.type == "cuda":
+                    rec["gpu_max_memory_mb"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
                 if want_q_real:
                     rec["category_prior"] = [round(v, 5) for v in effective_prior(prior, config.prior_floor)[0].tolist()]
                 records.append(rec)
@@ -615,7 +722,7 @@ def train(crops_path: str | Path, run_dir: str | Path, config: TrainConfig, *, s
                     "G_ema": G_ema.state_dict() if G_ema is not None else None,
                     "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
                     "latent_rng": latent_gen.get_state(), "data_rng": data_gen.get_state(),
-                    "prior": [p.cpu() for p in prior], "prior_cpu": prior_cpu,
+                    "prior": [p.cpu() for p in prior],
                     "tick_sums": {k: v.cpu() for k, v in tick_sums.items()}, "tick_steps": tick_steps})
                 t_tick += time.perf_counter() - t0
     if pbar is not None:
@@ -630,7 +737,7 @@ def train(crops_path: str | Path, run_dir: str | Path, config: TrainConfig, *, s
                                                     [torch.full((k,), 1.0 / k) for k in spec.categorical])],
             "category_labels": labels, "holdout": crops.holdout, "images_seen": cur_nimg, "config": config_text, "n_crops": n_crops,
             "device": str(dev), "tf32": bool(config.tf32 and dev.type == "cuda"),
-            "bf16": bool(config.bf16 and dev.type == "cuda"), "torch": str(torch.__version__),
+            "precision": precision, "bf16": precision == "bf16", "torch": str(torch.__version__),
             "seconds": round(seconds, 3)}
     save_network(final_path, G=G, D=D, G_ema=G_ema, meta=meta)
     resume_path.unlink(missing_ok=True)  # the finished network supersedes it

@@ -235,14 +235,15 @@ def test_semi_supervised_names_categories_by_sorted_label(tmp_path):
 
 
 def test_semi_supervision_teaches_q_the_labels_from_a_few_crops(tmp_path):
-    """4 labelled disks and 4 labelled squares (a class-balanced batch of them every step) are enough
+    """4 labelled disks and 4 labelled squares (a class-balanced batch of 32 drawn from them every step:
+    with 8, most seeds never separate them) are enough
     for Q to sort all 48 crops by shape."""
     from infogan_cells.checkpoint import load_discriminator
     from infogan_cells.clustering import assign_with_q
     from infogan_cells.store import read_crop_store
 
     store = make_store(tmp_path / "crops.h5", n=48, labels=("disk", "square"))
-    config = tiny_config(supervised_fraction=0.25, supervised_batch=8, lambda_sup=10.0, total_images=4800,
+    config = tiny_config(supervised_fraction=0.25, supervised_batch=32, lambda_sup=10.0, total_images=4800,
                          batch_size=16, tick_images=2400, snapshot_images=4800, checkpoint_images=4800,
                          d_channels=8, lr_d=1e-3)
     run = train(store, tmp_path / "run", config, seed=0, device="cpu")
