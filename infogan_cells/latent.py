@@ -59,7 +59,7 @@ def _draw_cat(spec: LatentSpec, n: int, generator: torch.Generator,
     for j, k in enumerate(spec.categorical):
         if cat_probs is not None and cat_probs[j] is not None:
             # inverse CDF: no host sync on any device (torch.multinomial checks its input on the host)
-            p = torch.as_tensor(cat_probs[j], dtype=torch.float32).to(dev)
+            p = torch.as_tensor(cat_probs[j], dtype=torch.float32, device=dev)
             cdf = torch.cumsum(p / p.sum(), 0)
             u = torch.rand(n, generator=generator, device=dev)
             cols.append(torch.searchsorted(cdf, u, right=True).clamp_(max=k - 1))

@@ -138,8 +138,9 @@ class Killed(Exception):
     pass
 
 
-def test_resume_after_kill_is_bit_identical(store, tmp_path, monkeypatch):
-    # learned prior from step 2; the sampler's copy refreshes every 10 steps, the checkpoint is at step 6;
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_after_kill_is_bit_identical(store, tmp_path, monkeypatch, precision):
+    # learned prior from step 2, the checkpoint at step 6; bf16 autocast runs on the CPU as on CUDA;
     # every random draw of the loop is on: augmentation, DiffAugment with intensity jitter, the IIC term
     # with its over-clustering head, a labelled batch per step, a held-out split
     config = tiny_config(latent=LatentSpec(z_dim=4, categorical=[6], n_continuous=1), prior="learned",
@@ -149,7 +150,8 @@ def test_resume_after_kill_is_bit_identical(store, tmp_path, monkeypatch):
                                                     brightness=0.1, contrast=0.1),
                          lambda_pair_mi=0.5, pair_mi_entropy=0.5, q_overcluster=8, supervised_fraction=0.5,
                          supervised_batch=4, holdout_fraction=0.2,
-                         tick_images=40, checkpoint_images=48)  # a tick straddles the checkpoint
+                         tick_images=40, checkpoint_images=48,  # a tick straddles the checkpoint
+                         precision=precision)
     whole = train(store, tmp_path / "whole", config, seed=5, device="cpu")
 
     save = train_mod._save_resume
