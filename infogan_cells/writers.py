@@ -6,7 +6,8 @@ order, then either commits (every file it makes appears under its final name) or
 success and aborts on an exception. Behind the interface:
 
 * :class:`HDF5Writer`: one ``synth.h5`` file (layout in ``docs/hdf5.md``), pre-sized and
-  chunked by whole images, written batch by batch, so memory stays flat as N grows;
+  chunked by whole images, written batch by batch, so memory stays flat as N grows; gzip
+  chunks are compressed on several threads and written whole (``write_direct_chunk``);
 * :class:`TiffStackWriter`: one multi-page TIFF per category (ImageJ hyperstack; OME BigTIFF
   past 4 GB) with a label per page and a CSV beside it;
 * :class:`TiffImageWriter`: one small TIFF per image, in folders of at most 1000;
@@ -19,6 +20,7 @@ success and aborts on an exception. Behind the interface:
 from __future__ import annotations
 
 import abc
+import collections
 import contextlib
 import dataclasses
 import json
@@ -27,7 +29,9 @@ import os
 import queue
 import re
 import threading
+import zlib
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +64,27 @@ def load_hdf5_plugins() -> bool:
     return True
 
 
+#: gzip level of synthetic images.
+GZIP_LEVEL = 4
+
+
+def compression_threads() -> int:
+    """Threads that compress gzip chunks: ``INFOGAN_CELLS_COMPRESSION_THREADS``, else the CPUs
+    this process may use (at most 16)."""
+    env = os.environ.get("INFOGAN_CELLS_COMPRESSION_THREADS", "")
+    if env.strip():
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise InputError(f"INFOGAN_CELLS_COMPRESSION_THREADS={env!r}: expected a whole number") from None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(16, cpus))
+
+
 def compression_options(name: str) -> dict:
     """``create_dataset`` keywords for a ``SynthConfig.compression`` name."""
     if name == "gzip":
-        return {"compression": "gzip", "compression_opts": 4}
+        return {"compression": "gzip", "compression_opts": GZIP_LEVEL}
     if name == "lzf":
         return {"compression": "lzf"}
     if name == "none":
@@ -207,16 +228,26 @@ class HDF5Writer(Writer):
             raise
         self._images = self._f["images"]
         self._chunk = k
+        # gzip chunks are compressed on a pool of threads (zlib releases the GIL) and written with
+        # write_direct_chunk, in order; rows of a chunk not yet complete wait in self._partial
+        self._deflate = compression == "gzip" and self.n > 0
+        self._partial: list[np.ndarray] = []
+        self._partial_start = 0
+        self._pool = ThreadPoolExecutor(compression_threads(), thread_name_prefix="deflate") if self._deflate else None
+        self._compressing: collections.deque = collections.deque()
 
     def write(self, batch: Batch) -> None:
         a, b = batch.offset, batch.offset + len(batch)
         if a != self._rows or b > self.n:
             raise ValueError(f"{self.path}: batch rows {a}..{b} out of order (next row {self._rows} of {self.n})")
-        # whole chunks at a time: h5py holds the GIL while it compresses, and short calls let
-        # the generator's threads run between them
-        step = self._chunk * max(1, 8 // max(1, self._chunk))
-        for i in range(0, len(batch), step):
-            self._images[a + i:min(b, a + i + step)] = batch.images[i:i + step]
+        if self._deflate:
+            self._deflate_rows(batch.images)
+        else:
+            # whole chunks at a time: h5py holds the GIL while it compresses, and short calls let
+            # the generator's threads run between them
+            step = self._chunk * max(1, 8 // max(1, self._chunk))
+            for i in range(0, len(batch), step):
+                self._images[a + i:min(b, a + i + step)] = batch.images[i:i + step]
         f = self._f
         for name in OBS_COLUMNS:
             f["obs"][name][a:b] = getattr(batch, name)
@@ -225,14 +256,46 @@ class HDF5Writer(Writer):
                 f["latent"][name][a:b] = getattr(batch, name)
         self._rows = b
 
+    def _deflate_rows(self, images: np.ndarray) -> None:
+        """Queue whole chunks of ``images`` (the rows after those already queued) for compression,
+        keeping a trailing partial chunk; write the chunks whose compression has finished."""
+        k = self._chunk
+        if self._partial:
+            images = np.concatenate([*self._partial, images])
+        start = self._partial_start
+        n_whole = len(images) // k * k
+        if start + len(images) >= self.n:  # the last chunk of the file: pad it (HDF5 stores it whole)
+            n_whole = len(images)
+        for i in range(0, n_whole, k):
+            block = images[i:i + k]
+            if len(block) < k:
+                block = np.concatenate([block, np.zeros((k - len(block), *block.shape[1:]), np.uint8)])
+            self._compressing.append((start + i, self._pool.submit(zlib.compress, block.tobytes(), GZIP_LEVEL)))
+        self._partial = [images[n_whole:]] if n_whole < len(images) else []
+        self._partial_start = start + n_whole
+        self._write_compressed(wait=len(self._compressing) > 2 * self._pool._max_workers)
+
+    def _write_compressed(self, wait: bool) -> None:
+        offsets = (0,) * (self._images.ndim - 1)
+        while self._compressing and (wait or self._compressing[0][1].done()):
+            row, future = self._compressing.popleft()
+            self._images.id.write_direct_chunk((row, *offsets), future.result())
+            wait = wait and len(self._compressing) > self._pool._max_workers
+
     def commit(self) -> None:
         if self._rows != self.n:
             raise RuntimeError(f"{self.path}: {self._rows} of {self.n} rows written")
+        if self._deflate:
+            while self._compressing:
+                self._write_compressed(wait=True)
+            self._pool.shutdown()
         self._f.close()
         self._files.commit()
         log.info("wrote %s (%d images)", self.path, self.n)
 
     def abort(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
         with contextlib.suppress(Exception):
             self._f.close()
         self._files.abort()
