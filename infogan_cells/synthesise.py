@@ -222,28 +222,38 @@ def forward(G: Generator, x: torch.Tensor, index: np.ndarray, micro_batch: int,
 
     Micro-batch ``j`` holds sample ``k`` at row ``k % micro_batch`` and zeros in the rows not
     asked for, so a sample's output never depends on the batch it was asked in (module docstring).
+    The inputs go to the device once per call.
     """
     M = micro_batch
     first = int(index[0])
+    x = x.to(device)
     for j in range(first // M, int(index[-1]) // M + 1):
         a, b = max(first, j * M), min(first + len(index), (j + 1) * M)
-        rows = torch.zeros(M, x.shape[1], dtype=x.dtype)
-        rows[a - j * M:b - j * M] = x[a - first:b - first]
+        if a == j * M and b == (j + 1) * M:
+            rows = x[a - first:b - first]
+        else:
+            rows = torch.zeros(M, x.shape[1], dtype=x.dtype, device=device)
+            rows[a - j * M:b - j * M] = x[a - first:b - first]
         with torch.no_grad():
-            y = G(rows.to(device))[a - j * M:b - j * M]
+            y = G(rows)[a - j * M:b - j * M]
         yield y
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """Images (B, C, H, W) in [-1, 1] to (B, H, W, C) uint8 (on their device, then to the CPU)."""
-    y = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)  # separate ops: no FMA
-    return y.permute(0, 2, 3, 1).cpu().numpy()
+    return _quantise(images).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _quantise(images: torch.Tensor) -> torch.Tensor:
+    return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)  # separate ops: no FMA
 
 
 def generate(G: Generator, x: torch.Tensor, index: np.ndarray, micro_batch: int,
              device: torch.device) -> np.ndarray:
-    """Images (B, H, W, C) uint8 of consecutive global indices ``index`` (see :func:`forward`)."""
-    return np.concatenate([to_uint8(y) for y in forward(G, x, index, micro_batch, device)])
+    """Images (B, H, W, C) uint8 of consecutive global indices ``index`` (see :func:`forward`),
+    quantised on the device and copied to the host once."""
+    y = torch.cat([_quantise(y) for y in forward(G, x, index, micro_batch, device)])
+    return y.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _steps(start: int, stop: int, batch_size: int, micro_batch: int) -> Iterator[tuple[int, int]]:

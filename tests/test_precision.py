@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
 import infogan_cells.train as train_mod
 from infogan_cells.checkpoint import resolve_precision
@@ -27,6 +26,7 @@ from infogan_cells.config import LatentSpec, TrainConfig, load_config
 from infogan_cells.errors import ConfigError
 from infogan_cells.latent import sample_latent
 from infogan_cells.store import write_crop_store
+from infogan_cells.syncs import HostSyncCounter
 from infogan_cells.train import InfoGANStep, build_networks, build_optimizers, train
 
 PRESETS = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "config").glob("*.yaml"))
@@ -165,26 +165,6 @@ def test_cuda_without_cuda_is_refused_in_one_line_before_any_work(tmp_path, caps
 # host syncs
 
 
-class SyncCounter(TorchFunctionMode):
-    """Counts the tensor calls that make the host wait for the device (on CUDA): reading a value
-    (item, tolist, numpy, bool/int/float of a tensor), copies to the CPU, and data-dependent shapes."""
-
-    SYNCING = {"item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__",
-               "bincount", "nonzero", "unique", "masked_select", "multinomial"}
-
-    def __init__(self):
-        super().__init__()
-        self.calls: dict[str, int] = {}
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = getattr(func, "__name__", "")
-        to_cpu = name == "to" and any(str(a) == "cpu" for a in [*args[1:], kwargs.get("device")])
-        if name in self.SYNCING or to_cpu:
-            self.calls[name] = self.calls.get(name, 0) + 1
-        return func(*args, **kwargs)
-
-
 @pytest.mark.parametrize("extra", [{}, {"prior": "learned", "prior_warmup": 0.0}, {"supervised_fraction": 0.5}],
                          ids=["default", "learned-prior", "semi-supervised"])
 def test_a_training_step_makes_no_host_sync(tmp_path, extra):
@@ -196,7 +176,7 @@ def test_a_training_step_makes_no_host_sync(tmp_path, extra):
         config = preset_train_config("config.yaml", total_images=16 * steps, tick_images=10**6,
                                      snapshot_images=10**6, checkpoint_images=10**6, g_channels=4,
                                      d_channels=4, **{"supervised_fraction": 0.0, **extra})
-        with SyncCounter() as counter:
+        with HostSyncCounter() as counter:
             train(store, tmp_path / f"run{steps}", config, seed=0, device="cpu")
         counts.append(counter.calls)
     assert counts[0] == counts[1]
@@ -264,3 +244,14 @@ def test_loading_crops_costs_about_their_own_size_in_host_memory(tmp_path):
     kept = n - len(range(0, n, 50))
     assert result["n"] == kept and result["sum"] == kept * 255 * size  # row 0 of every kept crop is white
     assert result["grew"] <= 1.2 * kept * size * size * channels + 2 * result["block"], (result, nbytes)
+
+
+def test_the_sync_counter_sees_reads_copies_and_data_dependent_shapes():
+    x = torch.arange(6.0)
+    with HostSyncCounter() as counter:
+        x.sum().item()
+        x.to("cpu")
+        bool(x.any())
+        torch.nonzero(x)
+        x + 1  # no sync
+    assert counter.calls == {"item": 1, "to": 1, "__bool__": 1, "nonzero": 1}
