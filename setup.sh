@@ -5,9 +5,12 @@
 #   ./setup.sh --dev    also the test tools, and on Debian as root the system packages the
 #                       browser and cluster tests use (chromium, slurm-wlm, munge)
 #
-# torch: if the venv has none yet, the CPU build torch==2.13.0 is installed first (a bare
-# `pip install torch` pulls a CUDA build of several GB). With a GPU, install your own CUDA
-# build into .venv first (e.g. .venv/bin/pip install torch --index-url ...); it is kept.
+# torch: if the venv has none yet, torch==2.13.0 is installed first, from pip's configured index
+# (or from TORCH_INDEX_URL when set). Which build that is depends on the index: from PyPI on
+# Linux it is the CUDA build (several GB; it also runs on the CPU); a CPU-only machine may prefer
+# the CPU wheel: TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu ./setup.sh. A torch
+# already in .venv (say, your own CUDA build) is kept. `infogan-cells train` logs the device
+# and precision it chose ("training on cuda in bf16 (...)").
 set -euo pipefail
 cd "$(dirname "$0")"
 dev=0
@@ -17,7 +20,11 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-    pip install "torch==2.13.0"
+    if [ -n "${TORCH_INDEX_URL:-}" ]; then
+        pip install "torch==2.13.0" --index-url "$TORCH_INDEX_URL"
+    else
+        pip install "torch==2.13.0"
+    fi
 fi
 if [ "$dev" = 1 ]; then
     pip install -e ".[dev]"
@@ -35,4 +42,5 @@ if [ "$dev" = 1 ]; then
 else
     pip install -e .
 fi
+.venv/bin/python -c "import torch; print('setup.sh: torch', torch.__version__, '(CUDA build, GPU available)' if torch.cuda.is_available() else ('(CUDA build, no GPU found)' if torch.version.cuda else '(CPU build)'))" >&2
 echo "setup.sh: ready (.venv/bin/snakemake, .venv/bin/infogan-cells)" >&2
