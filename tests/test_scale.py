@@ -139,3 +139,33 @@ def test_bioio_reads_the_stacks_as_ome_tiff(tmp_path, channels):
         assert page.tags["ResolutionUnit"].value == 3 and x_res[0] / x_res[1] == pytest.approx(1e4 / 0.375)
         assert page.tags["IJMetadata"].value["Labels"][:channels] == [f"ring #0 seed 10 {n}" for n in names]
         assert json.loads(page.tags["IJMetadata"].value["Info"])["pixel_size_um"] == 0.375
+
+
+def test_synthesis_carries_the_crop_pixel_size_into_hdf5_and_tiff(tmp_path):
+    import h5py
+    from test_synthesise import make_run
+
+    from infogan_cells.config import SynthConfig
+    from infogan_cells.synthesise import gather, synthesise
+
+    config_text = yaml.safe_dump({"crop": {"size": 16, "window_px": 40, "pixel_size_um": 0.2}})
+    run = make_run(tmp_path / "run", meta={"config": config_text})
+    cfg = SynthConfig(n=12, batch_size=8, micro_batch=4)
+    shards = [synthesise(run, tmp_path / f"s{i}.h5", cfg, shard=(i, 2), tiff_dir=tmp_path / "parts")
+              for i in range(2)]
+    gather(shards, tmp_path / "synth.h5", tiff_dir=tmp_path / "tiff")
+    with h5py.File(tmp_path / "synth.h5") as f:
+        assert float(f.attrs["pixel_size_um"]) == pytest.approx(0.5)  # 0.2 um x 40 / 16
+    for folder in ("parts", "tiff"):
+        for path in sorted((tmp_path / folder).glob("*.tif")):
+            with tifffile.TiffFile(path) as tif:
+                pixels = tif.ome_metadata
+                assert 'PhysicalSizeX="0.5"' in pixels and 'PhysicalSizeXUnit="µm"' in pixels, path
+                assert all(f'Name="{name}"' in pixels for name in ("red", "green", "blue")), path
+    # without a fixed window the synthetic pixel size is unknown: none is claimed
+    run = make_run(tmp_path / "run2", meta={"config": yaml.safe_dump({"crop": {"pixel_size_um": 0.2}})})
+    synthesise(run, tmp_path / "u.h5", cfg, tiff_dir=tmp_path / "u")
+    with h5py.File(tmp_path / "u.h5") as f:
+        assert json.loads(f.attrs["pixel_size_um"]) is None
+    with tifffile.TiffFile(next((tmp_path / "u").glob("*.tif"))) as tif:
+        assert "PhysicalSizeX" not in tif.ome_metadata
