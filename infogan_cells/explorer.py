@@ -233,13 +233,13 @@ def _body(data: dict, n_tiles: int, live: dict | None = None, why_not: str = "")
                 f"The pictures below were rendered in advance.</p>")
     return f"""<p class="lead">Conjure new cells: pick a category, then move the sliders. Each continuous code
 changes one aspect of the cell; the noise seed changes everything the codes do not control.</p>
-{note}
+{note}{channels}
 {_live_block(data, live) if live else ""}
 <div id="lattice">
 <p class="explain">Every picture was generated in advance by the trained network ({n_tiles} pictures,
 {len(data["categories"])} categories &times; {len(data["seeds"])} noise seeds &times; {data["n_points"]}
 code settings); the page only chooses which one to show, so it works offline.</p>
-{axes}{channels}
+{axes}
 <div class="explorer">
 <div id="view" class="view" role="img" aria-label="generated cell"></div>
 <div class="controls">
