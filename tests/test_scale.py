@@ -133,6 +133,10 @@ def test_bioio_reads_the_stacks_as_ome_tiff(tmp_path, channels):
         assert [str(n) for n in image.channel_names] == names
         assert (image.physical_pixel_sizes.Y, image.physical_pixel_sizes.X) == (0.375, 0.375)
         np.testing.assert_array_equal(image.get_image_data("TYXC"), images)
+    # bioio's plain-TIFF plugin also finds the cells along T and the pixel size (it names channels itself)
+    bioio_tifffile = pytest.importorskip("bioio_tifffile", reason="bioio-tifffile is in the dev extra")
+    plain = bioio.BioImage(path, reader=bioio_tifffile.Reader)
+    assert (plain.dims.T, plain.dims.C) == (5, channels) and plain.physical_pixel_sizes.X == 0.375
     with tifffile.TiffFile(path) as tif:  # the ImageJ side: resolution in pixels per centimetre
         page = tif.pages[0]
         x_res = page.tags["XResolution"].value
