@@ -60,11 +60,18 @@ def export_generator(G: torch.nn.Module, path: str | os.PathLike) -> Path:
     cpu = _cpu_copy(G)
     x = torch.zeros(2, cpu.spec.input_dim)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with warnings.catch_warnings():  # the exporter's own deprecation notices, not ours to fix
-        warnings.simplefilter("ignore")
-        torch.onnx.export(cpu, (x,), str(path), input_names=["x"], output_names=["image"], dynamo=True,
-                          opset_version=OPSET, dynamic_shapes={"x": {0: batch}}, verbose=False,
-                          external_data=False)
+    # The exporter's own deprecation notices, and its log lines about torchvision ops we do not use
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(cpu, (x,), str(path), input_names=["x"], output_names=["image"], dynamo=True,
+                              opset_version=OPSET, dynamic_shapes={"x": {0: batch}}, verbose=False,
+                              external_data=False)
+    finally:
+        registration.setLevel(level)
     return path
 
 
