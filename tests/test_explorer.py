@@ -358,3 +358,25 @@ def test_the_live_page_runs_the_generator(tmp_path: Path, browser) -> None:
     assert page.evaluate(LIVE_STATE)["input"][:4] == first["input"][:4]
     assert page.errors() == []
     page.close()
+
+
+@pytest.mark.browser
+def test_when_the_runtime_fails_in_the_page_the_lattice_shows(tmp_path: Path, browser) -> None:
+    from infogan_cells.live import find_runtime
+
+    if find_runtime() is None:
+        pytest.skip("onnxruntime-web not installed (./setup.sh --dev installs it)")
+    pytest.importorskip("onnxscript", reason="the ONNX exporter is in the onnx extra")
+    run = make_run(tmp_path / "run")
+    page_path = write_explorer(run, tmp_path / "seed0", n_noise_seeds=1, n_steps=2)
+    (tmp_path / "seed0" / "report" / "explorer" / "ort" / "wasm.js").unlink()  # a report copied in part
+    page = browser.open(page_path)
+    state = page.evaluate("({error: window.infoganLive.error, live: !document.getElementById('live').hidden,"
+                          " lattice: !document.getElementById('lattice').hidden,"
+                          " status: document.getElementById('live-status').textContent,"
+                          " tile: document.getElementById('view').dataset.tile})")
+    assert state["error"] == "the runtime's WebAssembly did not load"
+    assert not state["live"] and state["lattice"] and state["tile"] == "0"
+    assert "could not start (the runtime's WebAssembly did not load)" in state["status"]
+    assert [e for e in page.errors() if "wasm.js" not in e] == []  # only the missing file itself
+    page.close()
