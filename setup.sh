@@ -3,7 +3,8 @@
 #
 #   ./setup.sh          the pipeline (torch, snakemake, the package)
 #   ./setup.sh --dev    also the test tools, and on Debian as root the system packages the
-#                       browser and cluster tests use (chromium, slurm-wlm, munge)
+#                       browser and cluster tests use (chromium, slurm-wlm, munge, npm); then
+#                       onnxruntime-web from the npm registry into .web/ for the live explorer
 #
 # torch: if the venv has none yet, torch==2.13.0 is installed first, from pip's configured index
 # (or from TORCH_INDEX_URL when set). Which build that is depends on the index: from PyPI on
@@ -33,10 +34,22 @@ if [ "$dev" = 1 ]; then
         command -v chromium >/dev/null || need+=(chromium)
         command -v slurmctld >/dev/null || need+=(slurm-wlm)
         command -v munged >/dev/null || need+=(munge)
+        command -v npm >/dev/null || need+=(npm)
         if [ ${#need[@]} -gt 0 ]; then
             echo "setup.sh: installing ${need[*]} (Debian packages)" >&2
             apt-get update -qq >/dev/null
             DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+        fi
+    fi
+    # The live explorer's runtime (the version pinned in infogan_cells/live.py); without it the
+    # report's explorer shows the pictures rendered in advance.
+    ort=$(sed -n 's/^ORT_WEB_VERSION = "\(.*\)"$/\1/p' infogan_cells/live.py)
+    have=$(sed -n 's/^  "version": "\(.*\)",$/\1/p' .web/node_modules/onnxruntime-web/package.json 2>/dev/null || true)
+    if [ "$have" != "$ort" ]; then
+        if command -v npm >/dev/null; then
+            npm install --prefix .web --no-audit --no-fund --loglevel=error "onnxruntime-web@$ort" >/dev/null
+        else
+            echo "setup.sh: no npm: the report's explorer will not run the generator live" >&2
         fi
     fi
 else

@@ -13,6 +13,7 @@ exception, since it changes numerics.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -102,6 +103,13 @@ class CropConfig:
                                "(0 disables the blur check).", ge=0)
     qc_cell_count: bool = param(True, help="Reject boxes holding more or fewer than one cell.")
     workers: int = param(1, help="Images cropped in parallel within one job.", ge=1)
+    # Cell scale: the crop store records each crop's scale; these keep absolute size and units.
+    window_px: int | None = param(None, help="Fixed window side in source pixels, the same for every cell "
+                                  "(absolute size survives: each crop pixel is window_px / size source "
+                                  "pixels); null: each window scales with its box (margin).", ge=1)
+    pixel_size_um: float | None = param(None, help="Pixel size of the input images in micrometres, carried "
+                                        "into the crop store and the synthetic set's HDF5 and TIFF metadata; "
+                                        "null: unknown.", gt=0)
 
     def check(self, prefix: str = "") -> None:
         p = self.percentiles
@@ -109,6 +117,16 @@ class CropConfig:
                 or not 0 <= p[0] < p[1] <= 100):
             raise ConfigError(f"config key '{prefix}percentiles': expected [low, high] with "
                               f"0 <= low < high <= 100, got {p!r}")
+        if self.pixel_size_um is not None and not math.isfinite(self.pixel_size_um):
+            raise ConfigError(f"config key '{prefix}pixel_size_um': expected a positive number of "
+                              f"micrometres, got {self.pixel_size_um!r}")
+
+    @property
+    def crop_pixel_size_um(self) -> float | None:
+        """Size of one crop pixel in micrometres: known with a fixed window and a pixel size."""
+        if self.window_px is None or self.pixel_size_um is None:
+            return None
+        return self.pixel_size_um * self.window_px / self.size
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,8 +8,11 @@ For each source image:
    unchanged; floats are taken as 0..1). Array files (NPZ, IDX) are normalised as one stack,
    so intensities stay comparable between their cells.
 2. **Crop** each box: a square window centred on the box, of side
-   ``max(h, w) * (1 + 2 * margin)``, resized to ``size`` by area averaging (anti-aliased; bilinear
-   when enlarging). Parts of the window outside the image are filled with the image's
+   ``max(h, w) * (1 + 2 * margin)``, or of side ``window_px`` for every cell (so absolute size
+   survives), resized to ``size`` by area averaging (anti-aliased; bilinear when enlarging).
+   ``obs`` records each crop's ``box_height``, ``box_width`` and ``scale`` (source pixels per crop
+   pixel); the store's summary records ``pixel_size_um`` (the input's, when given) and
+   ``crop_pixel_size_um`` (one number with a fixed window). Parts of the window outside the image are filled with the image's
    background colour (:func:`background_level`: the median outside all boxes). Single-cell
    inputs (a folder, TIFFs, NPZ, IDX) are already crops: the window is the image itself,
    squared. 8-bit images are cropped first and their crops normalised with the image's lookup
@@ -71,7 +74,9 @@ QC_SIZE = 32
 GRID = 200
 
 QC_COLUMNS = ("qc_clipped", "qc_inside", "qc_size_ratio", "qc_n_cells", "qc_blur")
-OBS_COLUMNS = (*REQUIRED_OBS, *QC_COLUMNS)
+#: Each crop's box size and scale (source pixels per crop pixel), so absolute size can be recovered.
+SCALE_COLUMNS = ("box_height", "box_width", "scale")
+OBS_COLUMNS = (*REQUIRED_OBS, *QC_COLUMNS, *SCALE_COLUMNS)
 
 
 # --------------------------------------------------------------------------------------
@@ -158,14 +163,19 @@ def box_problems(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def crop_windows(boxes: np.ndarray, *, margin: float = 0.15, whole: bool = False) -> np.ndarray:
+def crop_windows(boxes: np.ndarray, *, margin: float = 0.15, whole: bool = False,
+                 window: int | None = None) -> np.ndarray:
     """Square windows (K, 3) int64 (min_row, min_col, side) centred on boxes (K, 4).
 
     The side is ``max(h, w) * (1 + 2 * margin)``, or ``max(h, w)`` with ``whole`` (the box is
-    the whole single-cell image, which already holds its context).
+    the whole single-cell image, which already holds its context), or ``window`` for every box
+    when given (a fixed window: every crop has the same scale).
     """
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) * (1 if whole else 1 + 2 * margin)
+    if window is not None:
+        side = np.full(len(boxes), float(window))
+    else:
+        side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) * (1 if whole else 1 + 2 * margin)
     side = np.maximum(1, np.round(side)).astype(np.int64)
     r0 = np.round((boxes[:, 0] + boxes[:, 2] - side) / 2).astype(np.int64)
     c0 = np.round((boxes[:, 1] + boxes[:, 3] - side) / 2).astype(np.int64)
@@ -173,7 +183,8 @@ def crop_windows(boxes: np.ndarray, *, margin: float = 0.15, whole: bool = False
 
 
 def crop_cells(image, boxes: np.ndarray, *, size: int = 64, margin: float = 0.15,
-               background: Sequence[int] | None = None, whole: bool = False) -> np.ndarray:
+               background: Sequence[int] | None = None, whole: bool = False,
+               window: int | None = None) -> np.ndarray:
     """Cut one square crop per box, centred on it, resized to ``size``.
 
     Parameters
@@ -190,6 +201,8 @@ def crop_cells(image, boxes: np.ndarray, *, size: int = 64, margin: float = 0.15
         Fill for the parts of a window outside the image (default 0).
     whole : bool
         The boxes are whole single-cell images: no margin (see :func:`crop_windows`).
+    window : int, optional
+        A fixed window side in source pixels for every box, instead of one scaled to the box.
 
     Returns
     -------
@@ -197,11 +210,13 @@ def crop_cells(image, boxes: np.ndarray, *, size: int = 64, margin: float = 0.15
         Downsizing averages over each output pixel's area (anti-aliased); enlarging is bilinear.
     """
     fill = None if background is None else np.asarray(background)
-    return _crop_planes(_planes(image), boxes, size=size, margin=margin, fill=fill, whole=whole)
+    return _crop_planes(_planes(image), boxes, size=size, margin=margin, fill=fill, whole=whole,
+                        window=window)
 
 
 def _crop_planes(planes: list[Image.Image], boxes: np.ndarray, *, size: int, margin: float,
-                 fill: np.ndarray | None, whole: bool, lut: np.ndarray | None = None) -> np.ndarray:
+                 fill: np.ndarray | None, whole: bool, lut: np.ndarray | None = None,
+                 window: int | None = None) -> np.ndarray:
     """:func:`crop_cells` on PIL images holding the channels; ``lut`` (256, C) maps the result.
 
     Each crop is pasted into one tall PIL image per plane, converted to an array once: a
@@ -210,7 +225,7 @@ def _crop_planes(planes: list[Image.Image], boxes: np.ndarray, *, size: int, mar
     n_channels = sum(len(p.getbands()) for p in planes)
     height, width = planes[0].height, planes[0].width
     fill = [int(v) for v in (fill if fill is not None else [0] * n_channels)]
-    windows = crop_windows(boxes, margin=margin, whole=whole)
+    windows = crop_windows(boxes, margin=margin, whole=whole, window=window)
     n = len(windows)
     out = np.empty((n, size, size, n_channels), np.uint8)
     if n == 0:
@@ -458,6 +473,9 @@ def _crop_source(source: ImageSource, boxes: _Boxes | None, segment: bool, cfg: 
     whole = source.is_stack or bool(len(coords) and np.isnan(coords).all())
     if whole:
         coords[:] = [0, 0, shape[0], shape[1]]
+    if cfg.window_px is not None and cfg.window_px > min(shape):
+        raise InputError(f"config key 'crop.window_px': {cfg.window_px} px is larger than the image "
+                         f"{source.path} ({shape[0]}x{shape[1]} px)")
     problems = box_problems(coords, shape)
     skipped = collections.Counter(p for p in problems if p)
     messages = [f"{source.name}: box {', '.join(map(str, boxes.index[problems == reason]))} "
@@ -470,7 +488,7 @@ def _crop_source(source: ImageSource, boxes: _Boxes | None, segment: bool, cfg: 
         # 8-bit: crop the raw image, then normalise the crops with the image's lookup table
         lut, raw_background = _pil_levels(decoded, known, cfg)
         crops = _crop_planes([decoded], coords, size=size, margin=cfg.margin, fill=raw_background,
-                             whole=whole, lut=lut)
+                             whole=whole, lut=lut, window=cfg.window_px)
         background = (raw_background.astype(np.uint8) if lut is None
                       else lut[raw_background, np.arange(n_channels)])
         sample = _subsample(decoded) if reference is not None else None  # for the stain statistics
@@ -485,10 +503,10 @@ def _crop_source(source: ImageSource, boxes: _Boxes | None, segment: bool, cfg: 
             crops = np.zeros((len(index), size, size, n_channels), np.uint8)
             for j, k in enumerate(index):
                 crops[j] = crop_cells(image[k], coords[j:j + 1], size=size, background=background,
-                                      whole=True)[0]
+                                      whole=True, window=cfg.window_px)[0]
         else:
             crops = crop_cells(image, coords, size=size, margin=cfg.margin, background=background,
-                               whole=whole)
+                               whole=whole, window=cfg.window_px)
     if reference is not None and len(crops):
         stats = lab_stats(sample)
         crops = reinhard(crops, stats, reference)
@@ -496,7 +514,8 @@ def _crop_source(source: ImageSource, boxes: _Boxes | None, segment: bool, cfg: 
 
     # Cells are found on a 32-pixel sample of each crop: enough to tell one cell from two.
     step = max(1, size // QC_SIZE)
-    regions = box_regions(coords, crop_windows(coords, margin=cfg.margin, whole=whole), size) // step
+    windows = crop_windows(coords, margin=cfg.margin, whole=whole, window=cfg.window_px)
+    regions = box_regions(coords, windows, size) // step
     distance = qc.foreground(crops[:, ::step, ::step], background)
     # Each crop's own threshold finds faint cells among bright ones (a G1 cell in a stack of
     # mitoses); the image's caps it where a dark neighbour would lift it over a pale cell.
@@ -528,6 +547,9 @@ def _crop_source(source: ImageSource, boxes: _Boxes | None, segment: bool, cfg: 
         "qc_size_ratio": np.ones(len(index)),
         "qc_n_cells": n_cells.astype(np.int64),
         "qc_blur": blur,
+        "box_height": np.round(coords[:, 2] - coords[:, 0]).astype(np.int64),
+        "box_width": np.round(coords[:, 3] - coords[:, 1]).astype(np.int64),
+        "scale": windows[:, 2] / size,
     }
     return _SourceResult(crops, obs, len(problems), skipped, n_channels, messages=messages)
 
@@ -673,6 +695,10 @@ def _finish(crops: np.ndarray, obs: pd.DataFrame, channel_names: list[str], summ
     summary["n_qc_dropped"] = carried_n + int((~keep).sum())
     summary["n_crops"] = int(keep.sum())
     summary["n_clipped"] = int(obs["qc_clipped"].to_numpy(bool)[keep].sum())
+    # Set from the config, not added up over the parts of a merge.
+    summary["window_px"] = cfg.window_px
+    summary["pixel_size_um"] = cfg.pixel_size_um
+    summary["crop_pixel_size_um"] = cfg.crop_pixel_size_um
     log.info("%s: %d crops from %d boxes in %d images; skipped %s; QC failures %s%s", out_path,
              summary["n_crops"], summary["n_boxes"], summary["n_sources"], summary["skipped"] or "none",
              summary["qc_failed"] or "none", " (kept, flagged)" if cfg.keep_failed else " (dropped)")
@@ -735,4 +761,6 @@ def _empty_obs() -> pd.DataFrame:
         "qc_reason": pd.Series([], dtype=object), "qc_clipped": pd.Series([], dtype=bool),
         "qc_inside": pd.Series([], dtype=np.float64), "qc_size_ratio": pd.Series([], dtype=np.float64),
         "qc_n_cells": pd.Series([], dtype=np.int64), "qc_blur": pd.Series([], dtype=np.float64),
+        "box_height": pd.Series([], dtype=np.int64), "box_width": pd.Series([], dtype=np.int64),
+        "scale": pd.Series([], dtype=np.float64),
     })

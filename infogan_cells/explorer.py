@@ -1,7 +1,12 @@
 """The cell explorer: a page where one picks a category, moves a slider per continuous code and
 one for the noise seed, and watches the generated cell change, offline, from ``file://``.
 
-Nothing runs a network in the browser. The trained generator renders a lattice of images in
+Live: when onnxruntime-web is installed (``./setup.sh --dev``) the generator is exported to ONNX
+and runs in the page (:mod:`infogan_cells.live`): smooth sliders, any noise seed, drawn on a
+canvas. The lattice below is always written too, and shown when the live generator is not
+available (the page says why).
+
+The lattice: the trained generator renders images in
 advance: for every category (of the first categorical code) x noise seed x grid point of the
 continuous codes. With one or two continuous codes the grid is complete (``n_steps`` per code,
 ``n_steps ** 2`` points); with more, each code is swept alone while the others stay at 0
@@ -16,6 +21,8 @@ Files, all under ``report/``::
                            (``fetch`` is blocked on file:// pages)
     explorer/catKK.png     one sprite sheet per category, tiles in row-major order; tile
                            ``seed_index * n_points + point`` is at column ``t % cols``, row ``t // cols``
+    explorer/live.js       the live page's script (``report_assets/explorer-live.js``)
+    explorer/model.js, explorer/ort/   the ONNX generator and the runtime (live only)
 
 The script shows a tile with CSS ``background-position`` on the sprite sheet.
 """
@@ -40,6 +47,7 @@ from infogan_cells.checkpoint import load_generator, resolve_device
 from infogan_cells.config import LatentSpec
 from infogan_cells.errors import InputError
 from infogan_cells.latent import Latent, sample_latent_by_seed, to_input
+from infogan_cells.live import LIVE_SCRIPTS, find_runtime, write_live_files
 from infogan_cells.report import (
     REPORT_DIR,
     code_meaning,
@@ -121,9 +129,12 @@ def _render_category(G: torch.nn.Module, spec: LatentSpec, base: Latent, k: int,
 
 def render_explorer(run_dir: str | os.PathLike, analysis_dir: str | os.PathLike, report_dir: str | os.PathLike,
                     *, n_noise_seeds: int = 4, n_steps: int = 7, device: str = "cpu",
-                    max_tiles: int = MAX_TILES, batch_size: int = 256) -> Path:
+                    max_tiles: int = MAX_TILES, batch_size: int = 256, live: bool = True) -> Path:
     """Write ``explorer.html`` and ``explorer/`` into ``report_dir`` (not atomically: callers build in a
-    temporary folder). Category names and code meanings come from ``analysis_dir`` when present."""
+    temporary folder). Category names and code meanings come from ``analysis_dir`` when present.
+
+    With ``live`` the generator is exported for the live page when onnxruntime-web and the ONNX
+    exporter are installed; otherwise the page shows the lattice and says why."""
     if n_noise_seeds < 1:
         raise InputError(f"explorer n_noise_seeds={n_noise_seeds}: need at least 1")
     dev = resolve_device(device)
@@ -167,13 +178,37 @@ def render_explorer(run_dir: str | os.PathLike, analysis_dir: str | os.PathLike,
             "seeds": seeds, "codes": codes, "categories": categories,
             "channels": [str(n) for n in (meta.get("channel_names") or [])][:min(G.channels, 3)]}
     (data_dir / "index.js").write_text(f"window.{DATA_GLOBAL} = {json.dumps(data, indent=1)};\n")
+    live_info, why_not = _write_live(G, spec, data_dir) if live else (None, "not requested")
+    scripts = ["explorer/index.js", "explorer.js", *(LIVE_SCRIPTS if live_info else ())]
     html_path = report_dir / "explorer.html"
-    html_path.write_text(page("Cell explorer", _body(data, n_tiles), nav='<nav><a href="index.html">'
-                              "&larr; Overview</a></nav>", scripts=["explorer/index.js", "explorer.js"]))
+    html_path.write_text(page("Cell explorer", _body(data, n_tiles, live_info, why_not),
+                              nav='<nav><a href="index.html">&larr; Overview</a></nav>', scripts=scripts))
     return html_path
 
 
-def _body(data: dict, n_tiles: int) -> str:
+def _write_live(G: torch.nn.Module, spec: LatentSpec, data_dir: Path) -> tuple[dict | None, str]:
+    """The live explorer's files, or (None, why they could not be made)."""
+    runtime = find_runtime()
+    if runtime is None:
+        why = "onnxruntime-web is not installed (./setup.sh --dev installs it)"
+    else:
+        try:
+            info = write_live_files(G, spec, data_dir, runtime)
+        except ImportError as err:
+            why = f"the ONNX exporter is missing ({err.name}; pip install 'infogan-cells[onnx]')"
+        except Exception as err:  # noqa: BLE001  (any export failure leaves the lattice, said on the page)
+            why = f"the generator could not be exported to ONNX ({type(err).__name__}: {err})"
+        else:
+            from importlib import resources
+
+            text = (resources.files("infogan_cells") / "report_assets" / "explorer-live.js").read_text()
+            (data_dir / "live.js").write_text(text)
+            return info, ""
+    log.warning("explorer: no live generator: %s; the page shows the pictures rendered in advance", why)
+    return None, why
+
+
+def _body(data: dict, n_tiles: int, live: dict | None = None, why_not: str = "") -> str:
     centre = (data["n_steps"] - 1) // 2
     options = "".join(f'<option value="{c["index"]}">{esc(c["name"])}</option>' for c in data["categories"])
     sliders = []
@@ -191,12 +226,20 @@ def _body(data: dict, n_tiles: int) -> str:
     shown = ("grey",) if len(data["channels"]) == 1 else ("red", "green", "blue")
     colours = ", ".join(f"{col} = {name}" for col, name in zip(shown, data["channels"], strict=False))
     channels = f'<p class="explain">Colours: {esc(colours)}.</p>' if colours else ""
+    if live:
+        note = '<p id="live-status" class="explain">The live generator needs JavaScript.</p>'
+    else:
+        note = (f'<p id="live-status" class="explain">The live generator is not in this report: {esc(why_not)}. '
+                f"The pictures below were rendered in advance.</p>")
     return f"""<p class="lead">Conjure new cells: pick a category, then move the sliders. Each continuous code
 changes one aspect of the cell; the noise seed changes everything the codes do not control.</p>
+{note}{channels}
+{_live_block(data, live) if live else ""}
+<div id="lattice">
 <p class="explain">Every picture was generated in advance by the trained network ({n_tiles} pictures,
 {len(data["categories"])} categories &times; {len(data["seeds"])} noise seeds &times; {data["n_points"]}
 code settings); the page only chooses which one to show, so it works offline.</p>
-{axes}{channels}
+{axes}
 <div class="explorer">
 <div id="view" class="view" role="img" aria-label="generated cell"></div>
 <div class="controls">
@@ -210,11 +253,39 @@ code settings); the page only chooses which one to show, so it works offline.</p
 </div>
 <h2>The same settings in every category</h2>
 <div class="strip" id="strip">{strip}</div>
+</div>
 <noscript><p class="missing">The explorer needs JavaScript.</p></noscript>"""
 
 
+def _live_block(data: dict, live: dict) -> str:
+    """The live explorer's controls (hidden until its script has started the generator)."""
+    options = "".join(f'<option value="{c["index"]}">{esc(c["name"])}</option>' for c in data["categories"])
+    r = live["range"]
+    sliders = []
+    for c in data["codes"]:
+        meaning = f" ≈ {c['feature']}" if c["feature"] else ""
+        j = c["index"]
+        sliders.append(f'<div class="code"><label for="live-code-{j}">Code {esc(c["name"] + meaning)} '
+                       f'<span class="readout" id="live-code-{j}-value"></span></label>'
+                       f'<input type="range" id="live-code-{j}" min="{-r}" max="{r}" step="{r / 100:g}" '
+                       f'value="0"></div>')
+    size = live["img_size"]
+    return f"""<div id="live" class="explorer" hidden>
+<canvas id="live-view" class="view live" width="{size}" height="{size}" role="img"
+aria-label="generated cell"></canvas>
+<div class="controls">
+<label for="live-category">Category</label>
+<select id="live-category">{options}</select>
+{"".join(sliders)}
+<div class="code"><label for="live-seed">Noise seed</label>
+<input type="number" id="live-seed" min="0" max="4294967295" step="1" value="0">
+<button type="button" id="live-random">Random</button></div>
+</div>
+</div>"""
+
+
 def write_explorer(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, n_noise_seeds: int = 4,
-                   n_steps: int = 7, device: str = "cpu", max_tiles: int = MAX_TILES) -> Path:
+                   n_steps: int = 7, device: str = "cpu", max_tiles: int = MAX_TILES, live: bool = True) -> Path:
     """Write the explorer into ``out_dir/report/`` (replacing an older one) and return its page.
 
     If the report's ``index.html`` is already there it is rewritten to link the explorer.
@@ -225,7 +296,7 @@ def write_explorer(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, n_
     tmp = Path(tempfile.mkdtemp(prefix=".explorer.", dir=report_dir))
     try:
         render_explorer(run_dir, out_dir, tmp, n_noise_seeds=n_noise_seeds, n_steps=n_steps, device=device,
-                        max_tiles=max_tiles)
+                        max_tiles=max_tiles, live=live)
         copy_assets(report_dir)
         replace_dir(tmp / "explorer", report_dir / "explorer")
         with atomic_path(report_dir / "explorer.html") as dest:

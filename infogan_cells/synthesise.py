@@ -38,11 +38,12 @@ import h5py
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
 from infogan_cells import __version__
 from infogan_cells.checkpoint import file_sha256, load_generator, network_path, resolve_device
-from infogan_cells.config import LatentSpec, SynthConfig, to_dict
-from infogan_cells.errors import InputError
+from infogan_cells.config import CropConfig, LatentSpec, SynthConfig, from_mapping, to_dict
+from infogan_cells.errors import ConfigError, InputError
 from infogan_cells.latent import Latent, sample_latent_by_seed, to_input
 from infogan_cells.networks import Generator
 from infogan_cells.writers import (
@@ -391,6 +392,7 @@ def synthesise(run_dir: str | Path, out_path: str | Path, config: SynthConfig, *
         "shard_count": shard[1],
         "start": start,
         "stop": stop,
+        "pixel_size_um": crop_pixel_size(meta),
     }
     info = {"format": FORMAT + "-tiff", "model_sha256": attrs["model_sha256"], "package_version": __version__}
 
@@ -405,9 +407,10 @@ def synthesise(run_dir: str | Path, out_path: str | Path, config: SynthConfig, *
             writers.append(TiffStackWriter(tiff_dir, stack_plans(index, config.seed + index, plan.category(index),
                                                                  plan.names),
                                            image_shape=image_shape, channel_names=channel_names, info=info,
-                                           suffix=suffix, overwrite=overwrite))
+                                           suffix=suffix, overwrite=overwrite, pixel_size_um=attrs["pixel_size_um"]))
             if config.tiff_per_image:
-                writers.append(TiffImageWriter(tiff_dir, image_shape=image_shape, info=info, overwrite=overwrite))
+                writers.append(TiffImageWriter(tiff_dir, image_shape=image_shape, info=info, overwrite=overwrite,
+                                               pixel_size_um=attrs["pixel_size_um"]))
         writers.append(HDF5Writer(out_path, n=n, image_shape=image_shape, channel_names=channel_names,
                                   z_dim=spec.z_dim, n_codes=len(spec.categorical), n_continuous=spec.n_continuous,
                                   attrs=attrs, compression=config.compression, overwrite=overwrite))
@@ -500,6 +503,16 @@ def gather(shards: Sequence[str | Path], out_path: str | Path, *, tiff_dir: str 
     return out_path
 
 
+def crop_pixel_size(meta: dict) -> float | None:
+    """The size in micrometres of one pixel of the crops a run was trained on, from the resolved
+    config in its checkpoint meta: known only with ``crop.pixel_size_um`` and ``crop.window_px``."""
+    try:
+        section = (yaml.safe_load(meta.get("config") or "") or {}).get("crop") or {}
+        return from_mapping(CropConfig, section, "crop.").crop_pixel_size_um
+    except (yaml.YAMLError, AttributeError, ConfigError):
+        return None
+
+
 def write_tiff_stacks(sources: Sequence[str | Path], tiff_dir: str | Path, *, suffix: str = "",
                       overwrite: bool = False, block: int = 1024) -> list[Path]:
     """Write one TIFF stack per category from synthetic HDF5 files (shards in order, or one file),
@@ -516,11 +529,12 @@ def write_tiff_stacks(sources: Sequence[str | Path], tiff_dir: str | Path, *, su
             image_shape = f["images"].shape[1:]
             info = {"format": FORMAT + "-tiff", "model_sha256": str(f.attrs["model_sha256"]),
                     "package_version": __version__}
+            pixel_size = json.loads(str(f.attrs.get("pixel_size_um", "null")))
     cols = {c: np.concatenate(v) for c, v in obs.items()}
     plans = stack_plans(cols["index"], cols["seed"], cols["category"], names)
     offset = 0
     with TiffStackWriter(tiff_dir, plans, image_shape=image_shape, channel_names=channel_names, info=info,
-                         suffix=suffix, overwrite=overwrite) as writer:
+                         suffix=suffix, overwrite=overwrite, pixel_size_um=pixel_size) as writer:
         for path in sources:
             with h5py.File(path, "r") as f:
                 images, n = f["images"], f["images"].shape[0]

@@ -8,8 +8,8 @@ success and aborts on an exception. Behind the interface:
 * :class:`HDF5Writer`: one ``synth.h5`` file (layout in ``docs/hdf5.md``), pre-sized and
   chunked by whole images, written batch by batch, so memory stays flat as N grows; gzip
   chunks are compressed on several threads and written whole (``write_direct_chunk``);
-* :class:`TiffStackWriter`: one multi-page TIFF per category (ImageJ hyperstack; OME BigTIFF
-  past 4 GB) with a label per page and a CSV beside it;
+* :class:`TiffStackWriter`: one multi-page OME-TIFF per category (cells along ``T``, named
+  channels, physical pixel size; BigTIFF past 4 GB) with a label per page and a CSV beside it;
 * :class:`TiffImageWriter`: one small TIFF per image, in folders of at most 1000;
 * :class:`MultiWriter` writes to several; :class:`BackgroundWriter` moves any writer onto a
   thread behind a bounded queue, so generation and writing overlap.
@@ -392,24 +392,28 @@ def _stored(image: np.ndarray, axes: str) -> np.ndarray:
 
 
 class TiffStackWriter(Writer):
-    """One multi-page TIFF per category, pages in sample order, plus ``<stack>.csv`` beside it.
+    """One multi-page OME-TIFF per category, pages in sample order, plus ``<stack>.csv`` beside it.
 
-    Classic-TIFF ImageJ hyperstacks (``T`` = sample, with a slice label per page naming its
-    index, seed and label, and the data set's description as JSON in ``Info``), readable by
-    Fiji, napari and tifffile. A stack past :attr:`CLASSIC_LIMIT` bytes becomes an OME BigTIFF
-    (Fiji opens it through Bio-Formats); the CSV holds the per-page metadata either way.
-    The pixels are stored uncompressed and contiguous, so they are written in place as batches
-    arrive.
+    Each stack is ``TCYX``: the cells along ``T`` (page ``t`` is sample ``index[t]``; the CSV
+    says which), every channel a named plane (RGB too: three channels ``R``, ``G``, ``B``), so
+    ``bioio`` (with ``bioio-ome-tiff``), Fiji (Bio-Formats), napari and tifffile read the
+    cells, the channel names and, when ``pixel_size_um`` is known, the physical pixel size from
+    the OME XML. The ImageJ-side copy of the same facts: resolution tags in centimetres and an
+    ``IJMetadata`` tag with a label per plane (index, seed, label, channel) and the data set's
+    description as JSON in ``Info``. A stack past :attr:`CLASSIC_LIMIT` bytes is a BigTIFF. The
+    pixels are stored uncompressed and contiguous, so they are written in place as batches arrive.
     """
 
     CLASSIC_LIMIT = (1 << 32) - (1 << 26)
 
     def __init__(self, tiff_dir: str | Path, stacks: Sequence[StackPlan], *, image_shape: Sequence[int],
                  channel_names: Sequence[str], info: Mapping[str, Any], suffix: str = "",
-                 overwrite: bool = False):
+                 overwrite: bool = False, pixel_size_um: float | None = None):
         self.tiff_dir = Path(tiff_dir)
         self._files = _AtomicFiles()
-        self._axes, photometric, page_shape = _tiff_layout(image_shape)
+        self._axes = "CYX"
+        h, w, c = image_shape
+        page_shape = (c, h, w)
         self._page_bytes = int(np.prod(page_shape))
         self._stacks = {int(s.category): s for s in stacks if len(s.index)}
         self._handles: dict[int, Any] = {}
@@ -421,7 +425,7 @@ class TiffStackWriter(Writer):
                 path = self.tiff_dir / f"{stack_name(c, plan.label)}{suffix}.tif"
                 tmp = self._files.add(path, overwrite=overwrite)
                 csv_tmp = self._files.add(path.with_suffix(".csv"), overwrite=overwrite)
-                self._offset[c] = self._create(tmp, plan, page_shape, photometric, channel_names, info)
+                self._offset[c] = self._create(tmp, plan, page_shape, channel_names, info, pixel_size_um)
                 self._handles[c] = open(tmp, "r+b")  # noqa: SIM115  (closed in commit/abort)
                 _write_stack_csv(csv_tmp, plan)
                 self.paths.append(path)
@@ -429,27 +433,30 @@ class TiffStackWriter(Writer):
             self.abort()
             raise
 
-    def _create(self, tmp: Path, plan: StackPlan, page_shape: tuple[int, ...], photometric: str,
-                channel_names: Sequence[str], info: Mapping[str, Any]) -> int:
+    def _create(self, tmp: Path, plan: StackPlan, page_shape: tuple[int, ...], channel_names: Sequence[str],
+                info: Mapping[str, Any], pixel_size_um: float | None) -> int:
         import tifffile
 
         n = len(plan.index)
         shape = (n, *page_shape)
         description = {**info, "category": int(plan.category), "label": plan.label, "pages": n,
-                       "first_index": int(plan.index[0]), "last_index": int(plan.index[-1])}
-        if n * self._page_bytes + 64 * n < self.CLASSIC_LIMIT:
-            planes = len(channel_names) if self._axes == "CYX" else 1
-            labels = [f"{plan.label} #{i} seed {s}" + (f" {ch}" if planes > 1 else "")
-                      for i, s in zip(plan.index.tolist(), plan.seed.tolist(), strict=True)
-                      for ch in (channel_names if planes > 1 else [""])]
-            metadata = {"axes": "T" + self._axes, "Labels": labels, "Info": json.dumps(description)}
-            offset, _ = tifffile.imwrite(tmp, shape=shape, dtype=np.uint8, photometric=photometric,
-                                         imagej=True, metadata=metadata, returnoffset=True)
-        else:
-            metadata = {"axes": "T" + self._axes, "Name": stack_name(plan.category, plan.label),
-                        "Description": json.dumps(description)}
-            offset, _ = tifffile.imwrite(tmp, shape=shape, dtype=np.uint8, photometric=photometric,
-                                         bigtiff=True, ome=True, metadata=metadata, returnoffset=True)
+                       "first_index": int(plan.index[0]), "last_index": int(plan.index[-1]),
+                       "pixel_size_um": pixel_size_um}
+        names = [str(ch) for ch in channel_names]
+        labels = [f"{plan.label} #{i} seed {s} {ch}"
+                  for i, s in zip(plan.index.tolist(), plan.seed.tolist(), strict=True) for ch in names]
+        metadata: dict[str, Any] = {"axes": "TCYX", "Name": stack_name(plan.category, plan.label),
+                                    "Description": json.dumps(description), "Channel": {"Name": names}}
+        resolution = {}
+        if pixel_size_um is not None:
+            metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeXUnit="µm",
+                            PhysicalSizeY=pixel_size_um, PhysicalSizeYUnit="µm")
+            resolution = {"resolution": (1e4 / pixel_size_um, 1e4 / pixel_size_um), "resolutionunit": "CENTIMETER"}
+        ij_tags = tifffile.imagej_metadata_tag({"Labels": labels, "Info": json.dumps(description)}, "<")
+        big = n * self._page_bytes + 64 * n * page_shape[0] >= self.CLASSIC_LIMIT
+        offset, _ = tifffile.imwrite(tmp, shape=shape, dtype=np.uint8, photometric="minisblack", ome=True,
+                                     bigtiff=big, metadata=metadata, extratags=ij_tags, returnoffset=True,
+                                     byteorder="<", **resolution)
         return int(offset)
 
     def write(self, batch: Batch) -> None:
@@ -493,17 +500,22 @@ def image_tiff_path(tiff_dir: str | Path, index: int, label: str) -> Path:
 
 
 class TiffImageWriter(Writer):
-    """One ImageJ TIFF per image (its index, seed, category and label in ``Info``), each atomic.
+    """One ImageJ TIFF per image (its index, seed, category and label in ``Info``; the pixel size
+    as ImageJ's calibration when known), each atomic.
 
     Files are final as soon as they are written: a killed job leaves whole files only, and the
     rerun rewrites the same bytes. ``abort`` leaves the finished ones (they are correct).
     """
 
     def __init__(self, tiff_dir: str | Path, *, image_shape: Sequence[int], info: Mapping[str, Any],
-                 overwrite: bool = False):
+                 overwrite: bool = False, pixel_size_um: float | None = None):
         self.tiff_dir = Path(tiff_dir)
         self._axes, self._photometric, _ = _tiff_layout(image_shape)
-        self._info = dict(info)
+        self._info = {**info, "pixel_size_um": pixel_size_um}
+        # ImageJ's calibration: pixels per micrometre and the unit in its description
+        self._scale = ({} if pixel_size_um is None else
+                       {"resolution": (1 / pixel_size_um, 1 / pixel_size_um)})
+        self._unit = {} if pixel_size_um is None else {"unit": "micron"}
         self._overwrite = overwrite
         self.n_written = 0
 
@@ -516,7 +528,8 @@ class TiffImageWriter(Writer):
                     "category": int(batch.category[row]), "label": label}
             with atomic_path(image_tiff_path(self.tiff_dir, k, label), overwrite=self._overwrite) as tmp:
                 tifffile.imwrite(tmp, _stored(batch.images[row], self._axes), photometric=self._photometric,
-                                 imagej=True, metadata={"axes": self._axes, "Info": json.dumps(info)})
+                                 imagej=True, metadata={"axes": self._axes, "Info": json.dumps(info), **self._unit},
+                                 **self._scale)
             self.n_written += 1
 
     def commit(self) -> None:

@@ -93,7 +93,7 @@ def test_pack_sprite_is_row_major() -> None:
 def test_every_tile_is_the_generator_image_of_its_latent(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
     out = make_analysis(tmp_path / "seed0")
-    page = write_explorer(run, out, n_noise_seeds=2, n_steps=3)
+    page = write_explorer(run, out, n_noise_seeds=2, n_steps=3, live=False)
     report_dir = out / "report"
     assert page == report_dir / "explorer.html"
     data = read_index(report_dir)
@@ -120,7 +120,7 @@ def test_every_tile_is_the_generator_image_of_its_latent(tmp_path: Path) -> None
 def test_tiles_differ_along_codes_seeds_and_categories(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
     out = tmp_path / "seed0"
-    write_explorer(run, out, n_noise_seeds=2, n_steps=3)
+    write_explorer(run, out, n_noise_seeds=2, n_steps=3, live=False)
     data = read_index(out / "report")
     t0 = tile(out / "report", data, 0, 4)
     for other in [tile(out / "report", data, 0, 5), tile(out / "report", data, 0, 13),
@@ -132,7 +132,7 @@ def test_more_than_two_codes_use_axes(tmp_path: Path, caplog: pytest.LogCaptureF
     run = make_run(tmp_path / "run", n_continuous=3, channels=1)
     out = tmp_path / "seed0"
     with caplog.at_level("INFO", logger="infogan_cells.explorer"):
-        write_explorer(run, out, n_noise_seeds=1, n_steps=5)
+        write_explorer(run, out, n_noise_seeds=1, n_steps=5, live=False)
     data = read_index(out / "report")
     assert data["mode"] == "axes" and data["n_points"] == 15
     assert "3 categories x 1 noise seeds x 15 code points (axes) = 45 images of 16x16" in caplog.text
@@ -143,7 +143,7 @@ def test_more_than_two_codes_use_axes(tmp_path: Path, caplog: pytest.LogCaptureF
 def test_the_lattice_is_bounded(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
     with pytest.raises(InputError, match="would hold 108 images .limit 100.; lower n_steps"):
-        write_explorer(run, tmp_path / "seed0", n_noise_seeds=4, n_steps=3, max_tiles=100)
+        write_explorer(run, tmp_path / "seed0", n_noise_seeds=4, n_steps=3, max_tiles=100, live=False)
     assert not (tmp_path / "seed0" / "report" / "explorer.html").exists()
     assert list((tmp_path / "seed0" / "report").iterdir()) == []  # no temporary folder left
 
@@ -153,7 +153,7 @@ def test_explorer_after_the_report_is_linked_from_it(tmp_path: Path) -> None:
     out = make_analysis(tmp_path / "seed0")
     write_report(out)
     assert "explorer.html" not in (out / "report" / "index.html").read_text()
-    write_explorer(run, out, n_noise_seeds=1, n_steps=2)
+    write_explorer(run, out, n_noise_seeds=1, n_steps=2, live=False)
     assert 'href="explorer.html"' in (out / "report" / "index.html").read_text()
     # rewriting the report keeps it
     write_report(out)
@@ -164,7 +164,7 @@ def test_explorer_after_the_report_is_linked_from_it(tmp_path: Path) -> None:
 def test_report_with_a_run_renders_the_explorer(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
     out = make_analysis(tmp_path / "seed0")
-    write_report(out, run_dir=run, n_noise_seeds=1, n_steps=2)
+    write_report(out, run_dir=run, n_noise_seeds=1, n_steps=2, live=False)
     assert read_index(out / "report")["n_points"] == 4
     assert 'href="explorer.html"' in (out / "report" / "index.html").read_text()
 
@@ -199,7 +199,7 @@ def _set(element_id: str, value: int, event: str = "input") -> str:
 def test_sliders_and_category_change_the_cell(tmp_path: Path, browser) -> None:
     run = make_run(tmp_path / "run")
     out = make_analysis(tmp_path / "seed0")
-    write_report(out, run_dir=run, n_noise_seeds=2, n_steps=5)
+    write_report(out, run_dir=run, n_noise_seeds=2, n_steps=5, live=False)
     report_dir = out / "report"
     data = read_index(report_dir)
     page = browser.open(report_dir / "explorer.html")
@@ -238,7 +238,7 @@ def test_sliders_and_category_change_the_cell(tmp_path: Path, browser) -> None:
 def test_with_three_codes_a_slider_moves_its_code_alone(tmp_path: Path, browser) -> None:
     run = make_run(tmp_path / "run", n_continuous=3, channels=1)
     out = tmp_path / "seed0"
-    write_explorer(run, out, n_noise_seeds=1, n_steps=3)
+    write_explorer(run, out, n_noise_seeds=1, n_steps=3, live=False)
     page = browser.open(out / "report" / "explorer.html")
     assert page.evaluate(STATE)["tile"] == 0 * 3 + 1
     page.evaluate(_set("code-2", 0))
@@ -247,4 +247,136 @@ def test_with_three_codes_a_slider_moves_its_code_alone(tmp_path: Path, browser)
     assert held == [True, True, False]
     assert page.evaluate(STATE)["readout"] == "= 0.00"
     assert page.errors() == []
+    page.close()
+
+
+# --------------------------------------------------------------------------------------
+# The live explorer: the generator exported to ONNX and run in the page
+
+
+def _generator_rgb(run: Path, x: list[float]) -> np.ndarray:
+    from infogan_cells.checkpoint import load_generator
+
+    G, _, _ = load_generator(run)
+    with torch.no_grad():
+        return to_rgb(G(torch.tensor([x], dtype=torch.float32)))[0]
+
+
+def test_the_onnx_export_computes_the_generator(tmp_path: Path) -> None:
+    pytest.importorskip("onnxscript", reason="the ONNX exporter is in the onnx extra")
+    from onnx.reference import ReferenceEvaluator
+
+    from infogan_cells.checkpoint import load_generator
+    from infogan_cells.live import export_generator
+
+    G, spec, _ = load_generator(make_run(tmp_path / "run"))
+    path = export_generator(G, tmp_path / "G.onnx")
+    base = sample_latent_by_seed(spec, [0, 1, 2])
+    x = to_input(spec, base)
+    (got,) = ReferenceEvaluator(str(path)).run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        expected = G(x).numpy()
+    assert got.shape == expected.shape == (3, 3, 16, 16)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_without_the_runtime_the_page_says_so_and_keeps_the_lattice(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("ORT_WEB_DIR", str(tmp_path / "nowhere"))
+    run = make_run(tmp_path / "run")
+    page = write_explorer(run, tmp_path / "seed0", n_noise_seeds=1, n_steps=2)
+    text = page.read_text()
+    assert "The live generator is not in this report: onnxruntime-web is not installed" in text
+    assert 'id="live"' not in text and "ort.wasm.min.js" not in text
+    assert not (tmp_path / "seed0" / "report" / "explorer" / "model.js").exists()
+    assert (tmp_path / "seed0" / "report" / "explorer" / "cat00.png").is_file()
+
+
+LIVE_STATE = """(async () => {
+  await window.infoganLive.idle();
+  const c = document.getElementById('live-view');
+  const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  return {renders: window.infoganLive.renders, input: window.infoganLive.lastInput, pixels: Array.from(px),
+          live: !document.getElementById('live').hidden, lattice: !document.getElementById('lattice').hidden,
+          readout: document.getElementById('live-code-0-value').textContent,
+          status: document.getElementById('live-status').textContent};
+})()"""
+
+
+def _live_rgb(state: dict, size: int) -> np.ndarray:
+    return np.array(state["pixels"], np.uint8).reshape(size, size, 4)[..., :3]
+
+
+def _wait_live(page) -> None:
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        state = page.evaluate("window.infoganLive && [window.infoganLive.ready, window.infoganLive.error]")
+        if state and (state[0] or state[1]):
+            assert state[1] is None, state[1]
+            return
+        time.sleep(0.1)
+    raise AssertionError("the live generator did not start in 60 s")
+
+
+@pytest.mark.browser
+def test_the_live_page_runs_the_generator(tmp_path: Path, browser) -> None:
+    from infogan_cells.live import find_runtime
+
+    if find_runtime() is None:
+        pytest.skip("onnxruntime-web not installed (./setup.sh --dev installs it)")
+    pytest.importorskip("onnxscript", reason="the ONNX exporter is in the onnx extra")
+    run = make_run(tmp_path / "run")
+    out = make_analysis(tmp_path / "seed0")
+    write_report(out, run_dir=run, n_noise_seeds=1, n_steps=2)
+    page = browser.open(out / "report" / "explorer.html")
+    _wait_live(page)
+    first = page.evaluate(LIVE_STATE)
+    assert first["live"] and not first["lattice"] and "runs in this page" in first["status"]
+    assert first["renders"] >= 1 and first["readout"] == "= 0.00"
+    # the input the page drew: z (4 values), one-hot category 0 of 3, both codes at 0
+    assert first["input"][4:] == [1, 0, 0, 0, 0]
+    before = _live_rgb(first, 16)
+    assert np.abs(before.astype(int) - _generator_rgb(run, first["input"])).max() <= 2
+
+    # a smooth slider: any value in [-r, r], not only the lattice's steps
+    page.evaluate(_set("live-code-0", 0.73))
+    moved = page.evaluate(LIVE_STATE)
+    assert moved["renders"] > first["renders"] and moved["readout"] == "= 0.73"
+    assert moved["input"][:4] == first["input"][:4] and moved["input"][7] == pytest.approx(0.73)
+    after = _live_rgb(moved, 16)
+    assert np.abs(after.astype(int) - before.astype(int)).mean() > 2  # the picture changed ...
+    assert np.abs(after.astype(int) - _generator_rgb(run, moved["input"])).max() <= 2  # ... to G's own
+
+    page.evaluate(_set("live-category", 2, "change"))
+    page.evaluate(_set("live-seed", 123456))
+    other = page.evaluate(LIVE_STATE)
+    assert other["input"][4:7] == [0, 0, 1] and other["input"][:4] != first["input"][:4]
+    assert np.abs(_live_rgb(other, 16).astype(int) - _generator_rgb(run, other["input"])).max() <= 2
+    # a seed is reproducible: back to seed 0 gives the first noise again
+    page.evaluate(_set("live-seed", 0))
+    assert page.evaluate(LIVE_STATE)["input"][:4] == first["input"][:4]
+    assert page.errors() == []
+    page.close()
+
+
+@pytest.mark.browser
+def test_when_the_runtime_fails_in_the_page_the_lattice_shows(tmp_path: Path, browser) -> None:
+    from infogan_cells.live import find_runtime
+
+    if find_runtime() is None:
+        pytest.skip("onnxruntime-web not installed (./setup.sh --dev installs it)")
+    pytest.importorskip("onnxscript", reason="the ONNX exporter is in the onnx extra")
+    run = make_run(tmp_path / "run")
+    page_path = write_explorer(run, tmp_path / "seed0", n_noise_seeds=1, n_steps=2)
+    (tmp_path / "seed0" / "report" / "explorer" / "ort" / "wasm.js").unlink()  # a report copied in part
+    page = browser.open(page_path)
+    state = page.evaluate("({error: window.infoganLive.error, live: !document.getElementById('live').hidden,"
+                          " lattice: !document.getElementById('lattice').hidden,"
+                          " status: document.getElementById('live-status').textContent,"
+                          " tile: document.getElementById('view').dataset.tile})")
+    assert state["error"] == "the runtime's WebAssembly did not load"
+    assert not state["live"] and state["lattice"] and state["tile"] == "0"
+    assert "could not start (the runtime's WebAssembly did not load)" in state["status"]
+    assert [e for e in page.errors() if "wasm.js" not in e] == []  # only the missing file itself
     page.close()

@@ -316,13 +316,13 @@ def test_tiff_stacks_and_single_images_match_the_hdf5(run_dir, tmp_path, categor
     for c, name in names.items():
         rows = data["obs/category"] == c
         with tifffile.TiffFile(tmp_path / "tiff" / f"{name}.tif") as tif:
-            assert tif.is_imagej
-            assert tif.series[0].axes == "TYXS"
-            np.testing.assert_array_equal(tif.asarray(), data["images"][rows])
-            labels = tif.imagej_metadata["Labels"]
-            info = json.loads(tif.imagej_metadata["Info"])
+            assert tif.is_ome
+            assert tif.series[0].axes == "TCYX"
+            np.testing.assert_array_equal(tif.asarray(), np.moveaxis(data["images"][rows], -1, 1))
+            ij = tif.pages[0].tags["IJMetadata"].value
+            labels, info = ij["Labels"], json.loads(ij["Info"])
         seeds = data["obs/seed"][rows]
-        assert labels[0] == f"{data['obs/label'][rows][0]} #{data['obs/index'][rows][0]} seed {seeds[0]}"
+        assert labels[0] == f"{data['obs/label'][rows][0]} #{data['obs/index'][rows][0]} seed {seeds[0]} red"
         assert info["category"] == c and info["model_sha256"] == file_sha256(run_dir)
         table = pd.read_csv(tmp_path / "tiff" / f"{name}.csv")
         np.testing.assert_array_equal(table["seed"], seeds)
@@ -339,7 +339,7 @@ def test_gather_writes_the_stacks_of_the_whole_set(run_dir, reference, tmp_path)
     ref = read_all(reference)
     for c in range(4):
         stack = tifffile.imread(tmp_path / "tiff" / f"category_{c:02d}.tif")
-        np.testing.assert_array_equal(stack, ref["images"][ref["obs/category"] == c])
+        np.testing.assert_array_equal(stack, np.moveaxis(ref["images"][ref["obs/category"] == c], -1, 1))
 
 
 def test_the_master_file_can_move_with_its_shards(run_dir, reference, tmp_path, monkeypatch):
