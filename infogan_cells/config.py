@@ -217,6 +217,12 @@ class TrainConfig:
                                     "a fixed split recorded in the checkpoint; the analysis uses them as its "
                                     "hold-out (memorisation check, train-on-synthetic-test-on-real). 0: train on "
                                     "all, and the analysis marks its hold-out as seen in training.", ge=0, le=0.9)
+    partial_labels: bool = param(True, help="When the crop store labels some crops and leaves the rest "
+                                 "unlabelled (class sub-folders beside loose cells, an NPZ or CSV with some labels "
+                                 "empty), every labelled crop supervises Q's first categorical code, so categories "
+                                 "take the classes' names (semi-supervised InfoGAN); the unlabelled crops train "
+                                 "everything else. A fully labelled store stays unsupervised (its labels score the "
+                                 "result). false: ignore the labels.")
     supervised_fraction: float = param(0.0, help="Fraction of labelled crops whose label supervises Q's "
                                        "categorical head (0 = unsupervised).", ge=0, le=1)
     lambda_pair_mi: float = param(1.0, help="Weight of invariant information clustering (IIC) of Q's first "

@@ -135,7 +135,15 @@ def load_crops(crops_path: str | Path, config: TrainConfig, device: torch.device
     label_names = sorted({str(lab) for lab in labels if lab})
     targets = None
     spec = config.latent
-    if config.supervised_fraction > 0:
+    fraction = config.supervised_fraction
+    partly = 0 < int((labels != "").sum()) < len(labels)
+    if fraction == 0 and config.partial_labels and partly and spec.categorical:
+        fraction = 1.0
+        log.info("%s: %d of %d crops carry labels (%s): they supervise Q's categories (train.partial_labels; "
+                 "false trains without them)", crops_path, int((labels != "").sum()), len(labels),
+                 ", ".join(label_names))
+    if fraction > 0:
+        key = "train.supervised_fraction" if config.supervised_fraction > 0 else "train.partial_labels"
         if not label_names:
             raise InputError(f"{crops_path}: supervised_fraction={config.supervised_fraction} but no crop has a "
                              "label (the obs 'label' column is empty)")
@@ -143,12 +151,12 @@ def load_crops(crops_path: str | Path, config: TrainConfig, device: torch.device
         if len(label_names) > k:
             raise ConfigError(f"config key 'train.latent.categorical': the first code has {k} categories but the "
                               f"crops have {len(label_names)} labels ({', '.join(label_names)}); semi-supervision "
-                              "needs at least one category per label")
+                              f"({key}) needs at least one category per label")
         t = np.full(n, -1, np.int64)
         for i, name in enumerate(label_names):
             idx = np.flatnonzero(labels == name)
             # at least one supervised crop per label, so rare classes get a category of their own
-            m = max(1, int(round(config.supervised_fraction * len(idx))))
+            m = max(1, int(round(fraction * len(idx))))
             pick = torch.randperm(len(idx), generator=generator)[:m].numpy()
             t[idx[pick]] = i
         targets = torch.from_numpy(t).to(device)

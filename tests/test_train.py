@@ -31,7 +31,8 @@ SPEC = LatentSpec(z_dim=4, categorical=[2], n_continuous=1)
 def tiny_config(**kw) -> TrainConfig:
     base = dict(latent=SPEC, total_images=96, batch_size=8, g_channels=4, d_channels=4, tick_images=32,
                 snapshot_images=48, checkpoint_images=48, ema_beta=0.9, lambda_pair_mi=0.0,
-                diff_augment=AugmentConfig(rot90=False, flip=False, shift=0))
+                diff_augment=AugmentConfig(rot90=False, flip=False, shift=0),
+                partial_labels=False)  # the stores label 2 crops in 3: unsupervised unless a test asks
     base.update(kw)
     return TrainConfig(**base)
 
@@ -526,3 +527,35 @@ def test_batchnorm_recalibration_depends_only_on_the_real_crops():
         if "running" in k:
             assert torch.equal(b1[k], b2[k]), k
     assert all(m.momentum == 0.1 for m in D1.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+# --------------------------------------------------------------------------------------
+# Partial labels: a few labelled crops among unlabelled ones supervise Q with no setting
+
+
+def test_partial_labels_supervise_q_without_any_setting(tmp_path):
+    """2 labelled crops in 3 (the rest unlabelled): the default config trains semi-supervised and
+    names the categories from the labels; with partial_labels off, or a fully labelled store, not."""
+    store = make_store(tmp_path / "crops.h5", labels=("zebra", "apple"))
+    config = tiny_config(latent=LatentSpec(z_dim=4, categorical=[3], n_continuous=1), total_images=16,
+                         partial_labels=True)
+    run = train(store, tmp_path / "run", config, seed=0, device="cpu")
+    _, _, meta = load_generator(run)
+    assert meta["category_labels"] == ["apple", "zebra"]
+    assert "Loss/Q/sup" in json.loads((run / "stats.jsonl").read_text().splitlines()[-1])
+    off = train(store, tmp_path / "off", tiny_config(latent=config.latent, total_images=16), seed=0, device="cpu")
+    assert load_generator(off)[2]["category_labels"] == []
+    full = make_store(tmp_path / "full.h5", labels=("zebra", "apple"))
+    with h5py.File(full, "r+") as f:  # label every crop
+        del f["obs/label"]
+        f["obs"].create_dataset("label", data=np.array(["zebra", "apple"] * 12, dtype=object),
+                                dtype=h5py.string_dtype("utf-8"))
+    run_full = train(full, tmp_path / "full", config, seed=0, device="cpu")
+    assert load_generator(run_full)[2]["category_labels"] == []
+
+
+def test_partial_labels_with_more_classes_than_categories_name_the_keys(tmp_path):
+    store = make_store(tmp_path / "crops.h5", labels=("zebra", "apple"))
+    config = tiny_config(latent=LatentSpec(z_dim=4, categorical=[1], n_continuous=1), partial_labels=True)
+    with pytest.raises(ConfigError, match=r"train\.latent\.categorical.*train\.partial_labels"):
+        train(store, tmp_path / "run", config, seed=0, device="cpu")
