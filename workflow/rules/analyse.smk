@@ -8,6 +8,7 @@ rule analyse:
     output:
         metrics="results/analyse/seed{seed}/metrics.json",
         category_map="results/analyse/seed{seed}/category_map.csv",
+        cells="results/analyse/seed{seed}/cells.h5ad",
         report_index="results/analyse/seed{seed}/report/index.html",
         samples=report(
             directory("results/analyse/seed{seed}/samples"),
