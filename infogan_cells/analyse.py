@@ -65,6 +65,7 @@ from infogan_cells.metrics import (
 )
 from infogan_cells.morphology import FEATURES, measure_morphology
 from infogan_cells.plots import image_grid, save_gif, save_grid
+from infogan_cells.progress import progress
 from infogan_cells.store import holdout_split, read_crop_store
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ MIN_TILE = 64  # small crops are enlarged to this many pixels in figures
 HIST_FEATURES = ("area", "eccentricity", "intensity", "focus")
 # Above this many pixel values k-means on pixels runs on 50 principal components instead.
 PIXEL_KMEANS_LIMIT = 20_000_000
+STEPS = ("assign", "traversals", "quality", "figures", "report")  # progress of an analysis
 
 
 def analyse(run_dir: str | Path, crops_path: str | Path, out_dir: str | Path, config: AnalyseConfig, *,
@@ -84,6 +86,12 @@ def analyse(run_dir: str | Path, crops_path: str | Path, out_dir: str | Path, co
     Returns the contents of ``metrics.json``. Raises :class:`InputError` for a run without a
     network or crops that do not fit the model.
     """
+    with progress(len(STEPS), "analyse", unit="step") as bar:
+        return _analyse(run_dir, crops_path, out_dir, config, device, bar)
+
+
+def _analyse(run_dir: str | Path, crops_path: str | Path, out_dir: str | Path, config: AnalyseConfig,
+             device: str, bar) -> dict:
     dev = resolve_device(device)
     out_dir = Path(out_dir)
     D, spec, meta = load_discriminator(run_dir, device=dev)
@@ -100,6 +108,7 @@ def analyse(run_dir: str | Path, crops_path: str | Path, out_dir: str | Path, co
     log.info("analysing %d crops (%d labelled) in %d categories", len(images), (labels != "").sum(), n_cat)
 
     # Assign the real crops
+    bar.set_postfix(step="assign")
     probs, cont, q_features = assign(D, images, n_cat)
     categories = probs.argmax(axis=1)
     assignments = pd.DataFrame({"crop_index": crop_index, "category": categories,
@@ -123,12 +132,16 @@ def analyse(run_dir: str | Path, crops_path: str | Path, out_dir: str | Path, co
                                                     labels, n_cat)}
 
     # What the continuous codes do
+    bar.update(1)
+    bar.set_postfix(step="traversals")
     log.info("traversals: %d categories x %d codes x %d steps x %d samples", n_cat, spec.n_continuous,
              config.traversal_steps, config.traversal_samples)
     codes_table = traverse(G, spec, n_cat, config, out_dir / "traversals", dev, channel_names)
     _write_csv(out_dir / "codes.csv", codes_table)
 
     # Synthetic cells and their quality
+    bar.update(1)
+    bar.set_postfix(step="quality")
     prior = _prior(meta.get("category_prior"), n_cat)
     syn_latent = sample_latent(spec, config.n_synthetic, generator=torch.Generator().manual_seed(1),
                                cat_probs=[torch.as_tensor(prior)] if spec.categorical else None)
@@ -158,6 +171,8 @@ def analyse(run_dir: str | Path, crops_path: str | Path, out_dir: str | Path, co
     write_json_atomic(out_dir / "quality.json", quality)
 
     # Figures per category
+    bar.update(1)
+    bar.set_postfix(step="figures")
     log.info("figures for %d categories", n_cat)
     grid_base = sample_latent(spec, GRID_SIDE**2, generator=torch.Generator().manual_seed(2))
     for k in range(n_cat):
@@ -175,7 +190,10 @@ def analyse(run_dir: str | Path, crops_path: str | Path, out_dir: str | Path, co
                "baselines": baselines, "codes": name_codes(codes_table), "quality": quality,
                "config": dataclasses.asdict(config)}
     write_json_atomic(out_dir / "metrics.json", metrics)
+    bar.update(1)
+    bar.set_postfix(step="report")
     _call_report(out_dir, Path(run_dir), dev)
+    bar.update(1)
     return metrics
 
 
