@@ -28,6 +28,10 @@ rule analyse:
         ),
     log:
         "logs/analyse/seed{seed}.log",
+    benchmark:
+        "logs/benchmarks/analyse/seed{seed}.tsv"
+    conda:
+        "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=8000,
@@ -45,6 +49,8 @@ rule compare_seeds:
         choice="results/analyse/seeds/seeds.json",
     log:
         "logs/compare_seeds.log",
+    conda:
+        "../envs/cells.yaml"
     threads: 1
     resources:
         mem_mb=1000,
