@@ -98,11 +98,13 @@ class CropDataset(torch.utils.data.Dataset):
     applied to it), target an int (``target_transform`` is applied to it). ``target`` says
     what the int is:
 
-    - ``"label"`` (default), or another ``obs`` column: the position of the crop's value in
-      ``classes`` (the sorted distinct values), -1 where the label is unknown (``""``);
+    - ``"label"`` (default), or another ``obs`` column: its values, where they are integers;
+      otherwise the position of the crop's value in ``classes`` (the sorted distinct values),
+      -1 where it is unknown (``""``);
     - a pandas Series indexed by crop index (the row in the store), such as the analysis's
       categories, ``pd.read_csv("assignments.csv", index_col="crop_index")["category"]``:
-      its values, and the dataset holds only the crops the Series names, in its order.
+      its values, the same way, and the dataset holds only the crops the Series names, in its
+      order.
 
     By default only the crops that passed QC are items (those training sees; a store has
     failed crops only when cropped with ``crop.keep_failed``); ``crop_index`` maps an item to
@@ -127,16 +129,20 @@ class CropDataset(torch.utils.data.Dataset):
                 raise InputError(f"{self.path}: the target's index must be crop indices 0..{len(obs) - 1} "
                                  "(rows of the store)")
             self.crop_index = index.astype(np.int64)
-            self.targets = target.to_numpy().astype(np.int64)
+            values = target.to_numpy()
         elif target in obs.columns:
             self.crop_index = np.flatnonzero(keep)
-            values = obs[target].to_numpy()[self.crop_index].astype(str)
-            self.classes = sorted(set(values) - {""})
-            lookup = {name: k for k, name in enumerate(self.classes)}
-            self.targets = np.array([lookup.get(v, -1) for v in values], dtype=np.int64)
+            values = obs[target].to_numpy()[self.crop_index]
         else:
             raise InputError(f"{self.path}: no obs column {target!r} to use as the target "
                              f"(columns: {', '.join(obs.columns)})")
+        if pd.api.types.is_integer_dtype(values.dtype):
+            self.targets = values.astype(np.int64)
+        else:  # names: their position in the sorted names, -1 for ""
+            values = values.astype(str)
+            self.classes = sorted(set(values) - {""})
+            lookup = {name: k for k, name in enumerate(self.classes)}
+            self.targets = np.array([lookup.get(v, -1) for v in values], dtype=np.int64)
         self.obs = obs.iloc[self.crop_index].reset_index(drop=True)
         self._file: h5py.File | None = None
         self._images: h5py.Dataset | None = None

@@ -164,6 +164,9 @@ def test_crop_transforms_and_categories_as_targets(crops):
     assert ds.obs["source_index"].tolist() == [5, 0, 2]
     src = CropDataset(crops, target="source_image")
     assert src.classes == ["a.png"] and {src[i][1] for i in range(len(src))} == {0}
+    assert [t for _, t in CropDataset(crops, target="source_index")] == [0, 1, 2, 4, 5]
+    named = CropDataset(crops, target=pd.Series(["ring", "", "rbc"], index=[1, 2, 3]))
+    assert named.classes == ["rbc", "ring"] and [t for _, t in named] == [1, -1, 0]
 
 
 def test_crop_dataset_in_a_dataloader_with_two_workers(crops):
