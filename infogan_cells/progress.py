@@ -1,7 +1,8 @@
 """Progress of the long stages: a tqdm bar on a terminal, plain log lines in a log file.
 
 A bar redraws itself with carriage returns, which a log file keeps as one endless line. So
-:func:`progress` gives a tqdm bar only when stderr is a terminal, and otherwise a counter that
+:func:`progress` gives a tqdm bar only when stderr is a terminal (or in Jupyter, where tqdm
+draws a widget), and otherwise a counter that
 logs one ordinary line every ``interval`` seconds (and one at the end) through
 ``logging`` (``infogan_cells.progress``). The workflow's jobs ask for lines (:func:`use_bars`):
 several jobs share one terminal there, and each has its own log.
@@ -33,7 +34,7 @@ def progress(total: int | None, desc: str, *, unit: str = "it", initial: int = 0
     """A progress counter with tqdm's ``update(n)``, ``set_postfix(mapping)`` and ``close()``
     (also a context manager): a tqdm bar on a terminal, else :class:`LogProgress`; a counter
     that shows nothing when ``enable`` is false."""
-    bars = sys.stderr.isatty() if _bars is None else _bars
+    bars = (sys.stderr.isatty() or _in_notebook()) if _bars is None else _bars
     if enable and bars:
         from tqdm.auto import tqdm
 
@@ -94,6 +95,11 @@ class LogProgress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _in_notebook() -> bool:
+    """A Jupyter kernel: tqdm.auto draws a widget there, no carriage returns."""
+    return "ipykernel" in sys.modules
 
 
 def _duration(seconds: float) -> str:
