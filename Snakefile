@@ -24,6 +24,12 @@ include: "workflow/rules/analyse.smk"
 include: "workflow/rules/synthesise.smk"
 
 
+# Small jobs that a cluster would only queue: run them where Snakemake runs.
+localrules:
+    all,
+    compare_seeds,
+
+
 rule all:
     default_target: True
     input:

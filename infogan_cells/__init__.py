@@ -3,7 +3,8 @@
 Stages, each an importable function that works without Snakemake:
 ``simulate.simulate_smears``, ``crop.crop``, ``train.train``, ``analyse.analyse``,
 ``synthesise.synthesise`` / ``synthesise.gather``. Readers of the outputs:
-``SyntheticCells`` (a torch Dataset) and ``read_obs`` (the label table as a DataFrame).
+``SyntheticCells`` and ``CropDataset`` (torch Datasets over the synthetic set and the real
+crops) and ``read_obs`` (the synthetic set's label table as a DataFrame).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     # Lazy: importing the package must not import torch (the crop stage does not need it).
-    if name in ("SyntheticCells", "read_obs"):
+    if name in ("SyntheticCells", "CropDataset", "read_obs"):
         from infogan_cells import dataset
 
         return getattr(dataset, name)

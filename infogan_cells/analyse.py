@@ -5,6 +5,11 @@ and how close its synthetic cells come to real ones.
 
     assignments.csv          crop_index (row in the crop store), category, confidence, cont_0..,
                              label ("" unknown); crops that failed QC are left out, as in training
+    cells.h5ad               AnnData, one row per crop of assignments.csv (obs_names: crop_index):
+                             obs = the crop store's obs columns, category, category_label,
+                             confidence; X = morphology (var: feature names); obsm =
+                             q_probabilities, q_continuous (Q's code estimates), q_features (Q's
+                             hidden layer); uns = run, crops (paths)
     contingency.csv          category x label counts of the labelled crops
     category_map.csv         category, label, purity, size (label: the semi-supervised name, else
                              the majority label, else category_07)
@@ -49,6 +54,7 @@ from infogan_cells.augment import to_uint8
 from infogan_cells.checkpoint import load_discriminator, load_generator, resolve_device
 from infogan_cells.config import AnalyseConfig, LatentSpec
 from infogan_cells.errors import InputError
+from infogan_cells.h5ad import write_h5ad
 from infogan_cells.latent import Latent, sample_latent, to_input
 from infogan_cells.metrics import (
     category_summary,
@@ -59,6 +65,7 @@ from infogan_cells.metrics import (
 )
 from infogan_cells.morphology import FEATURES, measure_morphology
 from infogan_cells.plots import image_grid, save_gif, save_grid
+from infogan_cells.progress import progress
 from infogan_cells.store import holdout_split, read_crop_store
 
 log = logging.getLogger(__name__)
@@ -69,6 +76,7 @@ MIN_TILE = 64  # small crops are enlarged to this many pixels in figures
 HIST_FEATURES = ("area", "eccentricity", "intensity", "focus")
 # Above this many pixel values k-means on pixels runs on 50 principal components instead.
 PIXEL_KMEANS_LIMIT = 20_000_000
+STEPS = ("assign", "traversals", "quality", "figures", "report")  # progress of an analysis
 
 
 def analyse(run_dir: str | Path, crops_path: str | Path, out_dir: str | Path, config: AnalyseConfig, *,
@@ -78,6 +86,12 @@ def analyse(run_dir: str | Path, crops_path: str | Path, out_dir: str | Path, co
     Returns the contents of ``metrics.json``. Raises :class:`InputError` for a run without a
     network or crops that do not fit the model.
     """
+    with progress(len(STEPS), "analyse", unit="step") as bar:
+        return _analyse(run_dir, crops_path, out_dir, config, device, bar)
+
+
+def _analyse(run_dir: str | Path, crops_path: str | Path, out_dir: str | Path, config: AnalyseConfig,
+             device: str, bar) -> dict:
     dev = resolve_device(device)
     out_dir = Path(out_dir)
     D, spec, meta = load_discriminator(run_dir, device=dev)
@@ -94,7 +108,8 @@ def analyse(run_dir: str | Path, crops_path: str | Path, out_dir: str | Path, co
     log.info("analysing %d crops (%d labelled) in %d categories", len(images), (labels != "").sum(), n_cat)
 
     # Assign the real crops
-    probs, cont = assign(D, images, n_cat)
+    bar.set_postfix(step="assign")
+    probs, cont, q_features = assign(D, images, n_cat)
     categories = probs.argmax(axis=1)
     assignments = pd.DataFrame({"crop_index": crop_index, "category": categories,
                                 "confidence": probs.max(axis=1)})
@@ -110,17 +125,23 @@ def analyse(run_dir: str | Path, crops_path: str | Path, out_dir: str | Path, co
     cmap = category_map(summary, meta.get("category_labels"))
     _write_csv(out_dir / "category_map.csv", cmap)
     real_morph = measure_morphology(images, channel_names=channel_names)
+    write_cells(out_dir / "cells.h5ad", crops.obs.iloc[crop_index], crop_index, probs, cont, q_features,
+                real_morph, cmap, uns={"run": str(run_dir), "crops": str(crops_path)})
     baselines = {"kmeans_pixels": kmeans_scores(_pixels(images), labels, n_cat),
                  "kmeans_morphology": kmeans_scores(_standardise(real_morph[list(FEATURES)])[0],
                                                     labels, n_cat)}
 
     # What the continuous codes do
+    bar.update(1)
+    bar.set_postfix(step="traversals")
     log.info("traversals: %d categories x %d codes x %d steps x %d samples", n_cat, spec.n_continuous,
              config.traversal_steps, config.traversal_samples)
     codes_table = traverse(G, spec, n_cat, config, out_dir / "traversals", dev, channel_names)
     _write_csv(out_dir / "codes.csv", codes_table)
 
     # Synthetic cells and their quality
+    bar.update(1)
+    bar.set_postfix(step="quality")
     prior = _prior(meta.get("category_prior"), n_cat)
     syn_latent = sample_latent(spec, config.n_synthetic, generator=torch.Generator().manual_seed(1),
                                cat_probs=[torch.as_tensor(prior)] if spec.categorical else None)
@@ -150,6 +171,8 @@ def analyse(run_dir: str | Path, crops_path: str | Path, out_dir: str | Path, co
     write_json_atomic(out_dir / "quality.json", quality)
 
     # Figures per category
+    bar.update(1)
+    bar.set_postfix(step="figures")
     log.info("figures for %d categories", n_cat)
     grid_base = sample_latent(spec, GRID_SIDE**2, generator=torch.Generator().manual_seed(2))
     for k in range(n_cat):
@@ -167,7 +190,10 @@ def analyse(run_dir: str | Path, crops_path: str | Path, out_dir: str | Path, co
                "baselines": baselines, "codes": name_codes(codes_table), "quality": quality,
                "config": dataclasses.asdict(config)}
     write_json_atomic(out_dir / "metrics.json", metrics)
+    bar.update(1)
+    bar.set_postfix(step="report")
     _call_report(out_dir, Path(run_dir), dev)
+    bar.update(1)
     return metrics
 
 
@@ -188,19 +214,37 @@ def _check_crops(images: np.ndarray, d_kwargs: dict, crops_path: str | Path, run
 
 @torch.no_grad()
 def assign(D: torch.nn.Module, images: np.ndarray, n_cat: int, *, batch_size: int = 256
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """Q's category probabilities (N, n_cat) for the first categorical code, and its continuous
-    code means (N, n_continuous), for crops (N, H, W, C) uint8."""
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Q's category probabilities (N, n_cat) for the first categorical code, its continuous
+    code means (N, n_continuous) and its hidden layer (N, q_hidden), for crops (N, H, W, C) uint8."""
     device = next(D.parameters()).device
-    probs, cont = [], []
+    probs, cont, hidden = [], [], []
     for i in range(0, len(images), batch_size):
-        out = D.q_head(D.trunk(q.to_unit_range(images[i:i + batch_size]).to(device)))
+        h = D.trunk(q.to_unit_range(images[i:i + batch_size]).to(device))
+        out = D.q_head(h)
         if out.cat_logits:
             probs.append(torch.softmax(out.cat_logits[0], dim=1).cpu().numpy())
         else:
             probs.append(np.ones((len(out.cont_mu), 1), np.float32))
         cont.append(out.cont_mu.cpu().numpy())
-    return np.concatenate(probs), np.concatenate(cont)
+        hidden.append(D.q_net[:-1](h).float().cpu().numpy())
+    return np.concatenate(probs), np.concatenate(cont), np.concatenate(hidden)
+
+
+def write_cells(path: Path, obs: pd.DataFrame, crop_index: np.ndarray, probs: np.ndarray, cont: np.ndarray,
+                q_features: np.ndarray, morphology: pd.DataFrame, cmap: pd.DataFrame, *,
+                uns: dict[str, str] | None = None) -> None:
+    """``cells.h5ad``: one row per crop (named by its crop index) with its metadata, category and
+    confidence in ``obs``, its morphology as ``X`` and Q's outputs in ``obsm``."""
+    obs = obs.reset_index(drop=True).set_axis(crop_index.astype(str))
+    categories = probs.argmax(axis=1)
+    obs["category"] = categories
+    names = cmap["label"].astype(str).tolist()  # category_map.csv's name of each category
+    obs["category_label"] = pd.Categorical([names[k] for k in categories], categories=sorted(set(names)))
+    obs["confidence"] = probs.max(axis=1)
+    write_h5ad(path, morphology.to_numpy(np.float32), obs, pd.DataFrame(index=morphology.columns.astype(str)),
+               obsm={"q_probabilities": probs.astype(np.float32), "q_continuous": cont.astype(np.float32),
+                     "q_features": q_features.astype(np.float32)}, uns=uns)
 
 
 @torch.no_grad()

@@ -1,8 +1,9 @@
 """The ``infogan-cells`` command: one subcommand per stage, each a thin layer over a package call.
 
-Every subcommand takes ``--config FILE`` (the same YAML Snakemake reads; each stage reads its
-own section) and ``--set key=value`` overrides; its own options override both. A user's
-mistake (``InputError``) prints one line naming the file or key and exits with status 2.
+The stages that a config shapes take ``--config FILE`` (the same YAML Snakemake reads; each
+stage reads its own section) and ``--set key=value`` overrides; their own options override
+both. A user's mistake (``InputError``) prints one line naming the file or key and exits with
+status 2.
 """
 
 from __future__ import annotations
@@ -21,10 +22,15 @@ log = logging.getLogger("infogan_cells")
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="YAML config (the workflow's config file)")
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML config, the workflow's config file (default: the built-in defaults)")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="set_",
                    help="override a config key, e.g. --set train.batch_size=128 (repeatable)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _verbose_arg(p)
+
+
+def _verbose_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
 
 
 def _load(args: argparse.Namespace, **section_overrides: dict) -> Config:
@@ -76,7 +82,7 @@ def cmd_merge_crops(args: argparse.Namespace) -> None:
 def cmd_list_images(args: argparse.Namespace) -> None:
     cfg = _load(args, input={"path": args.input, "format": args.format})
     from infogan_cells.readers import list_source_images
-    for name in list_source_images(cfg.input.path, cfg.input.format):
+    for name in list_source_images(cfg.input.path, cfg.input.format, segment=cfg.input.segment):
         print(name)
 
 
@@ -143,8 +149,25 @@ def cmd_schema(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------
 
 
+DESCRIPTION = """\
+Microscopy images to labelled synthetic cells with an InfoGAN, one stage at a time.
+The Snakemake workflow runs the same stages; each is also a Python function."""
+
+EPILOG = """\
+stages in order:
+  crop --input DATA --out crops.h5                  single-cell crops and their metadata
+  train --crops crops.h5 --out run/                 an InfoGAN on the crops
+  analyse --run run/ --crops crops.h5 --out ana/    categories, codes, quality, reports
+  synthesise --run run/ --n 10000 --out synth.h5    labelled synthetic cells
+
+'infogan-cells STAGE --help' lists a stage's options."""
+
+FORMATS = ["auto", "bbbc041", "csv", "folder", "tiff", "npz", "idx"]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="infogan-cells", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="infogan-cells", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
 
@@ -156,8 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("crop", help="read images and boxes (or segment), crop, QC, write crops.h5")
-    p.add_argument("--input", help="input path (input.path)")
-    p.add_argument("--format", choices=["auto", "bbbc041", "csv", "folder", "tiff", "npz", "idx"])
+    p.add_argument("--input", help="input file or folder (input.path)")
+    p.add_argument("--format", choices=FORMATS, help="input format (input.format; auto guesses from the path)")
     p.add_argument("--size", type=int, help="crop side in pixels (crop.size)")
     p.add_argument("--segment", action="store_true", help="find cells by segmentation (no boxes)")
     p.add_argument("--keep-failed", action="store_true", help="keep QC failures, flagged")
@@ -168,42 +191,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_crop)
 
     p = sub.add_parser("merge-crops", help="join per-image crop stores into one")
-    p.add_argument("parts", nargs="+", type=Path)
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("parts", nargs="+", type=Path, metavar="PART", help="crop stores made by 'crop --images'")
+    p.add_argument("--out", required=True, type=Path, help="output crop store (.h5)")
     _config_args(p)
     p.set_defaults(func=cmd_merge_crops)
 
     p = sub.add_parser("list-images", help="list the source images of an input (one job each)")
-    p.add_argument("--input")
-    p.add_argument("--format", choices=["auto", "bbbc041", "csv", "folder", "tiff", "npz", "idx"])
+    p.add_argument("--input", help="input file or folder (input.path)")
+    p.add_argument("--format", choices=FORMATS, help="input format (input.format; auto guesses from the path)")
     _config_args(p)
     p.set_defaults(func=cmd_list_images)
 
     p = sub.add_parser("train", help="train an InfoGAN on a crop store")
-    p.add_argument("--crops", required=True, type=Path)
+    p.add_argument("--crops", required=True, type=Path, help="crop store (.h5) made by 'crop'")
     p.add_argument("--out", required=True, type=Path, help="run directory")
     p.add_argument("--seed", type=int, help="training seed (default: the first of train.seeds)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (device)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     _config_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("analyse", help="assign crops to categories, measure codes and quality, write reports")
-    p.add_argument("--run", required=True, type=Path)
-    p.add_argument("--crops", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--device")
+    p.add_argument("--run", required=True, type=Path, help="run directory made by 'train'")
+    p.add_argument("--crops", required=True, type=Path, help="the crop store the run was trained on")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (device)")
     _config_args(p)
     p.set_defaults(func=cmd_analyse)
 
     p = sub.add_parser("compare-seeds", help="compare the analyses of several seeds and pick one")
-    p.add_argument("analyses", nargs="+", type=Path)
-    p.add_argument("--out", required=True, type=Path)
-    _config_args(p)
+    p.add_argument("analyses", nargs="+", type=Path, metavar="ANALYSIS",
+                   help="analysis folders, named after their seed (seed0, seed1, ...)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (index.html, seeds.json)")
+    _verbose_arg(p)
     p.set_defaults(func=cmd_compare_seeds)
 
     p = sub.add_parser("synthesise", aliases=["synthesize"], help="generate labelled synthetic cells")
-    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--run", required=True, type=Path, help="run directory made by 'train'")
     p.add_argument("--n", type=int, help="size of the whole data set (synthesis.n)")
     p.add_argument("--out", required=True, type=Path, help="output HDF5")
     p.add_argument("--tiff", type=Path, help="also write per-category TIFF stacks here")
@@ -211,27 +235,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", default="0/1", help="make the i-th of n parts (from 0), e.g. 2/4")
     p.add_argument("--seed", type=int, help="base seed (synthesis.seed)")
     p.add_argument("--category-map", type=Path, help="category_map.csv from the analysis (label names)")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--device")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (device)")
     _config_args(p)
     p.set_defaults(func=cmd_synthesise)
 
     p = sub.add_parser("gather-synthesis", help="join shards with an HDF5 virtual dataset")
-    p.add_argument("shards", nargs="+", type=Path)
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("shards", nargs="+", type=Path, metavar="SHARD", help="shard files made by 'synthesise --shard'")
+    p.add_argument("--out", required=True, type=Path, help="output master HDF5")
     p.add_argument("--tiff", type=Path, help="write per-category TIFF stacks here")
-    p.add_argument("--overwrite", action="store_true")
-    _config_args(p)
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _verbose_arg(p)
     p.set_defaults(func=cmd_gather_synthesis)
 
     p = sub.add_parser("validate", help="check a synthetic HDF5 file against the documented layout")
-    p.add_argument("file", type=Path)
-    _config_args(p)
+    p.add_argument("file", type=Path, help="a synthetic data set (shard or master)")
+    _verbose_arg(p)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("schema", help="print the config's JSON schema")
-    p.add_argument("--out", type=Path)
-    _config_args(p)
+    p.add_argument("--out", type=Path, help="write it to this file instead")
+    _verbose_arg(p)
     p.set_defaults(func=cmd_schema)
     return parser
 

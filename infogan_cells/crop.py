@@ -55,6 +55,7 @@ from infogan_cells import qc
 from infogan_cells.config import CropConfig, InputConfig
 from infogan_cells.errors import InputError
 from infogan_cells.montage import write_qc_montages
+from infogan_cells.progress import track
 from infogan_cells.readers import BOX_COLUMNS, ImageSource, pil_to_array, read_cells, segment_boxes
 from infogan_cells.store import REQUIRED_OBS, merge_summaries, read_crop_store, write_crop_store
 
@@ -712,12 +713,13 @@ def _finish(crops: np.ndarray, obs: pd.DataFrame, channel_names: list[str], summ
 
 def _run(tasks: list[tuple], workers: int) -> list[_SourceResult]:
     if workers <= 1 or len(tasks) <= 1:
-        return [_crop_source(*t) for t in tasks]
+        return [_crop_source(*t) for t in track(tasks, "crop", unit="image")]
     # spawn: forking a process that may hold threads (BLAS, torch) can deadlock
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context) as pool:
         chunk = max(1, len(tasks) // (workers * 8))
-        return list(pool.map(_crop_source_star, tasks, chunksize=chunk))
+        return list(track(pool.map(_crop_source_star, tasks, chunksize=chunk), "crop", total=len(tasks),
+                          unit="image"))
 
 
 def _crop_source_star(task: tuple) -> _SourceResult:

@@ -1,8 +1,9 @@
-"""Readers of a synthetic data set: a torch ``Dataset`` over its images, and its label table.
+"""Torch ``Dataset``s over the pipeline's HDF5 files, and the synthetic set's label table.
 
-Both work on a shard file and on the master file that joins the shards (``docs/hdf5.md``).
-:class:`SyntheticCells` opens the HDF5 file lazily, in the process that reads it, so it is safe
-in a ``DataLoader`` with worker processes (an HDF5 handle must not cross a fork).
+:class:`SyntheticCells` reads a synthetic set (a shard file or the master file that joins the
+shards), :class:`CropDataset` the real crops of a crop store (``docs/hdf5.md``). Both open the
+HDF5 file lazily, in the process that reads it, so they are safe in a ``DataLoader`` with
+worker processes (an HDF5 handle must not cross a fork).
 """
 
 from __future__ import annotations
@@ -18,23 +19,26 @@ import pandas as pd
 import torch
 
 from infogan_cells.errors import InputError
+from infogan_cells.store import FORMAT as CROPS_FORMAT
+from infogan_cells.store import read_obs as read_crop_obs
 from infogan_cells.writers import FORMAT, OBS_COLUMNS, load_hdf5_plugins
 
-__all__ = ["SyntheticCells", "read_obs"]
+__all__ = ["CropDataset", "SyntheticCells", "read_obs"]
 
 
-def _open(path: Path) -> h5py.File:
+def _open(path: Path, fmt: str = FORMAT) -> h5py.File:
     load_hdf5_plugins()  # Blosc-compressed files need the filter registered before reading
+    what = "synthetic data set" if fmt == FORMAT else "crop store"
     if not path.exists():
-        raise InputError(f"{path}: synthetic data set not found")
+        raise InputError(f"{path}: {what} not found")
     try:
         f = h5py.File(path, "r")
     except OSError as err:
         raise InputError(f"{path}: not an HDF5 file ({err})") from None
-    if f.attrs.get("format") != FORMAT:
+    if f.attrs.get("format") != fmt:
         f.close()
-        raise InputError(f"{path}: not a synthetic data set (no format='{FORMAT}'; "
-                         "check it with 'infogan-cells validate')")
+        hint = "check it with 'infogan-cells validate'" if fmt == FORMAT else "make one with 'infogan-cells crop'"
+        raise InputError(f"{path}: not a {what} (no format='{fmt}'; {hint})")
     return f
 
 
@@ -75,6 +79,92 @@ class SyntheticCells(torch.utils.data.Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.labels[i])
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = self._images = self._pid = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.update(_file=None, _images=None, _pid=None)
+        return state
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """Real crops from a crop store ``crops.h5``, with the conventions of :class:`SyntheticCells`.
+
+    ``dataset[i]`` is ``(image, target)``: image (C, H, W) float32 in [0, 1] (``transform`` is
+    applied to it), target an int (``target_transform`` is applied to it). ``target`` says
+    what the int is:
+
+    - ``"label"`` (default), or another ``obs`` column: its values, where they are integers;
+      otherwise the position of the crop's value in ``classes`` (the sorted distinct values),
+      -1 where it is unknown (``""``);
+    - a pandas Series indexed by crop index (the row in the store), such as the analysis's
+      categories, ``pd.read_csv("assignments.csv", index_col="crop_index")["category"]``:
+      its values, the same way, and the dataset holds only the crops the Series names, in its
+      order.
+
+    By default only the crops that passed QC are items (those training sees; a store has
+    failed crops only when cropped with ``crop.keep_failed``); ``crop_index`` maps an item to
+    its row in the store and ``obs`` holds the items' metadata. Stores written since crops were
+    chunked one per HDF5 chunk read one crop per item in any order (``docs/benchmarks.md``).
+    """
+
+    def __init__(self, path: str | Path, target: str | pd.Series = "label", *,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 target_transform: Callable[[int], object] | None = None, passed_qc_only: bool = True):
+        self.path = Path(path)
+        self.transform, self.target_transform = transform, target_transform
+        with _open(self.path, CROPS_FORMAT) as f:
+            obs = read_crop_obs(f)
+            self.channel_names = [str(c) for c in f["images"].attrs.get("channel_names", [])]
+            self.image_shape = tuple(f["images"].shape[1:])
+        keep = obs["qc_pass"].to_numpy(dtype=bool) if passed_qc_only and "qc_pass" in obs else np.ones(len(obs), bool)
+        self.classes: list[str] = []
+        if isinstance(target, pd.Series):
+            index = target.index.to_numpy()
+            if not pd.api.types.is_integer_dtype(index.dtype) or ((index < 0) | (index >= len(obs))).any():
+                raise InputError(f"{self.path}: the target's index must be crop indices 0..{len(obs) - 1} "
+                                 "(rows of the store)")
+            self.crop_index = index.astype(np.int64)
+            values = target.to_numpy()
+        elif target in obs.columns:
+            self.crop_index = np.flatnonzero(keep)
+            values = obs[target].to_numpy()[self.crop_index]
+        else:
+            raise InputError(f"{self.path}: no obs column {target!r} to use as the target "
+                             f"(columns: {', '.join(obs.columns)})")
+        if pd.api.types.is_integer_dtype(values.dtype):
+            self.targets = values.astype(np.int64)
+        else:  # names: their position in the sorted names, -1 for ""
+            values = values.astype(str)
+            self.classes = sorted(set(values) - {""})
+            lookup = {name: k for k, name in enumerate(self.classes)}
+            self.targets = np.array([lookup.get(v, -1) for v in values], dtype=np.int64)
+        self.obs = obs.iloc[self.crop_index].reset_index(drop=True)
+        self._file: h5py.File | None = None
+        self._images: h5py.Dataset | None = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.crop_index)
+
+    def _dataset(self) -> h5py.Dataset:
+        if self._images is None or self._pid != os.getpid():
+            self._file = _open(self.path, CROPS_FORMAT)
+            self._images = self._file["images"]
+            self._pid = os.getpid()
+        return self._images
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, object]:
+        i = range(len(self))[i]
+        image = torch.from_numpy(self._dataset()[int(self.crop_index[i])]).permute(2, 0, 1).float().div_(255.0)
+        if self.transform is not None:
+            image = self.transform(image)
+        target = int(self.targets[i])
+        return image, (self.target_transform(target) if self.target_transform is not None else target)
 
     def close(self) -> None:
         if self._file is not None and self._pid == os.getpid():

@@ -2,9 +2,11 @@
 
 Layout (documented in ``docs/hdf5.md``)::
 
-    /images            (N, H, W, C) uint8, chunked by whole images, gzip; attrs axes="NYXC",
+    /images            (N, H, W, C) uint8, one crop per chunk, gzip; attrs axes="NYXC",
                        channel_names
-    /obs/<column>      (N,) one dataset per metadata column; strings are UTF-8
+    /obs/<column>      (N,) one dataset per metadata column; strings are UTF-8; the group
+                       carries AnnData's dataframe encoding (infogan_cells.h5ad), so
+                       ``anndata.io.read_elem(f["obs"])`` reads it
     attrs              format="infogan-cells/crops", format_version, summary (JSON), config (YAML)
 
 The table beside it, ``crops.csv``, holds the same ``obs`` columns. Every write is atomic.
@@ -24,6 +26,7 @@ import pandas as pd
 
 from infogan_cells._io import atomic_path
 from infogan_cells.errors import InputError
+from infogan_cells.h5ad import read_dataframe, write_dataframe
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +57,6 @@ class CropSet:
         return self.obs["label"].to_numpy(dtype=str)
 
 
-def _obs_dataset(group: h5py.Group, name: str, values: pd.Series) -> None:
-    if values.dtype == bool:
-        group.create_dataset(name, data=values.to_numpy(dtype=bool))
-    elif pd.api.types.is_integer_dtype(values.dtype):
-        group.create_dataset(name, data=values.to_numpy(dtype=np.int64))
-    elif pd.api.types.is_float_dtype(values.dtype):
-        group.create_dataset(name, data=values.to_numpy(dtype=np.float64))
-    else:
-        data = np.array([("" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
-                         for v in values], dtype=object)
-        group.create_dataset(name, data=data, dtype=h5py.string_dtype("utf-8"))
-
-
 def write_crop_store(path: str | Path, images: np.ndarray, obs: pd.DataFrame,
                      channel_names: Sequence[str], *, summary: Mapping | None = None,
                      config: str = "", csv: bool = True, compression: int | None = 4) -> None:
@@ -94,18 +84,17 @@ def write_crop_store(path: str | Path, images: np.ndarray, obs: pd.DataFrame,
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["summary"] = json.dumps(dict(summary or {}))
             f.attrs["config"] = config
-            chunk_n = max(1, min(n, max(1, (1 << 20) // max(1, h * w * c))))
+            # one crop per chunk: a shuffled reader (CropDataset) decompresses one crop per item;
+            # gzip's 32 KiB window makes bigger chunks hardly smaller (docs/benchmarks.md)
             gzip = bool(n) and compression is not None
-            ds = f.create_dataset("images", data=images, chunks=(chunk_n, h, w, c) if n else None,
+            ds = f.create_dataset("images", data=images, chunks=(1, h, w, c) if n else None,
                                   compression="gzip" if gzip else None,
                                   compression_opts=compression if gzip else None,
                                   shuffle=False)  # a no-op on one-byte pixels
             ds.attrs["axes"] = "NYXC"
             ds.attrs["channel_names"] = list(map(str, channel_names))
-            grp = f.create_group("obs")
-            grp.attrs["columns"] = list(map(str, obs.columns))
-            for col in obs.columns:
-                _obs_dataset(grp, str(col), obs[col])
+            grp = write_dataframe(f, "obs", obs)
+            grp.attrs["columns"] = list(map(str, obs.columns))  # read before column-order existed
     if csv:
         with atomic_path(path.with_suffix(".csv")) as tmp:
             obs.to_csv(tmp, index_label="crop_index")
@@ -113,16 +102,8 @@ def write_crop_store(path: str | Path, images: np.ndarray, obs: pd.DataFrame,
 
 
 def read_obs(f: h5py.File) -> pd.DataFrame:
-    grp = f["obs"]
-    cols = list(grp.attrs.get("columns", list(grp.keys())))
-    data = {}
-    for col in cols:
-        ds = grp[col]
-        if h5py.check_string_dtype(ds.dtype) is not None:
-            data[col] = ds.asstr()[...].astype(object) if len(ds) else np.array([], dtype=object)
-        else:
-            data[col] = ds[...]
-    return pd.DataFrame(data)
+    """The ``obs`` table of an open crop store (index 0 .. N-1)."""
+    return read_dataframe(f["obs"])
 
 
 def read_crop_store(path: str | Path, *, load_images: bool = True) -> CropSet:

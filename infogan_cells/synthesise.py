@@ -46,6 +46,7 @@ from infogan_cells.config import CropConfig, LatentSpec, SynthConfig, from_mappi
 from infogan_cells.errors import ConfigError, InputError
 from infogan_cells.latent import Latent, sample_latent_by_seed, to_input
 from infogan_cells.networks import Generator
+from infogan_cells.progress import progress
 from infogan_cells.writers import (
     FORMAT,
     FORMAT_VERSION,
@@ -425,9 +426,11 @@ def synthesise(run_dir: str | Path, out_path: str | Path, config: SynthConfig, *
     t0, done, last = time.perf_counter(), 0, 0.0
     # closing(): on an error, stop the workers and restore torch's thread count at once
     with BackgroundWriter(MultiWriter(writers)) as writer, \
-            contextlib.closing(_Generating(G, spec, plan, config, dev, workers).batches(start, stop)) as batches:
+            contextlib.closing(_Generating(G, spec, plan, config, dev, workers).batches(start, stop)) as batches, \
+            progress(stop - start, "synthesise", unit="img") as bar:
         for batch in batches:
             writer.write(batch)
+            bar.update(len(batch))
             done += len(batch)
             if time.perf_counter() - last > 30:
                 last = time.perf_counter()

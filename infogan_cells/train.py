@@ -667,9 +667,9 @@ def train(crops_path: str | Path, run_dir: str | Path, config: TrainConfig, *, s
     prior_start = int(config.prior_warmup * config.total_images)
     pbar = None
     if progress:
-        from tqdm.auto import tqdm
+        from infogan_cells.progress import progress as progress_bar  # a bar on a terminal, else log lines
 
-        pbar = tqdm(total=config.total_images, initial=cur_nimg, unit="img", unit_scale=True, dynamic_ncols=True)
+        pbar = progress_bar(config.total_images, "train", unit="img", initial=cur_nimg)
     t_tick = time.perf_counter()
     with _device_flags(dev, config.tf32):
         while cur_nimg < config.total_images:

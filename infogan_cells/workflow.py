@@ -16,6 +16,7 @@ from typing import Any
 
 from infogan_cells.config import Config, from_mapping
 from infogan_cells.errors import InputError
+from infogan_cells.progress import use_bars
 
 
 @contextlib.contextmanager
@@ -27,6 +28,7 @@ def stage(smk: Any) -> Iterator[Config]:
         handlers.append(logging.FileHandler(log_path, mode="w"))
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    use_bars(False)  # jobs share the terminal and each has its log: progress as plain lines
     threads = max(1, int(getattr(smk, "threads", 1) or 1))
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     if "torch" in sys.modules or _wants_torch(smk):

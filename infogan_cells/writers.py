@@ -40,6 +40,7 @@ import numpy as np
 
 from infogan_cells._io import atomic_path
 from infogan_cells.errors import InputError
+from infogan_cells.h5ad import write_dataframe
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +220,7 @@ class HDF5Writer(Writer):
             for name in ("index", "seed", "category"):
                 obs.create_dataset(name, shape=(self.n,), dtype=np.int64)
             obs.create_dataset("label", shape=(self.n,), dtype=h5py.string_dtype("utf-8"))
+            write_dataframe(self._f, "obs", columns=OBS_COLUMNS, index_column="index")  # AnnData's encoding
             latent = self._f.create_group("latent")
             latent.create_dataset("z", shape=(self.n, z_dim), dtype=np.float32)
             latent.create_dataset("categorical", shape=(self.n, n_codes), dtype=np.int64)
@@ -336,6 +338,7 @@ def write_master(shards: Sequence[Path], out_path: str | Path, attrs: Mapping[st
                 out.create_virtual_dataset(name, layout)
                 for key, value in src.attrs.items():
                     out[name].attrs[key] = value
+            write_dataframe(out, "obs", columns=OBS_COLUMNS, index_column="index")  # AnnData's encoding
 
 
 def relative_source(path: str | Path, folder: str | Path) -> str:

@@ -3,6 +3,7 @@ import json
 import sys
 import types
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -90,6 +91,7 @@ class WiredDiscriminator(nn.Module):
         self.kwargs = {"img_size": size, "channels": 3}
         self.dummy = nn.Parameter(torch.zeros(1))
         self.trunk = nn.Identity()
+        self.q_net = nn.Sequential(nn.Flatten(), nn.Identity())  # hidden layer: the pixels
 
     def q_head(self, h):
         peak = h.amax(dim=(1, 2, 3))
@@ -203,6 +205,22 @@ def test_analyse_known_result(tmp_path, monkeypatch, report_calls):
     assert set(np.unique(nearest)) == {0, 200, 255}  # category 2's crops, on white padding
     assert not list(out.rglob(".*.tmp"))
 
+    anndata = pytest.importorskip("anndata", reason="anndata is the 'anndata' extra (in 'dev')")
+    cells = anndata.read_h5ad(out / "cells.h5ad")
+    assert cells.n_obs == len(levels) == len(assign)  # one row per crop
+    assert list(cells.obs_names) == [str(i) for i in assign.crop_index]
+    assert {*REQUIRED_OBS, "category", "category_label", "confidence"} <= set(cells.obs.columns)
+    np.testing.assert_array_equal(cells.obs["category"], assign["category"])
+    np.testing.assert_allclose(cells.obs["confidence"], assign["confidence"], rtol=1e-6)
+    assert list(cells.obs["label"]) == labels and list(cells.obs["category_label"][:3]) == ["a", "a", "a"]
+    assert {"area", "eccentricity", "intensity", "focus"} <= set(cells.var_names)
+    assert cells.X.shape == (len(levels), cells.n_vars) and np.isfinite(cells.X).all()
+    np.testing.assert_allclose(cells.obsm["q_continuous"], assign[["cont_0", "cont_1"]], rtol=1e-6)
+    assert cells.obsm["q_probabilities"].shape == (len(levels), 3)
+    np.testing.assert_allclose(cells.obsm["q_probabilities"].sum(axis=1), 1, rtol=1e-5)
+    assert cells.obsm["q_features"].shape == (len(levels), 32 * 32 * 3)
+    assert cells.uns["crops"] == str(crops)
+
 
 def test_analyse_holds_out_the_crops_training_held_out(tmp_path, monkeypatch, report_calls):
     levels = [60, 130, 200] * 8
@@ -227,6 +245,9 @@ def test_analyse_without_labels_gives_nulls_not_a_crash(tmp_path, report_calls):
     metrics = analyse(run, crops, out, TINY, device="cpu")
     assign = pd.read_csv(out / "assignments.csv")
     assert assign.crop_index.tolist() == [1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13]  # QC failures left out
+    with h5py.File(out / "cells.h5ad", "r") as f:  # the same rows, with the real Q's hidden layer
+        assert f["obs/_index"].asstr()[:].tolist() == [str(i) for i in assign.crop_index]
+        assert f["obsm/q_features"].shape[0] == 12 and f["X"].shape[0] == 12
     saved = json.loads((out / "metrics.json").read_text())
     for key in ("accuracy", "nmi", "ari"):
         assert saved[key] is None

@@ -3,6 +3,7 @@ output is read back by the library that consumers use (h5py, tifffile, pandas)."
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import h5py
@@ -30,6 +31,19 @@ def test_tiny_pipeline_then_report(tmp_path, tiny_config, smk):
         metrics = json.loads((tmp_path / f"results/analyse/seed{seed}/metrics.json").read_text())
         assert 0 <= metrics["nmi"] <= 1
         assert (tmp_path / f"results/analyse/seed{seed}/report/index.html").exists()
+    # per-cell results for AnnData: one row per analysed crop (every crop here: QC failures are dropped)
+    with h5py.File(tmp_path / "results/analyse/seed0/cells.h5ad", "r") as f:
+        assert f.attrs["encoding-type"] == "anndata" and f["X"].shape[0] == len(crops)
+    if importlib.util.find_spec("anndata"):
+        import anndata
+
+        cells = anndata.read_h5ad(tmp_path / "results/analyse/seed0/cells.h5ad")
+        assert cells.n_obs == len(crops) and "confidence" in cells.obs and "q_continuous" in cells.obsm
+    # benchmarks of the heavy jobs; progress in the logs as plain lines
+    for bench in ("crop/smear_0000", "train/seed0", "analyse/seed0", "synthesise/shard0-of-2"):
+        assert (tmp_path / f"logs/benchmarks/{bench}.tsv").read_text().startswith("s\th:m:s"), bench
+    train_log = (tmp_path / "logs/train/seed0.log").read_text()
+    assert "train: 512/512 img (100%)" in train_log and "\r" not in train_log
     choice = json.loads((tmp_path / "results/analyse/seeds/seeds.json").read_text())
     assert choice["chosen"] in {"seed0", "seed1"}
 

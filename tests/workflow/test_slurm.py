@@ -180,11 +180,13 @@ def test_workflow_runs_as_slurm_jobs(tmp_path, slurm_cluster):
     print(f"workflow through SLURM: {elapsed:.0f} s")
     assert res.returncode == 0, res.stderr[-8000:]
 
-    # One SLURM job per Snakemake job: 2 crop jobs (one per image), training, 2 synthesis shards.
+    # One SLURM job per Snakemake job: 2 crop jobs (one per image), training, 2 synthesis shards;
+    # compare_seeds is a local rule and runs beside Snakemake.
     jobs = slurm_jobs_by_rule(workdir)
     assert {r: len(ids) for r, ids in jobs.items()} == {
-        "simulate": 1, "crop_image": 2, "gather_crops": 1, "train": 1, "analyse": 1, "compare_seeds": 1,
+        "simulate": 1, "crop_image": 2, "gather_crops": 1, "train": 1, "analyse": 1,
         "synthesise_shard": 2, "gather_synthesis": 1}, jobs
+    assert (workdir / "results" / "analyse" / "seeds" / "seeds.json").exists()
     all_ids = [i for ids in jobs.values() for i in ids]
     assert len(set(all_ids)) == len(all_ids)
     submitted = dict(re.findall(r"submitted with SLURM jobid (\d+) \(log: .*/rule_(\w+?)/", res.stderr))

@@ -8,6 +8,7 @@ rule analyse:
     output:
         metrics="results/analyse/seed{seed}/metrics.json",
         category_map="results/analyse/seed{seed}/category_map.csv",
+        cells="results/analyse/seed{seed}/cells.h5ad",
         report_index="results/analyse/seed{seed}/report/index.html",
         samples=report(
             directory("results/analyse/seed{seed}/samples"),
@@ -27,6 +28,10 @@ rule analyse:
         ),
     log:
         "logs/analyse/seed{seed}.log",
+    benchmark:
+        "logs/benchmarks/analyse/seed{seed}.tsv"
+    conda:
+        "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=8000,
@@ -44,6 +49,8 @@ rule compare_seeds:
         choice="results/analyse/seeds/seeds.json",
     log:
         "logs/compare_seeds.log",
+    conda:
+        "../envs/cells.yaml"
     threads: 1
     resources:
         mem_mb=1000,

@@ -10,6 +10,8 @@ rule simulate:
         ),
     log:
         "logs/simulate.log",
+    conda:
+        "../envs/cells.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -25,6 +27,10 @@ rule crop_image:
         part="results/crops/parts/{image}.h5",
     log:
         "logs/crop/{image}.log",
+    benchmark:
+        "logs/benchmarks/crop/{image}.tsv"
+    conda:
+        "../envs/cells.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -50,6 +56,8 @@ rule gather_crops:
         ),
     log:
         "logs/gather_crops.log",
+    conda:
+        "../envs/cells.yaml"
     threads: 1
     resources:
         mem_mb=4000,

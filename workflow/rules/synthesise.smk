@@ -11,6 +11,10 @@ rule synthesise_shard:
         shard="results/synthesis/shards/synth-{shard}-of-{n}.h5",
     log:
         "logs/synthesise/shard{shard}-of-{n}.log",
+    benchmark:
+        "logs/benchmarks/synthesise/shard{shard}-of-{n}.tsv"
+    conda:
+        "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=4000,
@@ -28,6 +32,8 @@ rule gather_synthesis:
         tiff=directory("results/synthesis/tiff"),
     log:
         "logs/gather_synthesis.log",
+    conda:
+        "../envs/torch.yaml"
     threads: 1
     resources:
         mem_mb=2000,

@@ -20,6 +20,10 @@ rule train:
         ),
     log:
         "logs/train/seed{seed}.log",
+    benchmark:
+        "logs/benchmarks/train/seed{seed}.tsv"
+    conda:
+        "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=8000,

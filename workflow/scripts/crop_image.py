@@ -1,5 +1,7 @@
 """Snakemake wrapper: crop the cells of one source image (infogan_cells.crop)."""
 
+import _checkout  # noqa: F401  (this checkout's infogan_cells)
+
 from infogan_cells.config import dump_config
 from infogan_cells.crop import crop
 from infogan_cells.workflow import stage

@@ -1,5 +1,7 @@
 """Snakemake wrapper: join the per-image crop stores, run the set-wide QC, write montages."""
 
+import _checkout  # noqa: F401  (this checkout's infogan_cells)
+
 from infogan_cells.config import dump_config
 from infogan_cells.crop import merge_crops
 from infogan_cells.workflow import stage

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import _checkout  # noqa: F401  (this checkout's infogan_cells)
+
 from infogan_cells.simulate import simulate_smears
 from infogan_cells.workflow import stage
 

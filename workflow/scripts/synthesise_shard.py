@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import _checkout  # noqa: F401  (this checkout's infogan_cells)
+
 from infogan_cells.synthesise import synthesise
 from infogan_cells.workflow import stage
 

@@ -2,10 +2,12 @@
 
 from pathlib import Path
 
+import _checkout  # noqa: F401  (this checkout's infogan_cells)
+
 from infogan_cells.train import train
 from infogan_cells.workflow import stage
 
 smk = snakemake  # noqa: F821
 with stage(smk) as cfg:
     train(smk.input.crops, Path(smk.output.network).parent, cfg.train, seed=int(smk.wildcards.seed),
-          device=cfg.device, progress=False, resolved_config=cfg)
+          device=cfg.device, progress=True, resolved_config=cfg)
