@@ -44,7 +44,7 @@ from infogan_cells.errors import InputError
 log = logging.getLogger(__name__)
 
 FORMAT = "infogan-cells/synthetic"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: obs/confidence, and obs/seed may be a later draw (min_confidence)
 
 #: obs columns, in this order: global sample index, its seed, category (of the first
 #: categorical code), the category's label name and Q's probability of that category.
