@@ -47,8 +47,8 @@ from infogan_cells.crop import crop  # noqa: E402
 from infogan_cells.latent import sample_latent_by_seed, to_input  # noqa: E402
 from infogan_cells.simulate import simulate_smears  # noqa: E402
 from infogan_cells.store import read_crop_store, write_crop_store  # noqa: E402
-from infogan_cells.synthesise import gather, generate, synthesise  # noqa: E402
 from infogan_cells.syncs import HostSyncCounter  # noqa: E402
+from infogan_cells.synthesise import gather, generate, synthesise  # noqa: E402
 
 
 class Killed(Exception):
