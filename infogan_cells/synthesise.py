@@ -25,8 +25,10 @@ sample's own category, computed from the stored (quantised) pixels on the same a
 micro-batches, so it is as reproducible as the pixels. With ``config.min_confidence`` above 0,
 sample ``k`` tries the seeds ``config.seed + k + j * DRAW_STRIDE`` for draws ``j = 0, 1, ...`` in
 turn (its category and grid codes stay those of ``k``) and keeps the first whose confidence
-reaches the threshold; the kept seed is ``obs/seed``. Which draw is kept depends on ``k`` and the
-network alone, so the shards and batch sizes still agree. A sample with no passing draw within
+reaches the threshold; the kept seed is ``obs/seed``. Redraws are sparse, so they are packed:
+samples of different micro-batches share a pass where their rows differ, each still in row
+``k % M``. Which draw is kept depends on ``k`` and the network alone, so the shards and batch
+sizes still agree. A sample with no passing draw within
 :data:`MAX_DRAWS` stops the job, naming the best confidence seen, and nothing is written.
 """
 
@@ -236,24 +238,53 @@ def sample_latents(spec: LatentSpec, plan: Plan, config: SynthConfig, index: np.
     return latent
 
 
-def _aligned(net, x: torch.Tensor, index: np.ndarray, micro_batch: int) -> Iterator[torch.Tensor]:
+def _passes(index: np.ndarray, micro_batch: int, *, pack: bool = False) -> list[np.ndarray]:
+    """Which positions of ``index`` (increasing global indices) share each forward pass.
+
+    Sample ``k`` always sits in row ``k % micro_batch`` of its pass. Without ``pack`` a pass is one
+    micro-batch of global indices (``k // micro_batch``); with ``pack``, samples of different
+    micro-batches whose rows do not collide share a pass, so that a sparse set of samples (the
+    redraws of ``min_confidence``) takes as few passes as its most crowded row. Either way a row's
+    result is the same (module docstring)."""
+    if not pack:
+        blocks = index // micro_batch
+        return np.split(np.arange(len(index)), np.flatnonzero(np.diff(blocks)) + 1)
+    rows = index % micro_batch
+    order = np.argsort(rows, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(rows[order]) != 0])
+    rank = np.empty(len(index), np.int64)
+    rank[order] = np.arange(len(index)) - np.repeat(starts, np.diff(np.r_[starts, len(index)]))
+    return [np.flatnonzero(rank == r) for r in range(int(rank.max()) + 1 if len(rank) else 0)]
+
+
+def _aligned(net, x: torch.Tensor, index: np.ndarray, micro_batch: int, *, pack: bool = False
+             ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """``net``'s outputs for inputs ``x`` (B, ...) of the increasing global indices ``index``, one
-    micro-batch's share at a time: micro-batch ``j`` holds sample ``k`` at row ``k % micro_batch``
-    and zeros in the rows not asked for, so a sample's output never depends on the batch it was
-    asked in (module docstring)."""
+    pass of ``micro_batch`` rows at a time (:func:`_passes`): sample ``k`` at row ``k % micro_batch``,
+    zeros in the rows not asked for, so a sample's output never depends on the batch it was asked
+    in (module docstring). Yields (positions in ``index``, their outputs)."""
     M = micro_batch
-    blocks = index // M
-    for part in np.split(np.arange(len(index)), np.flatnonzero(np.diff(blocks)) + 1):
-        a, b = int(part[0]), int(part[-1]) + 1
-        if b - a == M:
+    for part in _passes(index, M, pack=pack):
+        whole = len(part) == M and part[-1] - part[0] == M - 1 and index[part[0]] % M == 0
+        if whole:
             with torch.no_grad():
-                yield net(x[a:b])
+                yield part, net(x[int(part[0]):int(part[-1]) + 1])
             continue
-        at = torch.from_numpy(index[a:b] - blocks[a] * M).to(x.device)
+        at = torch.from_numpy(index[part] % M).to(x.device)
         rows = torch.zeros(M, *x.shape[1:], dtype=x.dtype, device=x.device)
-        rows[at] = x[a:b]
+        rows[at] = x[torch.from_numpy(part).to(x.device)]
         with torch.no_grad():
-            yield net(rows)[at]
+            yield part, net(rows)[at]
+
+
+def _in_order(parts: Iterator[tuple[np.ndarray, torch.Tensor]], n: int) -> torch.Tensor:
+    """The outputs of :func:`_aligned` put back in the order of its ``index``."""
+    out = None
+    for part, y in parts:
+        if out is None:
+            out = torch.empty(n, *y.shape[1:], dtype=y.dtype, device=y.device)
+        out[torch.from_numpy(part).to(y.device)] = y
+    return out
 
 
 def forward(G: Generator, x: torch.Tensor, index: np.ndarray, micro_batch: int,
@@ -261,7 +292,8 @@ def forward(G: Generator, x: torch.Tensor, index: np.ndarray, micro_batch: int,
     """G's outputs (b, C, H, W) on ``device``, one micro-batch's share at a time, for the
     increasing global indices ``index`` with inputs ``x`` (B, D) (see :func:`_aligned`).
     The inputs go to the device once per call."""
-    yield from _aligned(G, x.to(device), np.asarray(index, dtype=np.int64), micro_batch)
+    for _, y in _aligned(G, x.to(device), np.asarray(index, dtype=np.int64), micro_batch):
+        yield y
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -281,18 +313,23 @@ def generate(G: Generator, x: torch.Tensor, index: np.ndarray, micro_batch: int,
 
 
 def _generate(G: Generator, x: torch.Tensor, index: np.ndarray, micro_batch: int,
-              device: torch.device) -> torch.Tensor:
-    return torch.cat([_quantise(y) for y in forward(G, x, index, micro_batch, device)])
+              device: torch.device, *, pack: bool = False) -> torch.Tensor:
+    """Quantised images (B, C, H, W) uint8 on ``device``, passes as :func:`_aligned`'s."""
+    def quantised(rows: torch.Tensor) -> torch.Tensor:
+        return _quantise(G(rows))
+
+    return _in_order(_aligned(quantised, x.to(device), np.asarray(index, dtype=np.int64), micro_batch,
+                              pack=pack), len(index))
 
 
 def confidence(D: Discriminator, images: torch.Tensor, index: np.ndarray, category: np.ndarray,
-               micro_batch: int) -> np.ndarray:
+               micro_batch: int, *, pack: bool = False) -> np.ndarray:
     """Q's probability (B,) float32 of category ``category[i]`` for the uint8 images (B, C, H, W)
-    of increasing global indices ``index``, on the same aligned micro-batches as the generator."""
+    of increasing global indices ``index``, each in its row as the generator made it."""
     def q(x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(D.q_head(D.trunk(to_float(x))).cat_logits[0].float(), dim=1)
 
-    p = torch.cat(list(_aligned(q, images, np.asarray(index, dtype=np.int64), micro_batch)))
+    p = _in_order(_aligned(q, images, np.asarray(index, dtype=np.int64), micro_batch, pack=pack), len(index))
     rows = torch.arange(len(p), device=p.device)
     return p[rows, torch.from_numpy(np.asarray(category, dtype=np.int64)).to(p.device)].cpu().numpy()
 
@@ -330,8 +367,9 @@ class _Generating:
         best = np.zeros(len(index), np.float32)
         for draw in range(MAX_DRAWS if threshold > 0 else 1):
             latent = sample_latents(self.spec, self.plan, self.config, index[pending], draw)
-            images = _generate(self.G, to_input(self.spec, latent), index[pending], M, self.device)
-            p = confidence(self.D, images, index[pending], category[pending], M)
+            # redraws are sparse: pack them into as few passes as their rows allow
+            images = _generate(self.G, to_input(self.spec, latent), index[pending], M, self.device, pack=draw > 0)
+            p = confidence(self.D, images, index[pending], category[pending], M, pack=draw > 0)
             ok = p >= threshold
             take = torch.from_numpy(ok)
             kept["row"].append(pending[ok])

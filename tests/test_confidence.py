@@ -25,7 +25,7 @@ from infogan_cells.config import SynthConfig, load_config
 from infogan_cells.errors import ConfigError, InputError
 from infogan_cells.latent import sample_latent_by_seed, to_input
 from infogan_cells.networks import Discriminator, Generator
-from infogan_cells.synthesise import gather, generate, synthesise
+from infogan_cells.synthesise import _passes, gather, generate, synthesise
 from infogan_cells.validate import validate_file
 from infogan_cells.writers import DRAW_STRIDE
 
@@ -120,6 +120,14 @@ def test_shards_and_batch_sizes_keep_the_same_samples(run_dir, filtered, tmp_pat
     assert_same(read_all(master), read_all(filtered))
     ones = synthesise(run_dir, tmp_path / "ones.h5", dataclasses.replace(CONFIG, batch_size=1))
     assert_same(read_all(ones), read_all(filtered))
+
+
+def test_redraws_share_passes_where_their_rows_do_not_collide():
+    """Samples 3, 9, 17, 18 sit in rows 3, 1, 1, 2 of 8: two passes instead of three micro-batches."""
+    index = np.array([3, 9, 17, 18])
+    assert [p.tolist() for p in _passes(index, 8)] == [[0], [1], [2, 3]]
+    assert [p.tolist() for p in _passes(index, 8, pack=True)] == [[0, 1, 3], [2]]
+    assert [p.tolist() for p in _passes(np.arange(16), 8, pack=True)] == [list(range(8)), list(range(8, 16))]
 
 
 def test_tiff_stacks_name_the_kept_seeds(run_dir, filtered, tmp_path):
