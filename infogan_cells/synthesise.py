@@ -383,8 +383,8 @@ class _Generating:
             if not len(pending):
                 break
         if len(pending):
-            k = int(index[pending[0]])
-            raise InputError(f"synthesis.min_confidence {threshold}: sample {k} (category {int(category[pending[0]])}) "
+            k, c = int(index[pending[0]]), int(category[pending[0]])
+            raise InputError(f"synthesis.min_confidence {threshold}: sample {k} (category {c}, {self.plan.names[c]!r}) "
                              f"found no draw that Q gives its category with at least that probability in "
                              f"{MAX_DRAWS} draws (best {best[pending[0]]:.3f}; best of the {len(pending)} such "
                              f"sample(s) in samples {a}..{b - 1}: {best[pending].max():.3f}); "
