@@ -185,6 +185,11 @@ def run_one(name: str, store: Path, seed: int, out: Path, overrides: list[dict],
         m = analyse(run_dir, store, run_dir / "analysis", cfg.analyse, device=device)
         quality = m["quality"]
         rows[0].update({"tstr": quality["tstr_accuracy"], "trtr": quality["trtr_accuracy"],
+                        "tstr_balanced": quality.get("tstr_balanced_accuracy"),
+                        "trtr_balanced": quality.get("trtr_balanced_accuracy"),
+                        "mixed_balanced": quality.get("mixed_balanced_accuracy"),
+                        "best_feature": m["baselines"]["best_feature"]["feature"],
+                        "best_feature_nmi": m["baselines"]["best_feature"]["nmi"],
                         "tstr_logistic": quality["classifier"]["logistic"]["tstr_accuracy"],
                         "trtr_logistic": quality["classifier"]["logistic"]["trtr_accuracy"],
                         "knn_precision": quality["knn_precision"], "knn_recall": quality["knn_recall"]})

@@ -16,11 +16,13 @@ and how close its synthetic cells come to real ones.
     codes.csv                code, feature, rho, p: Spearman of each continuous code with each
                              morphology feature of generated cells, pooled over categories
     metrics.json             accuracy, nmi, ari, purity, n_crops, n_labelled, n_categories,
-                             categories, baselines, codes, quality, config (label measures are
-                             null without labels)
+                             categories, baselines (k-means on pixels and on morphology, the best
+                             single feature), codes, quality, config (label measures are null
+                             without labels)
     quality.json             metrics.json["quality"]: flat headline keys (fd_morphology,
                              kid_morphology, fd_encoder, kid_encoder, knn_precision, knn_recall,
-                             memorisation_ratio, tstr_accuracy, trtr_accuracy), then the details
+                             memorisation_ratio, tstr_/trtr_/mixed_accuracy and _balanced_accuracy),
+                             then the details
     samples/catKK.png        generated cells of category KK
     nearest/catKK.png        the real crops Q gives the highest probability of category KK
     morphology/catKK.png     histograms: real crops assigned to KK vs synthetic crops of KK
@@ -51,6 +53,7 @@ from sklearn.exceptions import ConvergenceWarning
 from infogan_cells import quality as q
 from infogan_cells._io import atomic_path, write_json_atomic
 from infogan_cells.augment import to_uint8
+from infogan_cells.baselines import best_single_feature
 from infogan_cells.checkpoint import load_discriminator, load_generator, resolve_device
 from infogan_cells.config import AnalyseConfig, LatentSpec
 from infogan_cells.errors import InputError
@@ -63,7 +66,7 @@ from infogan_cells.metrics import (
     name_codes,
     spearman_table,
 )
-from infogan_cells.morphology import FEATURES, measure_morphology
+from infogan_cells.morphology import FEATURES, foreground_mask, intensity_features, measure_morphology
 from infogan_cells.plots import image_grid, save_gif, save_grid
 from infogan_cells.progress import progress
 from infogan_cells.store import holdout_split, read_crop_store
@@ -124,12 +127,16 @@ def _analyse(run_dir: str | Path, crops_path: str | Path, out_dir: str | Path, c
     summary = category_summary(categories, table)
     cmap = category_map(summary, meta.get("category_labels"))
     _write_csv(out_dir / "category_map.csv", cmap)
-    real_morph = measure_morphology(images, channel_names=channel_names)
+    masks = foreground_mask(images)
+    real_morph = measure_morphology(images, channel_names=channel_names, masks=masks)
+    one_number = pd.concat([real_morph.drop(columns="orientation"),
+                            intensity_features(images, channel_names=channel_names, masks=masks)], axis=1)
     write_cells(out_dir / "cells.h5ad", crops.obs.iloc[crop_index], crop_index, probs, cont, q_features,
                 real_morph, cmap, uns={"run": str(run_dir), "crops": str(crops_path)})
     baselines = {"kmeans_pixels": kmeans_scores(_pixels(images), labels, n_cat),
                  "kmeans_morphology": kmeans_scores(_standardise(real_morph[list(FEATURES)])[0],
-                                                    labels, n_cat)}
+                                                    labels, n_cat),
+                 "best_feature": best_single_feature(one_number, labels, n_cat)}
 
     # What the continuous codes do
     bar.update(1)
@@ -359,46 +366,61 @@ def synthetic_quality(images: np.ndarray, labels: np.ndarray, hold: np.ndarray, 
         "fd_encoder": encoder["frechet"], "kid_encoder": encoder["kid"],
         "knn_precision": precision, "knn_recall": recall,
         "memorisation_ratio": memorised["encoder"]["ratio"],
-        "tstr_accuracy": classifier["tstr_accuracy"], "trtr_accuracy": classifier["trtr_accuracy"],
+        **{k: classifier[k] for k in CLASSIFIER_FIGURES},
         "n_real": len(images), "n_train": len(train), "n_holdout": len(hold), "n_synthetic": len(syn_images),
         "morphology": morphology, "encoder": encoder, "memorisation": memorised, "classifier": classifier,
     }
+
+
+#: classifier_scores' headline figures (also flat keys of quality.json); ``mixed``: labelled real +
+#: synthetic, only when some crops carry no label.
+CLASSIFIER_FIGURES = ("tstr_accuracy", "trtr_accuracy", "tstr_balanced_accuracy", "trtr_balanced_accuracy",
+                      "mixed_accuracy", "mixed_balanced_accuracy")
 
 
 def classifier_scores(f_real: np.ndarray, labels: np.ndarray, hold: np.ndarray, train: np.ndarray,
                       f_syn: np.ndarray, syn_labels: np.ndarray, *, images: np.ndarray | None = None,
                       syn_images: np.ndarray | None = None, steps: int = 400,
                       device: torch.device | str = "cpu") -> dict:
-    """Accuracy on the labelled held-out crops of classifiers trained on synthetic crops (labels
-    from the category map: train on synthetic, test on real) and on the labelled training crops
-    (train on real, test on real).
+    """Accuracy and balanced accuracy (mean recall over classes) on the labelled held-out crops of
+    one fixed classifier trained on synthetic crops (labels from the category map: train on
+    synthetic, test on real), on the labelled training crops (train on real: labelled real only)
+    and, when only some crops carry labels, on both (labelled real + synthetic, each half of every
+    class's draws). The test crops are never trained on.
 
-    The headline ``tstr_accuracy`` / ``trtr_accuracy`` come from a small CNN on the pixels
-    (:func:`infogan_cells.quality.cnn_accuracy`, when ``images`` and ``syn_images`` are given); a
-    logistic regression on encoder features is reported beside it (``logistic``). Synthetic crops
-    whose category has no real label name (``category_KK``) are left out.
+    The headline figures come from a small CNN on the pixels (:func:`infogan_cells.quality.cnn_predict`,
+    when ``images`` and ``syn_images`` are given); a logistic regression on encoder features is
+    reported beside it (``logistic``, accuracy only). Synthetic crops whose category has no real
+    label name (``category_KK``) are left out.
     """
     known = labels != ""
     test = hold[known[hold]]
     real_train = train[known[train]]
     keep = np.isin(syn_labels, np.unique(labels[known]))
+    partial = bool(known.any() and not known.all())
     logistic = {"tstr_accuracy": None, "trtr_accuracy": None}
-    cnn = {"tstr_accuracy": None, "trtr_accuracy": None, "steps": steps}
+    cnn: dict = {"steps": steps}
     if len(test):
         logistic["tstr_accuracy"] = q.classifier_accuracy(f_syn[keep], syn_labels[keep], f_real[test], labels[test])
         logistic["trtr_accuracy"] = q.classifier_accuracy(f_real[real_train], labels[real_train], f_real[test],
                                                           labels[test])
-        if images is not None and syn_images is not None:
-            cnn["tstr_accuracy"] = q.cnn_accuracy(syn_images[keep], syn_labels[keep], images[test], labels[test],
-                                                  steps=steps, device=device)
-            cnn["trtr_accuracy"] = q.cnn_accuracy(images[real_train], labels[real_train], images[test],
-                                                  labels[test], steps=steps, device=device)
+    sets = {"tstr": (syn_images[keep] if syn_images is not None else None, syn_labels[keep], None),
+            "trtr": (images[real_train] if images is not None else None, labels[real_train], None)}
+    if partial and images is not None and syn_images is not None:
+        sets["mixed"] = (np.concatenate([images[real_train], syn_images[keep]]),
+                         np.concatenate([labels[real_train], syn_labels[keep]]),
+                         np.repeat([0, 1], [len(real_train), int(keep.sum())]))
+    for name, (x, y, groups) in sets.items():
+        pred = (q.cnn_predict(x, y, images[test], steps=steps, device=device, groups=groups)
+                if len(test) and x is not None else None)
+        cnn[f"{name}_accuracy"] = None if pred is None else float((pred == labels[test]).mean())
+        cnn[f"{name}_balanced_accuracy"] = None if pred is None else q.balanced_accuracy(labels[test], pred)
     headline = cnn if images is not None and syn_images is not None else logistic
     model = ("small CNN on the pixels (balanced classes, 90-degree rotations and flips)"
              if headline is cnn else "logistic regression on encoder features")
-    return {"model": model, "tstr_accuracy": headline["tstr_accuracy"], "trtr_accuracy": headline["trtr_accuracy"],
-            "n_test": len(test), "n_real_train": len(real_train), "n_synthetic_train": int(keep.sum()),
-            "cnn": cnn, "logistic": logistic}
+    return {"model": model, **{k: headline.get(k) for k in CLASSIFIER_FIGURES},
+            "n_test": len(test), "n_test_classes": len(np.unique(labels[test])), "n_real_train": len(real_train),
+            "n_synthetic_train": int(keep.sum()), "labels_partial": partial, "cnn": cnn, "logistic": logistic}
 
 
 # --------------------------------------------------------------------------------------

@@ -27,9 +27,9 @@ from infogan_cells.errors import ConfigError
 
 def param(default: Any = dataclasses.MISSING, *, help: str, choices: Sequence | None = None,
           ge: float | None = None, le: float | None = None, gt: float | None = None,
-          default_factory: Any = dataclasses.MISSING) -> Any:
+          lt: float | None = None, default_factory: Any = dataclasses.MISSING) -> Any:
     """A dataclass field with a description and the checks its value must pass."""
-    meta = {"help": help, "choices": choices, "ge": ge, "le": le, "gt": gt}
+    meta = {"help": help, "choices": choices, "ge": ge, "le": le, "gt": gt, "lt": lt}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -301,6 +301,14 @@ class SynthConfig:
     tiff_per_image: bool = param(False, help="With TIFF output, also write one TIFF per image into "
                                  "<tiff dir>/images/<label>/<block of 1000>/.")
     use_ema: bool = param(True, help="Use the EMA generator when the run has one.")
+    min_confidence: float = param(0.0, help="Keep only samples that Q assigns to their own category with at "
+                                  "least this probability: sample k tries seeds seed + k + j * 2^32 "
+                                  "(j = 0, 1, ..., at most 100 draws) and keeps the first that passes; "
+                                  "0 keeps every first draw. Q's probability is stored in obs/confidence.",
+                                  ge=0, lt=1)
+    score_confidence: bool = param(False, help="Score every sample with Q into obs/confidence also when "
+                                   "min_confidence is 0 (one discriminator pass per image, about half the "
+                                   "generator's cost; off: obs/confidence is NaN unless min_confidence is set).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -359,7 +367,7 @@ def _check_value(key: str, value: Any, tp: Any, meta: Mapping) -> Any:
     if meta.get("choices") is not None and value not in meta["choices"]:
         raise ConfigError(f"config key '{key}': {value!r} is not one of {list(meta['choices'])}")
     for bound, ok, word in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
-                            ("le", lambda v, b: v <= b, "<=")):
+                            ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<")):
         b = meta.get(bound)
         if b is not None and isinstance(value, (int, float)) and not ok(value, b):
             raise ConfigError(f"config key '{key}': {value!r} must be {word} {b}")
@@ -488,6 +496,8 @@ def _schema_for(tp: Any, meta: Mapping, default: Any) -> dict:
         out["exclusiveMinimum"] = meta["gt"]
     if meta.get("le") is not None:
         out["maximum"] = meta["le"]
+    if meta.get("lt") is not None:
+        out["exclusiveMaximum"] = meta["lt"]
     if default is not dataclasses.MISSING:
         out["default"] = default
     return out

@@ -178,7 +178,7 @@ class CropDataset(torch.utils.data.Dataset):
 
 
 def read_obs(path: str | Path) -> pd.DataFrame:
-    """The data set's label table: one row per image, columns ``index, seed, category, label``."""
+    """The data set's label table: one row per image, columns ``index, seed, category, label, confidence``."""
     with _open(Path(path)) as f:
         obs = f["obs"]
         return pd.DataFrame({name: (obs[name].asstr()[:] if name == "label" else obs[name][:])

@@ -189,3 +189,48 @@ def _measure(images: np.ndarray, masks: np.ndarray, names: list[str]) -> pd.Data
     out["focus"] = _focus(x.mean(axis=3))
     out["centroid_offset"] = offset
     return pd.DataFrame(out)
+
+
+def intensity_features(images: np.ndarray, *, channel_names: Sequence[str] | None = None,
+                       masks: np.ndarray | None = None, erode: int = 2) -> pd.DataFrame:
+    """One-number intensity summaries of the cell in each crop, per channel.
+
+    Parameters
+    ----------
+    images : (N, H, W, C) uint8 ndarray
+    channel_names : names of the C channels (default ``ch0``, ``ch1``...).
+    masks : (N, H, W) bool ndarray, optional; found with :func:`foreground_mask` when not given.
+    erode : the mask is eroded by this many pixels for the percentiles, so that the blurred rim
+        between cell and background (darker than any inner structure once a crop is resized)
+        does not decide them; a mask that erosion would empty is used whole.
+
+    Returns
+    -------
+    DataFrame with N rows and, per channel ``<name>``, the columns ``total_<name>`` (the sum over
+    the mask of the channel minus its background level, the median of the crop's border: a stain's
+    content, such as DNA), ``dark_<name>`` and ``bright_<name>`` (the 1st and 99th percentile
+    inside the eroded mask: a dark parasite or a bright spot). A crop with an empty mask gets
+    0 for the total and its whole-crop percentiles.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}")
+    n, _, _, c = images.shape
+    names = list(channel_names) if channel_names is not None else [f"ch{i}" for i in range(c)]
+    if len(names) != c:
+        raise ValueError(f"{len(names)} channel names for {c} channels")
+    masks = foreground_mask(images) if masks is None else np.asarray(masks, dtype=bool)
+    inner = ndi.binary_erosion(masks, structure=np.ones((1, 3, 3), bool), iterations=erode) if erode else masks
+    inner = np.where(inner.any(axis=(1, 2))[:, None, None], inner, masks)
+    x = images.astype(np.float64)
+    border = np.concatenate([x[:, 0], x[:, -1], x[:, 1:-1, 0], x[:, 1:-1, -1]], axis=1)
+    background = np.median(border, axis=1)  # (N, C)
+    total = ((x - background[:, None, None, :]) * masks[..., None]).sum(axis=(1, 2))
+    low, high = np.empty((n, c)), np.empty((n, c))
+    for i in range(n):
+        values = x[i][inner[i]] if inner[i].any() else x[i].reshape(-1, c)
+        low[i], high[i] = np.percentile(values, [1, 99], axis=0)
+    out = {}
+    for j, name in enumerate(names):
+        out[f"total_{name}"], out[f"dark_{name}"], out[f"bright_{name}"] = total[:, j], low[:, j], high[:, j]
+    return pd.DataFrame(out, index=pd.RangeIndex(n))

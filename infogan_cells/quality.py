@@ -9,7 +9,9 @@ bottleneck is the feature vector.
 Also a memorisation check (how near synthetic crops come to training crops, compared with
 how near held-out real crops come) and classifiers for train-on-synthetic, test-on-real accuracy
 (classification accuracy score, Ravuri & Vinyals 2019): :class:`SmallCNN` trained on the pixels
-(the headline figure), and a logistic regression on encoder features.
+(the headline figure), and a logistic regression on encoder features. Besides accuracy,
+:func:`balanced_accuracy` (the mean recall over classes), which a classifier that always answers
+the commonest class cannot inflate on an imbalanced test set: it scores 1/K.
 """
 
 from __future__ import annotations
@@ -231,6 +233,17 @@ def encode(enc: Encoder, images: np.ndarray, *, batch_size: int = 256) -> np.nda
 # Train on synthetic, test on real
 
 
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float | None:
+    """Mean over the classes of ``y_true`` of the share of that class predicted as itself (recall);
+    ``None`` for an empty test set. Always answering one class scores 1/K for K classes."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true and y_pred differ in shape: {y_true.shape}, {y_pred.shape}")
+    if len(y_true) == 0:
+        return None
+    return float(np.mean([(y_pred[y_true == c] == c).mean() for c in np.unique(y_true)]))
+
+
 def classifier_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
                         y_test: np.ndarray) -> float | None:
     """Accuracy on the test set of a standardised logistic regression fitted to the training set.
@@ -274,26 +287,44 @@ class SmallCNN(nn.Module):
 
 
 def cnn_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *,
-                 steps: int = 400, seed: int = 0, batch_size: int = 64, device: torch.device | str = "cpu",
-                 dihedral: bool = True) -> float | None:
-    """Accuracy on ``x_test`` of a :class:`SmallCNN` trained on ``x_train`` ((N, H, W, C) uint8).
+                 balanced: bool = False, **kwargs) -> float | None:
+    """Accuracy (balanced accuracy with ``balanced``) on ``x_test`` of :func:`cnn_predict`'s
+    classifier; ``None`` when it cannot be trained or the test set is empty."""
+    pred = cnn_predict(x_train, y_train, x_test, **kwargs)
+    if pred is None or len(y_test) == 0:
+        return None
+    if balanced:
+        return balanced_accuracy(np.asarray(y_test), pred)
+    return float((pred == np.asarray(y_test)).mean())
+
+
+def cnn_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, *, steps: int = 400,
+                seed: int = 0, batch_size: int = 64, device: torch.device | str = "cpu",
+                dihedral: bool = True, groups: np.ndarray | None = None) -> np.ndarray | None:
+    """Labels predicted for ``x_test`` by a :class:`SmallCNN` trained on ``x_train`` ((N, H, W, C) uint8).
 
     Classes are balanced by sampling (each batch draws classes equally often, so a rare class is
-    not ignored); with ``dihedral`` every training batch is randomly rotated by 90-degree steps and
-    flipped (cells have no orientation). ``steps`` batches whatever the training set's size, so
-    classifiers trained on sets of different sizes (synthetic, real) get the same budget.
-    ``None`` when the training set holds fewer than two classes or the test set is empty. The
-    global RNG is left as it was: everything draws from ``seed``.
+    not ignored); with ``groups`` (N,), every (class, group) pair is drawn equally often within its
+    class (real and synthetic crops of a class, say, half each). With ``dihedral`` every training
+    batch is randomly rotated by 90-degree steps and flipped (cells have no orientation).
+    ``steps`` batches whatever the training set's size, so classifiers trained on sets of different
+    sizes (synthetic, real) get the same budget. ``None`` when the training set holds fewer than two
+    classes. The global RNG is left as it was: everything draws from ``seed``.
     """
     classes, y_idx = np.unique(np.asarray(y_train), return_inverse=True)
-    if len(classes) < 2 or len(y_test) == 0:
+    if len(classes) < 2:
         return None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = SmallCNN(x_train.shape[3], len(classes)).to(device)
     gen = torch.Generator().manual_seed(seed)
     data, targets = to_unit_range(x_train), torch.from_numpy(y_idx).long()
-    weights = torch.from_numpy(1.0 / np.bincount(y_idx)[y_idx]).double()
+    _, cell = np.unique(np.stack([y_idx, np.zeros_like(y_idx) if groups is None else
+                                  np.unique(np.asarray(groups), return_inverse=True)[1]]), axis=1,
+                        return_inverse=True)
+    cell = cell.reshape(-1)
+    per_class = np.array([len(np.unique(cell[y_idx == c])) for c in range(len(classes))])
+    weights = torch.from_numpy(1.0 / (np.bincount(cell)[cell] * per_class[y_idx])).double()
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
     aug = AugmentConfig(rot90=dihedral, flip=dihedral, shift=0)
@@ -309,5 +340,5 @@ def cnn_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y
     model.eval()
     with torch.no_grad():
         test = to_unit_range(x_test)
-        pred = torch.cat([model(test[i:i + 256].to(device)).argmax(1).cpu() for i in range(0, len(test), 256)])
-    return float((classes[pred.numpy()] == np.asarray(y_test)).mean())
+        pred = [model(test[i:i + 256].to(device)).argmax(1).cpu() for i in range(0, len(test), 256)]
+    return classes[torch.cat(pred).numpy()] if pred else classes[:0]

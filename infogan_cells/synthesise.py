@@ -19,6 +19,18 @@ with shape, row position and thread count fixed, the only remaining input to a r
 the row itself, which ``tests/test_synthesise.py`` checks. Changing ``micro_batch`` or the
 device type (CPU instruction set, GPU model, torch or BLAS version) can change pixels by a
 grey level; both are recorded in the file.
+
+With ``config.min_confidence`` above 0 or ``config.score_confidence``, Q scores every sample:
+``obs/confidence`` is the probability that the run's Q head gives the sample's own category
+(NaN when not scored), computed from the stored (quantised) pixels on the same aligned
+micro-batches, so it is as reproducible as the pixels. With ``config.min_confidence`` above 0,
+sample ``k`` tries the seeds ``config.seed + k + j * DRAW_STRIDE`` for draws ``j = 0, 1, ...`` in
+turn (its category and grid codes stay those of ``k``) and keeps the first whose confidence
+reaches the threshold; the kept seed is ``obs/seed``. Redraws are sparse, so they are packed:
+samples of different micro-batches share a pass where their rows differ, each still in row
+``k % M``. Which draw is kept depends on ``k`` and the network alone, so the shards and batch
+sizes still agree. A sample with no passing draw within
+:data:`MAX_DRAWS` stops the job, naming the best confidence seen, and nothing is written.
 """
 
 from __future__ import annotations
@@ -41,15 +53,24 @@ import torch
 import yaml
 
 from infogan_cells import __version__
-from infogan_cells.checkpoint import file_sha256, load_generator, network_path, resolve_device
+from infogan_cells.augment import to_float
+from infogan_cells.checkpoint import (
+    file_sha256,
+    load_discriminator,
+    load_generator,
+    network_path,
+    resolve_device,
+)
 from infogan_cells.config import CropConfig, LatentSpec, SynthConfig, from_mapping, to_dict
 from infogan_cells.errors import ConfigError, InputError
 from infogan_cells.latent import Latent, sample_latent_by_seed, to_input
-from infogan_cells.networks import Generator
+from infogan_cells.networks import Discriminator, Generator
 from infogan_cells.progress import progress
 from infogan_cells.writers import (
+    DRAW_STRIDE,
     FORMAT,
     FORMAT_VERSION,
+    MAX_DRAWS,
     BackgroundWriter,
     Batch,
     HDF5Writer,
@@ -206,10 +227,12 @@ def _check_shard(shard: Sequence[int]) -> tuple[int, int]:
 # Making images
 
 
-def sample_latents(spec: LatentSpec, plan: Plan, config: SynthConfig, index: np.ndarray) -> Latent:
-    """The latent samples of global indices ``index``: z and codes from seed ``config.seed + k``,
-    the first categorical code from :meth:`Plan.category`, grid codes from :meth:`Plan.grid`."""
-    latent = sample_latent_by_seed(spec, (config.seed + index).tolist(), truncation=config.truncation)
+def sample_latents(spec: LatentSpec, plan: Plan, config: SynthConfig, index: np.ndarray,
+                   draw: int = 0) -> Latent:
+    """The latent samples of global indices ``index``: z and codes from seed ``config.seed + k``
+    (``+ draw * DRAW_STRIDE``), the first categorical code from :meth:`Plan.category`, grid codes
+    from :meth:`Plan.grid`."""
+    latent = sample_latent_by_seed(spec, config.seed + index + draw * DRAW_STRIDE, truncation=config.truncation)
     latent.cat[:, 0] = torch.from_numpy(plan.category(index))
     grid = plan.grid(index, spec.n_continuous)
     if grid is not None:
@@ -217,27 +240,61 @@ def sample_latents(spec: LatentSpec, plan: Plan, config: SynthConfig, index: np.
     return latent
 
 
+def _passes(index: np.ndarray, micro_batch: int, *, pack: bool = False) -> list[np.ndarray]:
+    """Which positions of ``index`` (increasing global indices) share each forward pass.
+
+    Sample ``k`` always sits in row ``k % micro_batch`` of its pass. Without ``pack`` a pass is one
+    micro-batch of global indices (``k // micro_batch``); with ``pack``, samples of different
+    micro-batches whose rows do not collide share a pass, so that a sparse set of samples (the
+    redraws of ``min_confidence``) takes as few passes as its most crowded row. Either way a row's
+    result is the same (module docstring)."""
+    if not pack:
+        blocks = index // micro_batch
+        return np.split(np.arange(len(index)), np.flatnonzero(np.diff(blocks)) + 1)
+    rows = index % micro_batch
+    order = np.argsort(rows, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(rows[order]) != 0])
+    rank = np.empty(len(index), np.int64)
+    rank[order] = np.arange(len(index)) - np.repeat(starts, np.diff(np.r_[starts, len(index)]))
+    return [np.flatnonzero(rank == r) for r in range(int(rank.max()) + 1 if len(rank) else 0)]
+
+
+def _aligned(net, x: torch.Tensor, index: np.ndarray, micro_batch: int, *, pack: bool = False
+             ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """``net``'s outputs for inputs ``x`` (B, ...) of the increasing global indices ``index``, one
+    pass of ``micro_batch`` rows at a time (:func:`_passes`): sample ``k`` at row ``k % micro_batch``,
+    zeros in the rows not asked for, so a sample's output never depends on the batch it was asked
+    in (module docstring). Yields (positions in ``index``, their outputs)."""
+    M = micro_batch
+    for part in _passes(index, M, pack=pack):
+        whole = len(part) == M and part[-1] - part[0] == M - 1 and index[part[0]] % M == 0
+        if whole:
+            with torch.no_grad():
+                yield part, net(x[int(part[0]):int(part[-1]) + 1])
+            continue
+        at = torch.from_numpy(index[part] % M).to(x.device)
+        rows = torch.zeros(M, *x.shape[1:], dtype=x.dtype, device=x.device)
+        rows[at] = x[torch.from_numpy(part).to(x.device)]
+        with torch.no_grad():
+            yield part, net(rows)[at]
+
+
+def _in_order(parts: Iterator[tuple[np.ndarray, torch.Tensor]], n: int) -> torch.Tensor:
+    """The outputs of :func:`_aligned` put back in the order of its ``index``."""
+    out = None
+    for part, y in parts:
+        if out is None:
+            out = torch.empty(n, *y.shape[1:], dtype=y.dtype, device=y.device)
+        out[torch.from_numpy(part).to(y.device)] = y
+    return out
+
+
 def forward(G: Generator, x: torch.Tensor, index: np.ndarray, micro_batch: int,
             device: torch.device) -> Iterator[torch.Tensor]:
     """G's outputs (b, C, H, W) on ``device``, one micro-batch's share at a time, for the
-    consecutive global indices ``index`` with inputs ``x`` (B, D).
-
-    Micro-batch ``j`` holds sample ``k`` at row ``k % micro_batch`` and zeros in the rows not
-    asked for, so a sample's output never depends on the batch it was asked in (module docstring).
-    The inputs go to the device once per call.
-    """
-    M = micro_batch
-    first = int(index[0])
-    x = x.to(device)
-    for j in range(first // M, int(index[-1]) // M + 1):
-        a, b = max(first, j * M), min(first + len(index), (j + 1) * M)
-        if a == j * M and b == (j + 1) * M:
-            rows = x[a - first:b - first]
-        else:
-            rows = torch.zeros(M, x.shape[1], dtype=x.dtype, device=device)
-            rows[a - j * M:b - j * M] = x[a - first:b - first]
-        with torch.no_grad():
-            y = G(rows)[a - j * M:b - j * M]
+    increasing global indices ``index`` with inputs ``x`` (B, D) (see :func:`_aligned`).
+    The inputs go to the device once per call."""
+    for _, y in _aligned(G, x.to(device), np.asarray(index, dtype=np.int64), micro_batch):
         yield y
 
 
@@ -252,10 +309,31 @@ def _quantise(images: torch.Tensor) -> torch.Tensor:
 
 def generate(G: Generator, x: torch.Tensor, index: np.ndarray, micro_batch: int,
              device: torch.device) -> np.ndarray:
-    """Images (B, H, W, C) uint8 of consecutive global indices ``index`` (see :func:`forward`),
+    """Images (B, H, W, C) uint8 of increasing global indices ``index`` (see :func:`forward`),
     quantised on the device and copied to the host once."""
-    y = torch.cat([_quantise(y) for y in forward(G, x, index, micro_batch, device)])
-    return y.permute(0, 2, 3, 1).cpu().numpy()
+    return _generate(G, x, index, micro_batch, device).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _generate(G: Generator, x: torch.Tensor, index: np.ndarray, micro_batch: int,
+              device: torch.device, *, pack: bool = False) -> torch.Tensor:
+    """Quantised images (B, C, H, W) uint8 on ``device``, passes as :func:`_aligned`'s."""
+    def quantised(rows: torch.Tensor) -> torch.Tensor:
+        return _quantise(G(rows))
+
+    return _in_order(_aligned(quantised, x.to(device), np.asarray(index, dtype=np.int64), micro_batch,
+                              pack=pack), len(index))
+
+
+def confidence(D: Discriminator, images: torch.Tensor, index: np.ndarray, category: np.ndarray,
+               micro_batch: int, *, pack: bool = False) -> np.ndarray:
+    """Q's probability (B,) float32 of category ``category[i]`` for the uint8 images (B, C, H, W)
+    of increasing global indices ``index``, each in its row as the generator made it."""
+    def q(x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(D.q_head(D.trunk(to_float(x))).cat_logits[0].float(), dim=1)
+
+    p = _in_order(_aligned(q, images, np.asarray(index, dtype=np.int64), micro_batch, pack=pack), len(index))
+    rows = torch.arange(len(p), device=p.device)
+    return p[rows, torch.from_numpy(np.asarray(category, dtype=np.int64)).to(p.device)].cpu().numpy()
 
 
 def _steps(start: int, stop: int, batch_size: int, micro_batch: int) -> Iterator[tuple[int, int]]:
@@ -276,20 +354,53 @@ class _Generating:
     feeds the device.
     """
 
-    def __init__(self, G: Generator, spec: LatentSpec, plan: Plan, config: SynthConfig,
+    def __init__(self, G: Generator, D: Discriminator, spec: LatentSpec, plan: Plan, config: SynthConfig,
                  device: torch.device, workers: int):
-        self.G, self.spec, self.plan, self.config, self.device = G, spec, plan, config, device
+        self.G, self.D, self.spec, self.plan, self.config, self.device = G, D, spec, plan, config, device
         self.workers = workers
 
     def make(self, a: int, b: int, offset: int) -> Batch:
+        """Samples ``a .. b``: each the first of its draws that Q gives at least ``min_confidence``."""
+        M, threshold = self.config.micro_batch, self.config.min_confidence
+        score = threshold > 0 or self.config.score_confidence
         index = np.arange(a, b, dtype=np.int64)
-        latent = sample_latents(self.spec, self.plan, self.config, index)
-        images = generate(self.G, to_input(self.spec, latent), index, self.config.micro_batch, self.device)
-        category = latent.cat[:, 0].numpy()
-        return Batch(offset=offset, images=images, index=index, seed=self.config.seed + index,
+        category = self.plan.category(index)
+        kept: dict[str, list] = collections.defaultdict(list)
+        pending = np.arange(len(index))
+        best = np.zeros(len(index), np.float32)
+        for draw in range(MAX_DRAWS if threshold > 0 else 1):
+            latent = sample_latents(self.spec, self.plan, self.config, index[pending], draw)
+            # redraws are sparse: pack them into as few passes as their rows allow
+            images = _generate(self.G, to_input(self.spec, latent), index[pending], M, self.device, pack=draw > 0)
+            if score:
+                p = confidence(self.D, images, index[pending], category[pending], M, pack=draw > 0)
+            else:  # not asked for: no discriminator pass (it would cost half the generator's time)
+                p = np.full(len(pending), np.nan, np.float32)
+            ok = p >= threshold if score else np.ones(len(pending), bool)
+            take = torch.from_numpy(ok)
+            kept["row"].append(pending[ok])
+            kept["images"].append(images[take.to(images.device)].permute(0, 2, 3, 1).cpu().numpy())
+            kept["confidence"].append(p[ok])
+            kept["seed"].append(self.config.seed + index[pending[ok]] + draw * DRAW_STRIDE)
+            for name in ("z", "cat", "cont"):
+                kept[name].append(getattr(latent, name)[take].numpy())
+            best[pending] = np.fmax(best[pending], p)
+            pending = pending[~ok]
+            if not len(pending):
+                break
+        if len(pending):
+            k, c = int(index[pending[0]]), int(category[pending[0]])
+            raise InputError(f"synthesis.min_confidence {threshold}: sample {k} (category {c}, {self.plan.names[c]!r}) "
+                             f"found no draw that Q gives its category with at least that probability in "
+                             f"{MAX_DRAWS} draws (best {best[pending[0]]:.3f}; best of the {len(pending)} such "
+                             f"sample(s) in samples {a}..{b - 1}: {best[pending].max():.3f}); "
+                             "lower synthesis.min_confidence")
+        order = np.argsort(np.concatenate(kept["row"]), kind="stable")
+        cols = {name: np.concatenate(v)[order] for name, v in kept.items() if name != "row"}
+        return Batch(offset=offset, images=cols["images"], index=index, seed=cols["seed"],
                      category=category, label=np.array([self.plan.names[c] for c in category], dtype=object),
-                     z=latent.z.numpy().astype(np.float32), categorical=latent.cat.numpy(),
-                     continuous=latent.cont.numpy().astype(np.float32))
+                     z=cols["z"].astype(np.float32), categorical=cols["cat"],
+                     continuous=cols["cont"].astype(np.float32), confidence=cols["confidence"].astype(np.float32))
 
     def batches(self, start: int, stop: int) -> Iterator[Batch]:
         steps = list(_steps(start, stop, self.config.batch_size, self.config.micro_batch))
@@ -353,12 +464,15 @@ def synthesise(run_dir: str | Path, out_path: str | Path, config: SynthConfig, *
     for key in ("batch_size", "micro_batch"):
         if getattr(config, key) < 1:
             raise InputError(f"synthesis.{key}: {getattr(config, key)} must be >= 1")
+    if not 0 <= config.min_confidence < 1:
+        raise ConfigError(f"config key 'synthesis.min_confidence': {config.min_confidence!r} must be in [0, 1)")
     shard = _check_shard(shard)
     if out_path.exists() and not overwrite:
         raise InputError(f"{out_path}: already exists (pass --overwrite to replace it)")
     dev = resolve_device(device)
 
     G, spec, meta = load_generator(run_dir, ema=config.use_ema, device=dev)
+    D, _, _ = load_discriminator(run_dir, device=dev)
     model_file = network_path(run_dir)
     map_path = Path(category_map) if category_map is not None else find_category_map(run_dir)
     cmap = read_category_map(map_path, spec.categorical[0]) if map_path and spec.categorical else None
@@ -401,17 +515,20 @@ def synthesise(run_dir: str | Path, out_path: str | Path, config: SynthConfig, *
     if tiff_dir is not None:
         _remove_stale_temporaries(Path(tiff_dir), "category_*")
     writers: list[Writer] = []
+    suffix = "" if shard[1] == 1 else f".shard-{shard[0]:03d}-of-{shard[1]:03d}"
+    # a stack names each page's seed up front; with min_confidence the seeds are known only once
+    # made, so the stacks are written from the finished HDF5 file instead
+    stacks_after = tiff_dir is not None and config.min_confidence > 0
     try:
-        if tiff_dir is not None:
-            suffix = "" if shard[1] == 1 else f".shard-{shard[0]:03d}-of-{shard[1]:03d}"
+        if tiff_dir is not None and not stacks_after:
             index = np.arange(start, stop, dtype=np.int64)
             writers.append(TiffStackWriter(tiff_dir, stack_plans(index, config.seed + index, plan.category(index),
                                                                  plan.names),
                                            image_shape=image_shape, channel_names=channel_names, info=info,
                                            suffix=suffix, overwrite=overwrite, pixel_size_um=attrs["pixel_size_um"]))
-            if config.tiff_per_image:
-                writers.append(TiffImageWriter(tiff_dir, image_shape=image_shape, info=info, overwrite=overwrite,
-                                               pixel_size_um=attrs["pixel_size_um"]))
+        if tiff_dir is not None and config.tiff_per_image:
+            writers.append(TiffImageWriter(tiff_dir, image_shape=image_shape, info=info, overwrite=overwrite,
+                                           pixel_size_um=attrs["pixel_size_um"]))
         writers.append(HDF5Writer(out_path, n=n, image_shape=image_shape, channel_names=channel_names,
                                   z_dim=spec.z_dim, n_codes=len(spec.categorical), n_continuous=spec.n_continuous,
                                   attrs=attrs, compression=config.compression, overwrite=overwrite))
@@ -426,7 +543,7 @@ def synthesise(run_dir: str | Path, out_path: str | Path, config: SynthConfig, *
     t0, done, last = time.perf_counter(), 0, 0.0
     # closing(): on an error, stop the workers and restore torch's thread count at once
     with BackgroundWriter(MultiWriter(writers)) as writer, \
-            contextlib.closing(_Generating(G, spec, plan, config, dev, workers).batches(start, stop)) as batches, \
+            contextlib.closing(_Generating(G, D, spec, plan, config, dev, workers).batches(start, stop)) as batches, \
             progress(stop - start, "synthesise", unit="img") as bar:
         for batch in batches:
             writer.write(batch)
@@ -435,6 +552,12 @@ def synthesise(run_dir: str | Path, out_path: str | Path, config: SynthConfig, *
             if time.perf_counter() - last > 30:
                 last = time.perf_counter()
                 log.info("%d/%d images (%.0f/s)", done, n, done / max(last - t0, 1e-9))
+    if stacks_after:
+        try:
+            write_tiff_stacks([out_path], tiff_dir, suffix=suffix, overwrite=overwrite)
+        except BaseException:
+            out_path.unlink(missing_ok=True)
+            raise
     log.info("made %d images in %.1f s", n, time.perf_counter() - t0)
     return out_path
 

@@ -14,7 +14,15 @@ from typing import Any
 import h5py
 import numpy as np
 
-from infogan_cells.writers import FORMAT, FORMAT_VERSION, LATENT_COLUMNS, OBS_COLUMNS, load_hdf5_plugins
+from infogan_cells.writers import (
+    DRAW_STRIDE,
+    FORMAT,
+    FORMAT_VERSION,
+    LATENT_COLUMNS,
+    MAX_DRAWS,
+    OBS_COLUMNS,
+    load_hdf5_plugins,
+)
 
 _REQUIRED_ATTRS = ("format_version", "kind", "package_version", "model_file", "model_sha256", "config",
                    "latent_spec", "category_map", "category_names", "categories", "n_total", "shard_count",
@@ -163,13 +171,13 @@ def _check_columns(f: h5py.File, n: int, a: dict, problems: list[str]) -> None:
             problems.append(f"The dataset '{key}' is missing.")
             continue
         d = f[key]
+        kind = {"label": "UTF-8 strings", "confidence": "floats"}.get(name, "integers")
         if name == "label":
             ok = h5py.check_string_dtype(d.dtype) is not None
         else:
-            ok = d.dtype.kind in "iu"
+            ok = d.dtype.kind in ("f" if name == "confidence" else "iu")
         if d.shape != (n,) or not ok:
-            problems.append(f"The dataset '{key}' is {d.shape} {d.dtype}; expected ({n},) "
-                            f"{'UTF-8 strings' if name == 'label' else 'integers'}.")
+            problems.append(f"The dataset '{key}' is {d.shape} {d.dtype}; expected ({n},) {kind}.")
             continue
         values[name] = d.asstr()[:] if name == "label" else d[:]
     for name in LATENT_COLUMNS:
@@ -183,8 +191,20 @@ def _check_columns(f: h5py.File, n: int, a: dict, problems: list[str]) -> None:
     index = values["index"]
     if not np.array_equal(index, np.arange(int(a["start"]), int(a["stop"]))):
         problems.append("obs/index is not the consecutive global indices start..stop.")
-    if "seed" in config and not np.array_equal(values["seed"], int(config["seed"]) + index):
+    threshold = float(config.get("min_confidence", 0.0))
+    draw, offset = np.divmod(values["seed"] - int(config.get("seed", 0)) - index, DRAW_STRIDE)
+    if "seed" in config and threshold == 0 and not np.array_equal(values["seed"], int(config["seed"]) + index):
         problems.append("obs/seed is not config.seed + obs/index for every sample.")
+    elif "seed" in config and ((offset != 0) | (draw < 0) | (draw >= MAX_DRAWS)).any():
+        problems.append(f"obs/seed is not config.seed + obs/index + j * 2^32 (0 <= j < {MAX_DRAWS}) "
+                        "for every sample.")
+    conf = values["confidence"]
+    scored = threshold > 0 or bool(config.get("score_confidence", False))
+    if not scored and len(conf) and not np.isnan(conf).all():
+        problems.append("obs/confidence holds values although the set was not scored (min_confidence 0, "
+                        "score_confidence false): expected NaN.")
+    elif scored and len(conf) and not ((conf >= threshold) & (conf <= 1)).all():
+        problems.append(f"obs/confidence holds values outside [{threshold}, 1] (synthesis.min_confidence).")
     names = a["category_names"]
     cat = values["category"]
     if len(cat) and not np.isin(cat, a["categories"]).all():

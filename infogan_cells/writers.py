@@ -45,11 +45,16 @@ from infogan_cells.h5ad import write_dataframe
 log = logging.getLogger(__name__)
 
 FORMAT = "infogan-cells/synthetic"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: obs/confidence, and obs/seed may be a later draw (min_confidence)
 
 #: obs columns, in this order: global sample index, its seed, category (of the first
-#: categorical code) and the category's label name.
-OBS_COLUMNS = ("index", "seed", "category", "label")
+#: categorical code), the category's label name and Q's probability of that category.
+OBS_COLUMNS = ("index", "seed", "category", "label", "confidence")
+#: Draw ``j`` of sample ``k`` has seed ``config.seed + k + j * DRAW_STRIDE`` (more than one draw
+#: only with ``synthesis.min_confidence``): no data set of fewer than 2^32 samples reuses a seed,
+#: and the seeds do not depend on the data set's size. At most MAX_DRAWS draws per sample.
+DRAW_STRIDE = 1 << 32
+MAX_DRAWS = 100
 #: latent datasets: noise z, every categorical code, continuous codes.
 LATENT_COLUMNS = ("z", "categorical", "continuous")
 
@@ -110,7 +115,8 @@ class Batch:
     """Consecutive samples: rows ``offset .. offset + len`` of the file being written.
 
     images : (B, H, W, C) uint8; index, seed, category : (B,) int64; label : (B,) str;
-    z : (B, z_dim) float32; categorical : (B, n_codes) int64; continuous : (B, n_continuous) float32.
+    z : (B, z_dim) float32; categorical : (B, n_codes) int64; continuous : (B, n_continuous) float32;
+    confidence : (B,) float32, Q's probability of the sample's category (NaN where not known).
     """
 
     offset: int
@@ -122,6 +128,7 @@ class Batch:
     z: np.ndarray
     categorical: np.ndarray
     continuous: np.ndarray
+    confidence: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -220,6 +227,7 @@ class HDF5Writer(Writer):
             for name in ("index", "seed", "category"):
                 obs.create_dataset(name, shape=(self.n,), dtype=np.int64)
             obs.create_dataset("label", shape=(self.n,), dtype=h5py.string_dtype("utf-8"))
+            obs.create_dataset("confidence", shape=(self.n,), dtype=np.float32, fillvalue=np.nan)
             write_dataframe(self._f, "obs", columns=OBS_COLUMNS, index_column="index")  # AnnData's encoding
             latent = self._f.create_group("latent")
             latent.create_dataset("z", shape=(self.n, z_dim), dtype=np.float32)
@@ -252,7 +260,8 @@ class HDF5Writer(Writer):
                 self._images[a + i:min(b, a + i + step)] = batch.images[i:i + step]
         f = self._f
         for name in OBS_COLUMNS:
-            f["obs"][name][a:b] = getattr(batch, name)
+            if getattr(batch, name) is not None:
+                f["obs"][name][a:b] = getattr(batch, name)
         for name in LATENT_COLUMNS:
             if f["latent"][name].shape[1]:
                 f["latent"][name][a:b] = getattr(batch, name)

@@ -168,9 +168,13 @@ def test_analyse_known_result(tmp_path, monkeypatch, report_calls):
     assert list(cmap.columns) == ["category", "label", "purity", "size"]
     assert cmap.label.tolist() == ["a", "b", "c"] and cmap["size"].tolist() == [13, 14, 9]
 
-    assert set(metrics["baselines"]) == {"kmeans_pixels", "kmeans_morphology"}
-    for scores in metrics["baselines"].values():
+    assert set(metrics["baselines"]) == {"kmeans_pixels", "kmeans_morphology", "best_feature"}
+    for key in ("kmeans_pixels", "kmeans_morphology"):
+        scores = metrics["baselines"][key]
         assert set(scores) == {"accuracy", "nmi", "ari", "purity"} and 0 <= scores["accuracy"] <= 1
+    best = metrics["baselines"]["best_feature"]
+    assert best["chosen_by"] == "nmi" and best["nmi"] == max(best["candidates"].values())
+    assert {"area", "intensity", "total_ch0", "dark_ch2", "log bright_ch1"} <= set(best["candidates"])
 
     # the wired codes are found: c0 is the radius, c1 the shift off centre
     codes = pd.read_csv(out / "codes.csv")

@@ -86,7 +86,8 @@ def test_pickling_drops_the_file_handle(files):
 
 def test_read_obs_is_the_label_table(files):
     obs = read_obs(files["master"])
-    assert list(obs.columns) == ["index", "seed", "category", "label"]
+    assert list(obs.columns) == ["index", "seed", "category", "label", "confidence"]
+    assert obs["confidence"].isna().all()  # not scored: neither min_confidence nor score_confidence is set
     np.testing.assert_array_equal(obs["index"], np.arange(24))
     assert obs["label"].tolist() == [f"category_{c:02d}" for c in obs["category"]]
     pd.testing.assert_frame_equal(obs, read_obs(files["whole"]))

@@ -67,7 +67,7 @@ def test_analysis_on_a_trained_run_matches_an_independent_computation(trained):
         assert float(cmap.loc[k, "purity"]) == pytest.approx(counts.iloc[0] / len(group))
         assert counts[cmap.loc[k, "label"]] == counts.iloc[0]
     saved = json.loads((root / "analysis" / "metrics.json").read_text())
-    assert set(saved["baselines"]) == {"kmeans_pixels", "kmeans_morphology"}
+    assert set(saved["baselines"]) == {"kmeans_pixels", "kmeans_morphology", "best_feature"}
     # the k-means baseline on pixels, recomputed here from the store (same k, seed and restarts)
     keep = store.obs["qc_pass"].to_numpy(dtype=bool)
     pixels = store.images[keep].reshape(int(keep.sum()), -1).astype(np.float32) / 255
@@ -90,6 +90,9 @@ def test_analysis_on_a_trained_run_matches_an_independent_computation(trained):
     images, labels = store.images[keep], store.labels[keep]
     trtr = cnn_accuracy(images[rest], labels[rest], images[hold], labels[hold], steps=cfg.analyse.classifier_steps)
     assert quality["trtr_accuracy"] == pytest.approx(trtr)
+    trtr_balanced = cnn_accuracy(images[rest], labels[rest], images[hold], labels[hold], balanced=True,
+                                 steps=cfg.analyse.classifier_steps)
+    assert quality["trtr_balanced_accuracy"] == pytest.approx(trtr_balanced)
     assert quality["n_holdout"] == len(hold)
     if cmap["label"][cmap["label"].isin(set(labels))].nunique() < 2:  # < 2 classes to train on
         assert quality["tstr_accuracy"] is None

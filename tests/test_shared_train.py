@@ -91,6 +91,6 @@ def test_train_command_on_each_shared_data_set(name, shared_data, tmp_path):
         row = cmap[cmap["category"] == k].iloc[0]
         assert counts[row["label"]] == counts.iloc[0]  # a majority label (ties: any of them)
         assert float(row["purity"]) == pytest.approx(counts.iloc[0] / len(group))
-    assert set(metrics["baselines"]) == {"kmeans_pixels", "kmeans_morphology"}
+    assert set(metrics["baselines"]) == {"kmeans_pixels", "kmeans_morphology", "best_feature"}
     assert np.isfinite(metrics["quality"]["fd_morphology"]) and metrics["quality"]["n_synthetic"] == 64
     assert (out / "report" / "index.html").is_file() and (out / "report" / "explorer.html").is_file()
