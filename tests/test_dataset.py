@@ -112,7 +112,7 @@ def test_the_synthetic_obs_group_is_an_anndata_dataframe(files, which):
     with h5py.File(files[which], "r") as f:
         got = anndata.io.read_elem(f["obs"])
     obs = read_obs(files[which])
-    assert list(got.columns) == ["seed", "category", "label"] and got.index.name == "index"
+    assert list(got.columns) == ["seed", "category", "label", "confidence"] and got.index.name == "index"
     np.testing.assert_array_equal(got.index.to_numpy(), obs["index"])
     np.testing.assert_array_equal(got["category"], obs["category"])
     np.testing.assert_array_equal(got["label"].astype(str), obs["label"])
