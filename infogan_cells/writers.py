@@ -71,7 +71,7 @@ def load_hdf5_plugins() -> bool:
 
 
 #: gzip level of synthetic images.
-GZIP_LEVEL = 4
+GZIP_LEVEL = 1
 
 
 def compression_threads() -> int:
