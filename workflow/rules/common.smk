@@ -6,14 +6,15 @@ from snakemake.utils import validate
 
 from infogan_cells.config import Config, ConfigError, from_mapping
 
-# The JSON schema is generated from infogan_cells/config.py (`infogan-cells schema`); it fails
-# the DAG at parse time, naming the bad key, before any job runs.
-validate(config, schema="../schemas/config.schema.json")
-
+# The config's own checks (infogan_cells/config.py: types, ranges and the rules between keys)
+# fail the DAG at parse time with one line naming the keys, before any job runs; then the JSON
+# schema generated from the same dataclasses (`infogan-cells schema`).
 try:
     CFG = from_mapping(Config, config)
 except ConfigError as err:
     raise ValueError(f"invalid config: {err}") from None
+
+validate(config, schema="../schemas/config.schema.json")
 
 
 wildcard_constraints:
