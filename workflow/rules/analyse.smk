@@ -29,8 +29,8 @@ rule analyse:
         "logs/analyse/seed{seed}.log",
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=get_torch_mem_mb,
+        runtime=get_analyse_runtime,
         gpu=get_gpus,
     script:
         "../scripts/analyse.py"
@@ -46,7 +46,7 @@ rule compare_seeds:
         "logs/compare_seeds.log",
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=per_attempt(1000),
+        runtime=per_attempt(10),
     script:
         "../scripts/compare_seeds.py"

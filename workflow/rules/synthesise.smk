@@ -13,8 +13,8 @@ rule synthesise_shard:
         "logs/synthesise/shard{shard}-of-{n}.log",
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=120,
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(120),
         gpu=get_gpus,
     script:
         "../scripts/synthesise_shard.py"
@@ -30,7 +30,7 @@ rule gather_synthesis:
         "logs/gather_synthesis.log",
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=60,
+        mem_mb=get_gather_synthesis_mem_mb,
+        runtime=per_attempt(60),
     script:
         "../scripts/gather_synthesis.py"

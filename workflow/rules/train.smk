@@ -22,8 +22,8 @@ rule train:
         "logs/train/seed{seed}.log",
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=720,
+        mem_mb=get_torch_mem_mb,
+        runtime=get_train_runtime,
         gpu=get_gpus,
     script:
         "../scripts/train.py"
