@@ -22,8 +22,12 @@ import time
 from pathlib import Path
 
 import h5py
+import numpy as np
+import pandas as pd
 import pytest
 
+from infogan_cells.crop import OBS_COLUMNS
+from infogan_cells.store import write_crop_store
 from infogan_cells.validate import validate_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,6 +150,37 @@ def test_slurm_profile_asks_for_a_gpu_only_when_the_config_says_cuda(tmp_path):
         assert "mem_mb=<TBD>" in lines["train"] and "mem_mb=<TBD>" in lines["gather_crops"]
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_training_memory_and_time_follow_the_crops_and_the_budget(tmp_path, device):
+    """With a crop store in place, the dry run resolves the training job's requests: memory from
+    the store's uncompressed crops (2000 x 64 x 64 x 3 bytes = 24.6 MB; the file is ~0.5 MB),
+    time from train.total_images at the device's assumed speed."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    n = 2000
+    obs = pd.DataFrame({"source_image": ["a"] * n, "source_index": np.arange(n), "min_row": 0, "min_col": 0,
+                        "max_row": 10, "max_col": 10, "label": [""] * n, "qc_pass": True, "qc_reason": [""] * n,
+                        "qc_clipped": False, "qc_inside": 1.0, "qc_size_ratio": 1.0, "qc_n_cells": 1, "qc_blur": 1.0})
+    store = tmp_path / "results" / "crops" / "crops.h5"
+    store.parent.mkdir(parents=True)
+    write_crop_store(store, np.zeros((n, 64, 64, 3), np.uint8), obs[list(OBS_COLUMNS)], ["R", "G", "B"],
+                     summary={}, config="", compression=1)
+    assert store.stat().st_size < 2e6
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(f"device: {device}\ntrain:\n  total_images: 1200000\n")
+    res = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+         "--workflow-profile", str(PROFILE), "--configfile", str(TINY), str(extra), "-n",
+         "--allowed-rules", "train", "--", "results/train/seed0/network-final.pt"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-5000:]
+    line = (res.stdout + res.stderr).split("rule train:")[1].split("resources:")[1].splitlines()[0]
+    resources = dict(re.findall(r"(\w+)=([^,\s]+)", line))
+    assert int(resources["mem_mb"]) == int(4000 + 3.2 * n * 64 * 64 * 3 / 1e6)  # 4078
+    # 1.2 million images at 200 images/s on a GPU, 20 on CPUs, plus 30 min
+    assert int(resources["runtime"]) == {"cuda": 130, "cpu": 1030}[device]
+    assert resources.get("gpu") == ("1" if device == "cuda" else "0")
+
+
 @pytest.mark.slurm
 def test_workflow_runs_as_slurm_jobs(tmp_path, slurm_cluster):
     # Plumbing, not learning: one seed and a few training steps on top of tiny.yaml (device: cpu).
@@ -186,7 +221,7 @@ def test_workflow_runs_as_slurm_jobs(tmp_path, slurm_cluster):
     with h5py.File(workdir / "results/crops/crops.h5", "r") as f:
         crops_mb = f["images"].size / 1e6
     asked = int(train["MinMemoryNode"].rstrip("M"))
-    assert 4000 + 3 * crops_mb <= asked <= 4000 + 4 * crops_mb + 1, (asked, crops_mb)
+    assert int(4000 + 3 * crops_mb) <= asked <= 4000 + 4 * crops_mb + 1, (asked, crops_mb)
 
     # Every output is there and up to date ...
     dry = subprocess.run([*cmd, "-n"], cwd=workdir, capture_output=True, text=True, timeout=300)
