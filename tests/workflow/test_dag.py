@@ -52,7 +52,8 @@ def test_seeds_and_shards_scale_the_dag(tmp_path, tiny_config, smk):
      ("train:\n  q_overcluster: 5\n  lambda_pair_mi: 0\n", ["train.q_overcluster", "train.lambda_pair_mi"]),
      ("train:\n  prior: learned\n  prior_floor: 0.5\n", ["train.prior_floor", "train.prior"]),
      ("train:\n  diff_augment: {rot90: false, flip: false, shift: 0}\n",
-      ["train.lambda_pair_mi", "train.diff_augment"])],
+      ["train.lambda_pair_mi", "train.diff_augment"]),
+     ("crop:\n  size: 48\n", ["crop.size", "not a power of two"])],
 )
 def test_bad_config_fails_before_any_job(tmp_path, yaml_text, keys, smk):
     bad = tmp_path / "bad.yaml"

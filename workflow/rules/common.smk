@@ -13,6 +13,13 @@ try:
     CFG = from_mapping(Config, config)
 except ConfigError as err:
     raise ValueError(f"invalid config: {err}") from None
+# The workflow trains on the crops it makes: a size the networks cannot take fails here, not
+# after every crop job (`infogan-cells crop` alone may make other sizes).
+if CFG.crop.size & (CFG.crop.size - 1):
+    raise ValueError(
+        f"invalid config: config key 'crop.size': {CFG.crop.size} is not a power of two; "
+        "the workflow trains on the crops and the networks take 8, 16, 32, 64, 128... pixels"
+    )
 
 validate(config, schema="../schemas/config.schema.json")
 
