@@ -89,6 +89,10 @@ def cmd_list_images(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     cfg = _load(args, device={"device": args.device})
     from infogan_cells.train import train
+    out = Path(args.out)
+    blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise InputError(f"{blocking}: is a file; --out {args.out} must name a run directory")
     seed = args.seed if args.seed is not None else cfg.train.seeds[0]
     train(args.crops, args.out, cfg.train, seed=seed, device=cfg.device, progress=not args.no_progress,
           resolved_config=cfg)

@@ -188,8 +188,8 @@ class TrainConfig:
     seeds: list = param(default_factory=lambda: [0], help="Training seeds; the workflow trains one run per seed.")
     total_images: int = param(20480, help="Training length in real images shown to D. The default trains "
                               "for a few minutes on 2 CPU cores; a GPU run wants 1-5 million.", ge=1)
-    batch_size: int = param(128, help="Batch size (lambda_pair_mi needs ~10 images per category per batch).",
-                            ge=1)
+    batch_size: int = param(128, help="Batch size, at least 2 for BatchNorm (lambda_pair_mi needs ~10 images "
+                            "per category per batch).", ge=2)
     lr_g: float = param(1e-3, help="Generator (and Q) learning rate.", gt=0)
     lr_d: float = param(2e-4, help="Discriminator learning rate.", gt=0)
     beta1: float = param(0.5, help="Adam beta1.", ge=0, le=1)
@@ -255,10 +255,38 @@ class TrainConfig:
                            "and Q's last layer stay fp32 either way.", choices=["auto", "fp32", "bf16"])
 
     def check(self, prefix: str = "") -> None:
+        """The rules between keys, so a bad combination is refused when the config is read (and the
+        workflow fails at parse time), not when training starts after every crop job has run."""
         if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
                                      for s in self.seeds):
             raise ConfigError(f"config key '{prefix}seeds': expected a non-empty list of integers >= 0, "
                               f"got {self.seeds!r}")
+        if self.batch_size < 2:
+            raise ConfigError(f"config key '{prefix}batch_size': {self.batch_size} is too small "
+                              "(BatchNorm needs batches of 2 or more)")
+        categorical = self.latent.categorical
+        if self.prior == "learned":
+            if not categorical:
+                raise ConfigError(f"config key '{prefix}prior': 'learned' needs a categorical code "
+                                  f"({prefix}latent.categorical is empty)")
+            k = max(categorical)
+            if k * self.prior_floor > 1:
+                raise ConfigError(f"config key '{prefix}prior_floor': {self.prior_floor} x {k} categories "
+                                  f"exceeds 1 (with {prefix}prior: learned the floor must be at most 1/{k})")
+        if self.lambda_pair_mi > 0:
+            if not categorical:
+                raise ConfigError(f"config key '{prefix}lambda_pair_mi': needs a categorical code "
+                                  f"({prefix}latent.categorical is empty); set it to 0")
+            if not any(dataclasses.astuple(self.diff_augment)):
+                raise ConfigError(f"config key '{prefix}lambda_pair_mi': needs diff_augment (two different "
+                                  f"views of each real crop), but every {prefix}diff_augment transform is off; "
+                                  "turn one on or set lambda_pair_mi to 0")
+        if self.q_overcluster > 0 and self.lambda_pair_mi <= 0:
+            raise ConfigError(f"config key '{prefix}q_overcluster': the over-clustering head is trained by the "
+                              f"IIC term only; set {prefix}lambda_pair_mi above 0 (or q_overcluster to 0)")
+        if self.supervised_fraction > 0 and not categorical:
+            raise ConfigError(f"config key '{prefix}supervised_fraction': semi-supervision needs a categorical "
+                              f"code ({prefix}latent.categorical is empty)")
 
 
 @dataclasses.dataclass(frozen=True)

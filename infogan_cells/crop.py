@@ -30,9 +30,13 @@ For each source image:
    background level.
 
 Boxes that cannot be cropped are skipped and counted by reason in the summary
-(``missing_image``, ``unreadable_image``, ``bad_box`` (min > max), ``empty_box`` (zero size),
-``outside_image``, ``bad_row``); crops that fail QC are dropped and counted, or kept and
-flagged with ``keep_failed``. Always ``n_crops = n_boxes - sum(skipped) - n_qc_dropped``.
+(``missing_image``, ``unreadable_image``, ``image_too_large`` (over PIL's decompression-bomb
+limit), ``non_finite`` (a float image, or a cell of a float stack, holding NaN or infinity),
+``bad_box`` (min > max), ``empty_box`` (zero size), ``outside_image``, ``bad_row``); crops that
+fail QC are dropped and counted, or kept and flagged with ``keep_failed``. Always
+``n_crops = n_boxes - sum(skipped) - n_qc_dropped``. A stage that ends with no crop at all
+(:func:`crop` on a whole input, :func:`merge_crops`) raises :class:`InputError` naming the
+input and why, and writes nothing; a per-image job (``images=``) may end empty, its gather may not.
 """
 
 from __future__ import annotations
@@ -363,6 +367,10 @@ def crop(input_path: str | Path, out_path: str | Path, input_cfg: InputConfig, c
 
     deferred = images is not None
     _set_size_check(obs, crop_cfg, np.ones(len(obs), bool), verdict=not deferred)
+    if not deferred:
+        problems = [f"{s.path}: {r.problem_text}" for s, r in zip(cells.sources, results, strict=True)
+                    if r.image_problem]
+        _refuse_empty(str(cells.path), obs, crop_cfg, len(cells.sources), skipped, problems)
     summary = {
         "input": str(cells.path),
         "format": cells.format,
@@ -411,6 +419,9 @@ def merge_crops(parts: Sequence[str | Path], out_path: str | Path, crop_cfg: Cro
                               or [np.zeros(0, bool)])
     if deferred.any():
         _set_size_check(obs, crop_cfg, deferred, verdict=True)
+    inputs = sorted({str(s.summary.get("input", "")) for s in sets} - {""})
+    _refuse_empty(f"{', '.join(inputs) or 'merge-crops'} ({len(sets)} partial stores)", obs, crop_cfg,
+                  int(summary.get("n_sources", 0)), collections.Counter(summary.get("skipped", {})), [])
     summary["size_qc"] = "applied"
     summary.pop("keep_failed", None)
     _finish(crops, obs, channel_names, summary, crop_cfg, Path(out_path), config_text or sets[0].config,
@@ -440,6 +451,7 @@ class _SourceResult:
     n_channels: int | None = None
     image_problem: str | None = None
     messages: list[str] = dataclasses.field(default_factory=list)
+    problem_text: str = ""  # why the image could not be read, when it could not
 
     @property
     def n_crops(self) -> int:
@@ -453,8 +465,17 @@ def _crop_source(source: ImageSource, boxes: _Boxes | None, segment: bool, cfg: 
         decoded = source.decode()
     except FileNotFoundError:
         return _unreadable(source, boxes, "missing_image", "image not found", size)
-    except (OSError, SyntaxError, ValueError, EOFError, InputError) as err:
+    except Image.DecompressionBombError as err:  # a header claiming billions of pixels
+        return _unreadable(source, boxes, "image_too_large", f"image too large to decode ({err})", size)
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, InputError) as err:
         return _unreadable(source, boxes, "unreadable_image", f"unreadable image ({err})", size)
+    finite = None  # per-pixel finiteness of a float array holding NaN or infinity
+    if not isinstance(decoded, Image.Image) and decoded.dtype.kind == "f":
+        finite = np.isfinite(decoded)
+        if finite.all():
+            finite = None
+        elif not source.is_stack:
+            return _unreadable(source, boxes, "non_finite", "image holds NaN or infinite values", size)
 
     if isinstance(decoded, Image.Image):
         shape, n_channels = (decoded.height, decoded.width), len(decoded.getbands())
@@ -478,11 +499,21 @@ def _crop_source(source: ImageSource, boxes: _Boxes | None, segment: bool, cfg: 
         raise InputError(f"config key 'crop.window_px': {cfg.window_px} px is larger than the image "
                          f"{source.path} ({shape[0]}x{shape[1]} px)")
     problems = box_problems(coords, shape)
+    good_cells = None
+    if finite is not None:  # a float stack: skip its cells holding NaN or infinity
+        good_cells = finite.reshape(len(decoded), -1).all(axis=1)
+        bad = (problems == "") & ~good_cells[boxes.index]
+        problems[bad] = "non_finite"
     skipped = collections.Counter(p for p in problems if p)
-    messages = [f"{source.name}: box {', '.join(map(str, boxes.index[problems == reason]))} "
-                f"skipped ({reason})" for reason in sorted(skipped)]
+    messages = [f"{source.name}: {'cell' if source.is_stack else 'box'} "
+                f"{', '.join(map(str, boxes.index[problems == reason]))} "
+                f"{'holds NaN or infinite values, ' if reason == 'non_finite' else ''}skipped ({reason})"
+                for reason in sorted(skipped)]
     ok = problems == ""
     index, coords, labels = boxes.index[ok], coords[ok], boxes.labels[ok]
+    if not len(index):  # no box left to crop (or none to begin with)
+        return _SourceResult(np.zeros((0, size, size, n_channels), np.uint8), {}, len(problems), skipped,
+                             n_channels, messages=messages)
 
     known = np.zeros((0, 4)) if whole else coords  # boxes that mark where the background is not
     if isinstance(decoded, Image.Image):
@@ -496,9 +527,10 @@ def _crop_source(source: ImageSource, boxes: _Boxes | None, segment: bool, cfg: 
         if sample is not None and lut is not None:
             sample = lut[sample, np.arange(n_channels)]
     else:
-        lo, hi = channel_limits(decoded, method=cfg.normalise, percentiles=cfg.percentiles)
-        background = to_uint8(background_level(decoded, known), lo, hi)
-        image = to_uint8(decoded, lo, hi)
+        measured = decoded if good_cells is None else decoded[good_cells]  # limits from finite cells only
+        lo, hi = channel_limits(measured, method=cfg.normalise, percentiles=cfg.percentiles)
+        background = to_uint8(background_level(measured, known), lo, hi)
+        image = to_uint8(decoded if finite is None else np.where(finite, decoded, 0), lo, hi)
         sample = _subsample(image) if reference is not None else None
         if source.is_stack:
             crops = np.zeros((len(index), size, size, n_channels), np.uint8)
@@ -560,7 +592,33 @@ def _unreadable(source: ImageSource, boxes: _Boxes | None, reason: str, what: st
     n = 0 if boxes is None else len(boxes.index)
     return _SourceResult(np.zeros((0, size, size, 1), np.uint8), {}, n,
                          collections.Counter({reason: n} if n else {}), image_problem=reason,
-                         messages=[f"{source.path}: {what}; its {n} box(es) skipped ({reason})"])
+                         messages=[f"{source.path}: {what}; its {n} box(es) skipped ({reason})"],
+                         problem_text=what)
+
+
+def _refuse_empty(what: str, obs: pd.DataFrame, cfg: CropConfig, n_sources: int,
+                  skipped: collections.Counter, problems: list[str]) -> None:
+    """Raise :class:`InputError` when no crop would be stored: one line saying why.
+
+    ``problems`` names the images that could not be read (the first three are listed).
+    """
+    passed = obs["qc_pass"].to_numpy(bool)
+    if cfg.keep_failed and len(obs) or passed.any():
+        return
+    why = []
+    if problems:
+        why.append(f"{len(problems)} unreadable image(s): " + "; ".join(problems[:3])
+                   + (f"; and {len(problems) - 3} more" if len(problems) > 3 else ""))
+    if skipped:
+        why.append("boxes skipped: " + ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items())))
+    if len(obs):
+        failures = collections.Counter(r for rs in qc.split_reasons(obs["qc_reason"]) for r in rs)
+        why.append(f"all {len(obs)} crop(s) failed QC ("
+                   + ", ".join(f"{reason} {n}" for reason, n in sorted(failures.items()))
+                   + "; crop.keep_failed keeps them)")
+    if not why:
+        why.append("no boxes in any image")
+    raise InputError(f"{what}: no crops from {n_sources} image(s): {'; '.join(why)}; nothing written")
 
 
 def _pil_levels(im: Image.Image, boxes: np.ndarray, cfg: CropConfig) -> tuple[np.ndarray | None, np.ndarray]:

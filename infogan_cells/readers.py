@@ -223,12 +223,15 @@ def _read_bbbc041(path: Path) -> CellSource:
     for k, entry in enumerate(entries):
         try:
             pathname = entry["image"]["pathname"]
-            objects = entry.get("objects", [])
-        except (TypeError, KeyError):
+            objects = entry.get("objects")
+        except (TypeError, KeyError, AttributeError):
             raise InputError(f"{path}: entry {k} has no image.pathname") from None
-        if not isinstance(pathname, str) or not isinstance(objects, list):
+        if not isinstance(pathname, str) or not isinstance(objects, (list, type(None))):
             raise InputError(f"{path}: entry {k}: image.pathname must be a string and objects a list")
         name, file = _resolve_inside(path, pathname, also_under="images")
+        if objects is None:
+            log.warning("%s: entry %d (%s) has no 'objects' list: no boxes in this image", path, k, name)
+            objects = []
         i = len(sources)
         sources.append(ImageSource(name, file))
         for j, obj in enumerate(objects):
@@ -483,12 +486,21 @@ def load_tiff(path: Path) -> np.ndarray:
     The channel axis comes from the file's axes (ImageJ/OME metadata); without it, a 3-D
     array's shortest axis, first or last, holds the channels.
     """
+    import struct
+
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        arr = series.asarray()
-        axes = series.axes
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise InputError(f"{path}: no image in the TIFF file")
+            series = tif.series[0]
+            arr = series.asarray()
+            axes = series.axes
+    except FileNotFoundError:
+        raise
+    except (tifffile.TiffFileError, IndexError, KeyError, ValueError, struct.error, OSError, EOFError) as err:
+        raise InputError(f"{path}: not a readable TIFF ({type(err).__name__}: {err})") from None
     keep = [k for k, s in enumerate(arr.shape) if s > 1 or axes[k] in "YX"]
     arr = arr.reshape([arr.shape[k] for k in keep])
     axes = "".join(axes[k] for k in keep)

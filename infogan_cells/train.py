@@ -539,27 +539,8 @@ def update_prior(prior: list[torch.Tensor], q_real: QOutput, momentum: float) ->
 
 
 def _check_config(config: TrainConfig) -> None:
-    if config.batch_size < 2:
-        raise ConfigError(f"config key 'train.batch_size': {config.batch_size} is too small "
-                          "(BatchNorm needs batches of 2 or more)")
-    if config.prior == "learned":
-        if not config.latent.categorical:
-            raise ConfigError("config key 'train.prior': 'learned' needs a categorical code")
-        k = max(config.latent.categorical)
-        if k * config.prior_floor > 1:
-            raise ConfigError(f"config key 'train.prior_floor': {config.prior_floor} x {k} categories "
-                              "exceeds 1")
-    if config.lambda_pair_mi > 0:
-        if not config.latent.categorical:
-            raise ConfigError("config key 'train.lambda_pair_mi': needs a categorical code")
-        if is_identity(config.diff_augment):
-            raise ConfigError("config key 'train.lambda_pair_mi': needs diff_augment (two different views "
-                              "of each real crop)")
-    if config.q_overcluster > 0 and config.lambda_pair_mi <= 0:
-        raise ConfigError("config key 'train.q_overcluster': the over-clustering head is trained by the IIC "
-                          "term only; set train.lambda_pair_mi above 0")
-    if config.supervised_fraction > 0 and not config.latent.categorical:
-        raise ConfigError("config key 'train.supervised_fraction': semi-supervision needs a categorical code")
+    """The config's own cross-field rules (:meth:`TrainConfig.check`), for a TrainConfig built in code."""
+    config.check("train.")
 
 
 # --------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ def test_unknown_key_is_named(tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ({"train": {"batch_size": 0}}, r"'train\.batch_size': 0 must be >= 1"),
+        ({"train": {"batch_size": 0}}, r"'train\.batch_size': 0 must be >= 2"),
         ({"train": {"lr_g": "fast"}}, r"'train\.lr_g': expected a number"),
         ({"train": {"loss": "wasserstein"}}, r"'train\.loss': 'wasserstein' is not one of"),
         ({"crop": {"percentiles": [99, 1]}}, r"'crop\.percentiles': expected \[low, high\]"),
@@ -41,6 +41,46 @@ def test_unknown_key_is_named(tmp_path):
 def test_bad_values_are_named(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(overrides=[override])
+
+
+# Rules between keys: each is refused when the config is read, naming the keys involved
+# (tests/workflow/test_dag.py checks that the workflow refuses them before any job).
+CROSS_FIELD = [
+    ({"train": {"batch_size": 1}}, r"'train\.batch_size': 1 must be >= 2"),
+    ({"train": {"q_overcluster": 5, "lambda_pair_mi": 0}},
+     r"'train\.q_overcluster': .* set train\.lambda_pair_mi above 0"),
+    ({"train": {"prior": "learned", "prior_floor": 0.5}},
+     r"'train\.prior_floor': 0\.5 x 10 categories exceeds 1 \(with train\.prior: learned"),
+    ({"train": {"diff_augment": {"rot90": False, "flip": False, "shift": 0}}},
+     r"'train\.lambda_pair_mi': needs diff_augment .* every train\.diff_augment transform is off"),
+    ({"train": {"prior": "learned", "latent": {"categorical": []}, "lambda_pair_mi": 0}},
+     r"'train\.prior': 'learned' needs a categorical code \(train\.latent\.categorical is empty\)"),
+    ({"train": {"latent": {"categorical": []}}},
+     r"'train\.lambda_pair_mi': needs a categorical code \(train\.latent\.categorical is empty\)"),
+    ({"train": {"supervised_fraction": 0.1, "latent": {"categorical": []}, "lambda_pair_mi": 0}},
+     r"'train\.supervised_fraction': semi-supervision needs a categorical code"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), CROSS_FIELD)
+def test_cross_field_rules_are_refused_when_the_config_is_read(override, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=[override])
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(override))
+    with pytest.raises(ConfigError, match=r"c\.yaml: config key " + message):
+        load_config(path)
+
+
+@pytest.mark.parametrize("override", [
+    {"train": {"batch_size": 2}},
+    {"train": {"q_overcluster": 50}},  # with lambda_pair_mi at its default (1)
+    {"train": {"prior": "learned", "prior_floor": 0.1}},  # 10 categories x 0.1 = 1: allowed
+    {"train": {"diff_augment": {"rot90": False, "flip": False, "shift": 0}, "lambda_pair_mi": 0}},
+    {"train": {"diff_augment": {"rot90": False, "flip": False, "shift": 0, "brightness": 0.1}}},
+])
+def test_cross_field_rules_allow_the_edge_cases(override):
+    load_config(overrides=[override])
 
 
 def test_set_option_parses_yaml_values():

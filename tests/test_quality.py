@@ -123,6 +123,7 @@ def _spot_cells(n, rng, spot):
     return out
 
 
+@pytest.mark.slow  # trains the small CNN 5 times: 20-80 s on 2 CPU cores
 def test_small_cnn_finds_a_small_spot_and_is_at_chance_on_shuffled_labels():
     rng = np.random.default_rng(0)
     x = np.concatenate([_spot_cells(150, rng, True), _spot_cells(150, rng, False)])

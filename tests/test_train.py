@@ -328,7 +328,7 @@ def test_config_key_that_does_not_exist():
 
 
 @pytest.mark.parametrize(("mapping", "match"), [
-    ({"batch_size": 0}, "'train.batch_size': 0 must be >= 1"),
+    ({"batch_size": 0}, "'train.batch_size': 0 must be >= 2"),
     ({"loss": "wasserstein"}, "'train.loss': 'wasserstein' is not one of"),
     ({"lr_g": "fast"}, "'train.lr_g': expected a number"),
 ])

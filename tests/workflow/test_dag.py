@@ -40,17 +40,26 @@ def test_seeds_and_shards_scale_the_dag(tmp_path, tiny_config, smk):
 
 
 @pytest.mark.parametrize(
-    ("yaml_text", "key"),
-    [("train:\n  batch_size: 0\n", "batch_size"), ("train:\n  batchsize: 8\n", "batchsize"),
-     ("crop:\n  normalise: zscore\n", "zscore")],
+    ("yaml_text", "keys"),
+    [("train:\n  batch_size: 0\n", ["batch_size"]), ("train:\n  batchsize: 8\n", ["batchsize"]),
+     ("crop:\n  normalise: zscore\n", ["zscore"]),
+     # rules between keys (TrainConfig.check), refused at parse time, not when training starts
+     ("train:\n  batch_size: 1\n", ["train.batch_size"]),
+     ("train:\n  q_overcluster: 5\n  lambda_pair_mi: 0\n", ["train.q_overcluster", "train.lambda_pair_mi"]),
+     ("train:\n  prior: learned\n  prior_floor: 0.5\n", ["train.prior_floor", "train.prior"]),
+     ("train:\n  diff_augment: {rot90: false, flip: false, shift: 0}\n",
+      ["train.lambda_pair_mi", "train.diff_augment"]),
+     ("crop:\n  size: 48\n", ["crop.size", "not a power of two"])],
 )
-def test_bad_config_fails_before_any_job(tmp_path, yaml_text, key, smk):
+def test_bad_config_fails_before_any_job(tmp_path, yaml_text, keys, smk):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml_text)
     res = smk(tmp_path, "--cores", "1", "--workflow-profile", "none", "--configfile", str(bad))
     assert res.returncode != 0
-    assert key in res.stderr
+    for key in keys:
+        assert key in res.stderr, res.stderr[-3000:]
     assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "logs").exists()
 
 
 def test_lint_is_clean():

@@ -7,12 +7,14 @@ import importlib.util
 import json
 
 import h5py
+import pytest
 import tifffile
 
 from infogan_cells.store import read_crop_store
 from infogan_cells.validate import validate_file
 
 
+@pytest.mark.slow  # about 1 min on 2 idle CPU cores, 2-3 min on busy ones
 def test_tiny_pipeline_then_report(tmp_path, tiny_config, smk):
     res = smk(tmp_path, "--cores", "2", "--workflow-profile", "none", "--configfile", str(tiny_config))
     assert res.returncode == 0, res.stderr[-5000:]

@@ -2,16 +2,15 @@
 Snakemake job, every output complete.
 
 The cluster comes from ``tests/slurm/start_cluster.sh`` (Debian's slurm-wlm and munge, both
-daemons as root, accounting off). The run uses the repository's SLURM profile with the
-site-specific and GPU settings taken out (see :func:`local_test_profile`): this cluster has no
-GPU, no accounting and only this machine's cores. Run with ``pytest --runslurm`` (or
-``INFOGAN_TEST_SLURM=1``) as root: about 3 minutes on 2 busy CPU cores (176 s for the
-workflow), most of it Snakemake and torch starting inside each of the 10 jobs.
+daemons as root, accounting off, no GPU). The run uses the repository's SLURM profile as
+shipped; the command line gives only the partition (``--default-resources
+slurm_partition=local``). Run with ``pytest --runslurm`` (or ``INFOGAN_TEST_SLURM=1``) as root:
+a few minutes on 2 busy CPU cores, most of it Snakemake and torch starting inside each of the
+10 jobs, and the profile's status polling.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -23,29 +22,20 @@ import time
 from pathlib import Path
 
 import h5py
+import numpy as np
+import pandas as pd
 import pytest
-import yaml
 
+from infogan_cells.crop import OBS_COLUMNS
+from infogan_cells.store import write_crop_store
 from infogan_cells.validate import validate_file
 
 REPO = Path(__file__).resolve().parents[2]
-PROFILE = REPO / "workflow" / "profiles" / "slurm" / "profile.yaml"
+PROFILE = REPO / "workflow" / "profiles" / "slurm"
 START = REPO / "tests" / "slurm" / "start_cluster.sh"
 STOP = REPO / "tests" / "slurm" / "stop_cluster.sh"
 TINY = REPO / "tests" / "workflow" / "tiny.yaml"
-
-# Resources that only make sense on a real site: a named partition or account, GPUs.
-SITE_RESOURCES = {"slurm_partition", "slurm_account", "gpu", "gpu_model", "gres", "cpus_per_gpu",
-                  "tasks_per_gpu", "constraint", "qos"}
-
-# The plugin's defaults poll `sacct` (accounting is off here: it would wait forever) first after
-# 40 s and then every 40-180 s; a small workflow then spends minutes waiting on itself.
-FAST_POLLING = {
-    "slurm-status-command": "squeue",  # finished jobs stay in squeue for MinJobAge (slurm.conf.in)
-    "slurm-init-seconds-before-status-checks": 2,
-    "seconds-between-status-checks": 2,
-    "slurm-keep-successful-logs": True,  # the test reads the job ids from the log paths
-}
+GPU_RULES = ("train", "analyse", "synthesise_shard")
 
 
 def cluster_is_up() -> bool:
@@ -78,26 +68,6 @@ def node_cpus() -> int:
     return int(res.stdout.split()[0])
 
 
-def local_test_profile(profile: dict, cpus: int) -> dict:
-    """The repository's SLURM profile, cut down to what the local test cluster offers.
-
-    Site resources and GPUs go; memory asks are small (memory is not enforced here, but a CI
-    machine has less than a GPU node); threads are capped at the node's cores; status polling
-    is fast and uses squeue.
-    """
-    out = copy.deepcopy(profile)
-    out["default-resources"] = {k: v for k, v in out.get("default-resources", {}).items()
-                                if k not in SITE_RESOURCES}
-    out["default-resources"]["mem_mb"] = 500
-    for rule, res in out.get("set-resources", {}).items():
-        out["set-resources"][rule] = {k: v for k, v in res.items() if k not in SITE_RESOURCES}
-        out["set-resources"][rule]["mem_mb"] = 500
-    out["set-threads"] = {rule: min(int(n), cpus) for rule, n in out.get("set-threads", {}).items()}
-    out.update(FAST_POLLING)
-    out.update({"jobs": 10, "latency-wait": 5, "retries": 0})
-    return out
-
-
 def run_with_interrupt(cmd: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
     """Run ``cmd``; on timeout send SIGINT first, so Snakemake cancels its SLURM jobs."""
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -114,14 +84,17 @@ def run_with_interrupt(cmd: list[str], cwd: Path, timeout: float) -> subprocess.
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def slurm_jobs_by_rule(workdir: Path) -> dict[str, list[str]]:
-    """SLURM job ids per rule, from the plugin's logs ``.snakemake/slurm_logs/rule_<name>/[<wildcards>/]<id>.log``."""
+def slurm_jobs_by_rule(stderr: str) -> dict[str, list[str]]:
+    """SLURM job ids per rule, from Snakemake's "submitted with SLURM jobid <id> (log: .../rule_<name>/...)"."""
     jobs: dict[str, list[str]] = {}
-    for log in sorted((workdir / ".snakemake" / "slurm_logs").rglob("*.log")):
-        rule_dir = next(p for p in log.relative_to(workdir / ".snakemake" / "slurm_logs").parts
-                        if p.startswith("rule_"))
-        jobs.setdefault(rule_dir.removeprefix("rule_"), []).append(log.stem)
+    for job_id, rule in re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+?)/", stderr):
+        jobs.setdefault(rule, []).append(job_id)
     return jobs
+
+
+def partition() -> str:
+    res = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, check=True)
+    return res.stdout.split()[0]
 
 
 def scontrol_job(job_id: str) -> dict[str, str]:
@@ -144,53 +117,97 @@ def read_every_dataset(path: Path) -> int:
     return n
 
 
-def test_slurm_profile_dry_run_asks_for_gpus(tmp_path):
-    """The repository profile parses against the real workflow and puts training on a GPU."""
-    pytest.importorskip("snakemake_executor_plugin_slurm")
+def dry_run_resources(tmp_path: Path, *configs: Path) -> dict[str, str]:
+    """The `resources:` line of the first job of each rule in a dry run of the shipped profile."""
     res = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-         "--workflow-profile", str(PROFILE.parent), "--configfile", str(TINY), "-n"],
+         "--workflow-profile", str(PROFILE), "--configfile", *map(str, configs),
+         "--default-resources", "slurm_partition=local", "-n"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-5000:]
     text = res.stdout + res.stderr
-    train = text.split("rule train:")[1].split("\n\n")[0]
-    assert re.search(r"resources:.*\bgpu=1\b", train), train
-    assert "cpus_per_gpu=8" in train
-    crop = text.split("rule crop_image:")[1].split("\n\n")[0]
-    assert not re.search(r"\bgpu=", crop), crop
+    return {rule: text.split(f"rule {rule}:")[1].split("\n\n")[0].split("resources:")[1].splitlines()[0]
+            for rule in ("crop_image", "gather_crops", *GPU_RULES)}
+
+
+def test_slurm_profile_asks_for_a_gpu_only_when_the_config_says_cuda(tmp_path):
+    """The shipped profile, dry-run against the real workflow: no GPU with `device: cpu` (tiny.yaml)
+    or `auto`; one per torch job with `device: cuda`; memory and time left to the job's input."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    for device in ("cpu", "auto", "cuda"):
+        extra = tmp_path / f"{device}.yaml"
+        extra.write_text(f"device: {device}\n")
+        work = tmp_path / device
+        work.mkdir()
+        lines = dry_run_resources(work, TINY, extra)
+        for rule, line in lines.items():
+            wants_gpu = device == "cuda" and rule in GPU_RULES
+            assert bool(re.search(r"\bgpu=1\b", line)) == wants_gpu, (device, rule, line)
+            assert "slurm_partition=local" in line
+        if device == "cuda":
+            assert "cpus_per_gpu=8" in lines["train"]
+        # the crop store does not exist yet: memory follows it once it does
+        assert "mem_mb=<TBD>" in lines["train"] and "mem_mb=<TBD>" in lines["gather_crops"]
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_training_memory_and_time_follow_the_crops_and_the_budget(tmp_path, device):
+    """With a crop store in place, the dry run resolves the training job's requests: memory from
+    the store's uncompressed crops (2000 x 64 x 64 x 3 bytes = 24.6 MB; the file is ~0.5 MB),
+    time from train.total_images at the device's assumed speed."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    n = 2000
+    obs = pd.DataFrame({"source_image": ["a"] * n, "source_index": np.arange(n), "min_row": 0, "min_col": 0,
+                        "max_row": 10, "max_col": 10, "label": [""] * n, "qc_pass": True, "qc_reason": [""] * n,
+                        "qc_clipped": False, "qc_inside": 1.0, "qc_size_ratio": 1.0, "qc_n_cells": 1, "qc_blur": 1.0})
+    store = tmp_path / "results" / "crops" / "crops.h5"
+    store.parent.mkdir(parents=True)
+    write_crop_store(store, np.zeros((n, 64, 64, 3), np.uint8), obs[list(OBS_COLUMNS)], ["R", "G", "B"],
+                     summary={}, config="", compression=1)
+    assert store.stat().st_size < 2e6
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(f"device: {device}\ntrain:\n  total_images: 1200000\n")
+    res = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+         "--workflow-profile", str(PROFILE), "--configfile", str(TINY), str(extra), "-n",
+         "--allowed-rules", "train", "--", "results/train/seed0/network-final.pt"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-5000:]
+    line = (res.stdout + res.stderr).split("rule train:")[1].split("resources:")[1].splitlines()[0]
+    resources = dict(re.findall(r"(\w+)=([^,\s]+)", line))
+    assert int(resources["mem_mb"]) == int(4000 + 1.2 * n * 64 * 64 * 3 / 1e6)  # 4029
+    # 1.2 million images at 200 images/s on a GPU, 20 on CPUs, plus 30 min
+    assert int(resources["runtime"]) == {"cuda": 130, "cpu": 1030}[device]
+    assert resources.get("gpu") == ("1" if device == "cuda" else "0")
 
 
 @pytest.mark.slurm
 def test_workflow_runs_as_slurm_jobs(tmp_path, slurm_cluster):
-    profile_dir = tmp_path / "profile"
-    profile_dir.mkdir()
-    profile = local_test_profile(yaml.safe_load(PROFILE.read_text()), node_cpus())
-    (profile_dir / "profile.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
-    # Plumbing, not learning: one seed and a few training steps on top of tiny.yaml.
+    # Plumbing, not learning: one seed and a few training steps on top of tiny.yaml (device: cpu).
     smaller = tmp_path / "smaller.yaml"
     smaller.write_text("train:\n  seeds: [0]\n  total_images: 128\n  tick_images: 64\n")
     workdir = tmp_path / "work"
     workdir.mkdir()
+    # The profile as shipped; only the partition comes from the command line.
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--workflow-profile", str(profile_dir), "--configfile", str(TINY), str(smaller)]
+           "--workflow-profile", str(PROFILE), "--configfile", str(TINY), str(smaller),
+           "--default-resources", f"slurm_partition={partition()}"]
 
     started = time.monotonic()
-    res = run_with_interrupt(cmd, workdir, timeout=900)
+    res = run_with_interrupt(cmd, workdir, timeout=1200)
     elapsed = time.monotonic() - started
     print(f"workflow through SLURM: {elapsed:.0f} s")
     assert res.returncode == 0, res.stderr[-8000:]
 
     # One SLURM job per Snakemake job: 2 crop jobs (one per image), training, 2 synthesis shards;
     # compare_seeds is a local rule and runs beside Snakemake.
-    jobs = slurm_jobs_by_rule(workdir)
+    jobs = slurm_jobs_by_rule(res.stderr)
     assert {r: len(ids) for r, ids in jobs.items()} == {
         "simulate": 1, "crop_image": 2, "gather_crops": 1, "train": 1, "analyse": 1,
         "synthesise_shard": 2, "gather_synthesis": 1}, jobs
     assert (workdir / "results" / "analyse" / "seeds" / "seeds.json").exists()
     all_ids = [i for ids in jobs.values() for i in ids]
     assert len(set(all_ids)) == len(all_ids)
-    submitted = dict(re.findall(r"submitted with SLURM jobid (\d+) \(log: .*/rule_(\w+?)/", res.stderr))
-    assert set(submitted) == set(all_ids)
     for rule, ids in jobs.items():
         for job_id in ids:
             info = scontrol_job(job_id)  # kept by MinJobAge in slurm.conf
@@ -198,7 +215,15 @@ def test_workflow_runs_as_slurm_jobs(tmp_path, slurm_cluster):
             assert info["ExitCode"] == "0:0", (rule, info)
             assert info["Comment"].startswith(f"rule_{rule}"), (rule, info)
             assert Path(info["WorkDir"]) == workdir
-    assert scontrol_job(jobs["train"][0])["NumCPUs"] == str(min(2, node_cpus()))
+            assert info["Partition"] == partition()
+            assert "gpu" not in info.get("TresPerNode", "") + info.get("TresPerJob", ""), (rule, info)
+    train = scontrol_job(jobs["train"][0])
+    assert train["NumCPUs"] == str(min(2, node_cpus()))
+    # Training asked for memory after the crop store it loads: 4 GB plus 1.2x its uncompressed crops.
+    with h5py.File(workdir / "results/crops/crops.h5", "r") as f:
+        crops_mb = f["images"].size / 1e6
+    asked = int(train["MinMemoryNode"].rstrip("M"))
+    assert int(4000 + 1.2 * crops_mb) <= asked <= 4000 + 1.3 * crops_mb + 1, (asked, crops_mb)
 
     # Every output is there and up to date ...
     dry = subprocess.run([*cmd, "-n"], cwd=workdir, capture_output=True, text=True, timeout=300)

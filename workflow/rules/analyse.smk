@@ -34,8 +34,8 @@ rule analyse:
         "../envs/torch.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=get_torch_mem_mb,
+        runtime=get_analyse_runtime,
         gpu=get_gpus,
     script:
         "../scripts/analyse.py"
@@ -53,7 +53,7 @@ rule compare_seeds:
         "../envs/cells.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=per_attempt(1000),
+        runtime=per_attempt(10),
     script:
         "../scripts/compare_seeds.py"

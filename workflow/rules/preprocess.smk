@@ -14,8 +14,8 @@ rule simulate:
         "../envs/cells.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=per_attempt(1000),
+        runtime=per_attempt(10),
     script:
         "../scripts/simulate.py"
 
@@ -33,8 +33,8 @@ rule crop_image:
         "../envs/cells.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=get_crop_mem_mb,
+        runtime=get_crop_runtime,
     params:
         source=get_source_name,
     script:
@@ -60,7 +60,7 @@ rule gather_crops:
         "../envs/cells.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=get_gather_crops_mem_mb,
+        runtime=get_gather_crops_runtime,
     script:
         "../scripts/gather_crops.py"

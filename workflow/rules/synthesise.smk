@@ -17,8 +17,8 @@ rule synthesise_shard:
         "../envs/torch.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=120,
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(120),
         gpu=get_gpus,
     script:
         "../scripts/synthesise_shard.py"
@@ -36,7 +36,7 @@ rule gather_synthesis:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=60,
+        mem_mb=get_gather_synthesis_mem_mb,
+        runtime=per_attempt(60),
     script:
         "../scripts/gather_synthesis.py"

@@ -26,8 +26,8 @@ rule train:
         "../envs/torch.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=720,
+        mem_mb=get_train_mem_mb,
+        runtime=get_train_runtime,
         gpu=get_gpus,
     script:
         "../scripts/train.py"
