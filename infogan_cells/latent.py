@@ -166,5 +166,6 @@ def latent_grid(spec: LatentSpec, *, n_steps: int = 8, code: int = 0, generator:
     cont = torch.zeros(n_rows, n_steps, spec.n_continuous)
     if spec.n_continuous:
         cont[:, :, code % spec.n_continuous] = torch.linspace(-1, 1, n_steps) * spec.continuous_range
-    return Latent(z.reshape(-1, spec.z_dim).clone(), cat.reshape(-1, len(spec.categorical)),
-                  cont.reshape(-1, spec.n_continuous)).to(device)
+    n = n_rows * n_steps  # explicit: -1 cannot be inferred for an empty (no categorical code) block
+    return Latent(z.reshape(n, spec.z_dim).clone(), cat.reshape(n, len(spec.categorical)),
+                  cont.reshape(n, spec.n_continuous)).to(device)
