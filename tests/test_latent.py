@@ -3,11 +3,19 @@ seed's sample being the same in any batch."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from infogan_cells.config import LatentSpec
-from infogan_cells.latent import Latent, latent_grid, sample_latent, sample_latent_by_seed, to_input
+from infogan_cells.latent import (
+    Latent,
+    latent_grid,
+    sample_latent,
+    sample_latent_by_seed,
+    seed_uniforms,
+    to_input,
+)
 
 SPEC = LatentSpec(z_dim=3, categorical=[4, 2], n_continuous=2, continuous_range=1.5)
 
@@ -86,9 +94,13 @@ def test_a_seed_gives_the_same_sample_in_any_batch():
     alone = sample_latent_by_seed(SPEC, [9])
     assert torch.equal(together.z[1:2], alone.z) and torch.equal(together.cat[1:2], alone.cat)
     assert torch.equal(together.cont[1:2], alone.cont)
-    # and it is the sample a generator seeded with it draws first
-    first = sample_latent(SPEC, 1, generator=_gen(9))
-    assert torch.equal(alone.z, first.z) and torch.equal(alone.cat, first.cat)
+    # and it is the seed's counter-based stream: Box-Muller on its first numbers, then the codes
+    u = seed_uniforms(np.array([9]), 4 + 2 + 2)[0]
+    z = np.sqrt(-2 * np.log(u[0:4:2]))[:, None] * np.stack([np.cos(2 * np.pi * u[1:4:2]),
+                                                             np.sin(2 * np.pi * u[1:4:2])], 1)
+    np.testing.assert_allclose(alone.z[0].numpy(), z.ravel()[:3], rtol=1e-6)
+    assert alone.cat[0].tolist() == [int(u[4] * 4), int(u[5] * 2)]
+    np.testing.assert_allclose(alone.cont[0].numpy(), (u[6:8] * 2 - 1) * SPEC.continuous_range, rtol=1e-6)
     assert not torch.equal(together.z[0], together.z[1])
     empty = sample_latent_by_seed(SPEC, [])
     assert empty.z.shape == (0, 3) and empty.cat.shape == (0, 2) and empty.cont.shape == (0, 2)
