@@ -59,7 +59,12 @@ from infogan_cells.train import train  # noqa: E402
 
 log = logging.getLogger("clustering_agreement")
 
-PRESETS = {"digits": "digits.yaml", "simulated": "config.yaml", "jurkat": "ifc_npz.yaml", "nih": "nih_cells.yaml"}
+PRESETS = {
+    "digits": "digits.yaml",
+    "simulated": "config.yaml",
+    "jurkat": "ifc_npz.yaml",
+    "nih": "nih_cells.yaml",
+}
 
 
 # --------------------------------------------------------------------------------------
@@ -68,9 +73,19 @@ PRESETS = {"digits": "digits.yaml", "simulated": "config.yaml", "jurkat": "ifc_n
 
 def _obs(labels) -> pd.DataFrame:
     n = len(labels)
-    return pd.DataFrame({"source_image": "benchmark", "source_index": np.arange(n), "min_row": 0, "min_col": 0,
-                         "max_row": 0, "max_col": 0, "label": list(labels), "qc_pass": np.ones(n, bool),
-                         "qc_reason": ""})
+    return pd.DataFrame(
+        {
+            "source_image": "benchmark",
+            "source_index": np.arange(n),
+            "min_row": 0,
+            "min_col": 0,
+            "max_row": 0,
+            "max_col": 0,
+            "label": list(labels),
+            "qc_pass": np.ones(n, bool),
+            "qc_reason": "",
+        }
+    )
 
 
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
@@ -117,7 +132,7 @@ def build_nih(path: Path, size: int = 64) -> Path:
         h, w, _ = a.shape
         s = max(h, w)  # pad to a square with the black background, then resize
         sq = np.zeros((s, s, 3), np.float32)
-        sq[(s - h) // 2:(s - h) // 2 + h, (s - w) // 2:(s - w) // 2 + w] = a
+        sq[(s - h) // 2 : (s - h) // 2 + h, (s - w) // 2 : (s - w) // 2 + w] = a
         images.append(_resize(sq.transpose(2, 0, 1)[None], size)[0])
     x = np.stack(images)
     images = _uint8(x, 0.0, 255.0).transpose(0, 2, 3, 1)
@@ -154,8 +169,15 @@ def kmeans_scores(images: np.ndarray, labels: np.ndarray, k: int, seed: int) -> 
     return agreement(labels, pred)
 
 
-def run_one(name: str, store: Path, seed: int, out: Path, overrides: list[dict], device: str,
-            with_analysis: bool = False) -> list[dict]:
+def run_one(
+    name: str,
+    store: Path,
+    seed: int,
+    out: Path,
+    overrides: list[dict],
+    device: str,
+    with_analysis: bool = False,
+) -> list[dict]:
     preset = PRESETS[name]
     cfg = load_config(REPO / "config" / preset, overrides)
     cs = read_crop_store(store)
@@ -173,29 +195,51 @@ def run_one(name: str, store: Path, seed: int, out: Path, overrides: list[dict],
     # reads all of them, the agreement the labelled ones
     all_pred, all_probs = assign_with_q(D, cs.images)
     pred = all_pred[labelled]
-    score, _ = information_score(float(all_probs.max(1).mean()), np.bincount(all_pred, minlength=k_cat).tolist(),
-                                 k_cat)
+    score, _ = information_score(
+        float(all_probs.max(1).mean()), np.bincount(all_pred, minlength=k_cat).tolist(), k_cat
+    )
     base = {"dataset": name, "seed": seed, "n": int(len(labels)), "classes": n_classes}
-    rows = [{**base, "method": f"InfoGAN (K={k_cat})", **agreement(labels, pred),
-             "images": meta["images_seen"], "train_s": round(meta["seconds"], 1), "wall_s": round(wall, 1),
-             "categories_used": int(len(np.unique(pred))), "information_score": score}]
+    rows = [
+        {
+            **base,
+            "method": f"InfoGAN (K={k_cat})",
+            **agreement(labels, pred),
+            "images": meta["images_seen"],
+            "train_s": round(meta["seconds"], 1),
+            "wall_s": round(wall, 1),
+            "categories_used": int(len(np.unique(pred))),
+            "information_score": score,
+        }
+    ]
     if with_analysis:  # the analysis stage's quality measures, train-on-synthetic-test-on-real among them
         from infogan_cells.analyse import analyse
 
         m = analyse(run_dir, store, run_dir / "analysis", cfg.analyse, device=device)
         quality = m["quality"]
-        rows[0].update({"tstr": quality["tstr_accuracy"], "trtr": quality["trtr_accuracy"],
-                        "tstr_balanced": quality.get("tstr_balanced_accuracy"),
-                        "trtr_balanced": quality.get("trtr_balanced_accuracy"),
-                        "mixed_balanced": quality.get("mixed_balanced_accuracy"),
-                        "best_feature": m["baselines"]["best_feature"]["feature"],
-                        "best_feature_nmi": m["baselines"]["best_feature"]["nmi"],
-                        "tstr_logistic": quality["classifier"]["logistic"]["tstr_accuracy"],
-                        "trtr_logistic": quality["classifier"]["logistic"]["trtr_accuracy"],
-                        "knn_precision": quality["knn_precision"], "knn_recall": quality["knn_recall"]})
+        rows[0].update(
+            {
+                "tstr": quality["tstr_accuracy"],
+                "trtr": quality["trtr_accuracy"],
+                "tstr_balanced": quality.get("tstr_balanced_accuracy"),
+                "trtr_balanced": quality.get("trtr_balanced_accuracy"),
+                "mixed_balanced": quality.get("mixed_balanced_accuracy"),
+                "best_feature": m["baselines"]["best_feature"]["feature"],
+                "best_feature_nmi": m["baselines"]["best_feature"]["nmi"],
+                "tstr_logistic": quality["classifier"]["logistic"]["tstr_accuracy"],
+                "trtr_logistic": quality["classifier"]["logistic"]["trtr_accuracy"],
+                "knn_precision": quality["knn_precision"],
+                "knn_recall": quality["knn_recall"],
+            }
+        )
     t0 = time.perf_counter()
-    rows.append({**base, "method": f"k-means (k={n_classes})", **kmeans_scores(images, labels, n_classes, seed),
-                 "wall_s": round(time.perf_counter() - t0, 1)})
+    rows.append(
+        {
+            **base,
+            "method": f"k-means (k={n_classes})",
+            **kmeans_scores(images, labels, n_classes, seed),
+            "wall_s": round(time.perf_counter() - t0, 1),
+        }
+    )
     if k_cat != n_classes:
         rows.append({**base, "method": f"k-means (k={k_cat})", **kmeans_scores(images, labels, k_cat, seed)})
     return rows
@@ -204,9 +248,11 @@ def run_one(name: str, store: Path, seed: int, out: Path, overrides: list[dict],
 def summarise(rows: list[dict]) -> str:
     df = pd.DataFrame(rows)
     extra = [c for c in ("tstr", "trtr") if c in df and df[c].notna().any()]
-    lines = ["| data set | method | seeds | ACC (Hungarian) | NMI | ARI | purity | train s |"
-             + "".join(f" {c.upper()} |" for c in extra),
-             "| --- | --- | --- | --- | --- | --- | --- | --- |" + " --- |" * len(extra)]
+    lines = [
+        "| data set | method | seeds | ACC (Hungarian) | NMI | ARI | purity | train s |"
+        + "".join(f" {c.upper()} |" for c in extra),
+        "| --- | --- | --- | --- | --- | --- | --- | --- |" + " --- |" * len(extra),
+    ]
     if "information_score" in df:  # the seed the workflow would keep, per data set and method
         picked = []
         for (_, _), g in df[df["information_score"].notna()].groupby(["dataset", "method"], sort=False):
@@ -216,15 +262,19 @@ def summarise(rows: list[dict]) -> str:
                 picked.append(best)
         df = pd.concat([df, *picked], ignore_index=True)
     for (ds, method), g in df.groupby(["dataset", "method"], sort=False):
+
         def ms(col, g=g):
             v = g[col].dropna().to_numpy(float)
             if not len(v):
                 return ""
             return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
+
         secs = g["train_s"].dropna().to_numpy(float) if "train_s" in g else np.array([])
         seeds = f"seed {g['seed'].iloc[0]}" if "picked" in method else len(g)
-        lines.append(f"| {ds} | {method} | {seeds} | {ms('acc')} | {ms('nmi')} | {ms('ari')} | {ms('purity')} | "
-                     f"{f'{secs.mean():.0f}' if len(secs) else ''} |" + "".join(f" {ms(c)} |" for c in extra))
+        lines.append(
+            f"| {ds} | {method} | {seeds} | {ms('acc')} | {ms('nmi')} | {ms('ari')} | {ms('purity')} | "
+            f"{f'{secs.mean():.0f}' if len(secs) else ''} |" + "".join(f" {ms(c)} |" for c in extra)
+        )
     return "\n".join(lines)
 
 
@@ -233,16 +283,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--datasets", nargs="+", default=["digits"], choices=sorted(BUILDERS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks" / "clustering")
-    p.add_argument("--set", action="append", default=[], dest="set_", metavar="KEY=VALUE",
-                   help="config override applied to every preset, e.g. train.total_images=20000")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="set_",
+        metavar="KEY=VALUE",
+        help="config override applied to every preset, e.g. train.total_images=20000",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--analyse", action="store_true",
-                   help="also run the analysis stage on each run and record its train-on-synthetic-test-on-real "
-                        "(TSTR) and train-on-real-test-on-real (TRTR) accuracies")
-    p.add_argument("--summarise", action="store_true",
-                   help="train nothing: print the table of the results already in <out>/results.jsonl "
-                        "(runs side by side may append to the same file)")
+    p.add_argument(
+        "--analyse",
+        action="store_true",
+        help="also run the analysis stage on each run and record its train-on-synthetic-test-on-real "
+        "(TSTR) and train-on-real-test-on-real (TRTR) accuracies",
+    )
+    p.add_argument(
+        "--summarise",
+        action="store_true",
+        help="train nothing: print the table of the results already in <out>/results.jsonl "
+        "(runs side by side may append to the same file)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.summarise:
@@ -271,8 +333,9 @@ def main(argv: list[str] | None = None) -> int:
                 for r in new:
                     f.write(json.dumps(r) + "\n")
     table = summarise(rows)
-    (args.out / "summary.md").write_text(f"threads={torch.get_num_threads()} device={args.device} "
-                                         f"overrides={args.set_}\n\n{table}\n")
+    (args.out / "summary.md").write_text(
+        f"threads={torch.get_num_threads()} device={args.device} overrides={args.set_}\n\n{table}\n"
+    )
     print(table)
     return 0
 

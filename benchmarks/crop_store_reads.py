@@ -42,8 +42,13 @@ def _write(src: Path, dst: Path, crops_per_chunk: int) -> float:
         g.attrs.update(f.attrs)
         f.copy("obs", g)
         t0 = time.perf_counter()
-        ds = g.create_dataset("images", data=cs.images, chunks=(crops_per_chunk, h, w, c),
-                              compression="gzip", compression_opts=1)
+        ds = g.create_dataset(
+            "images",
+            data=cs.images,
+            chunks=(crops_per_chunk, h, w, c),
+            compression="gzip",
+            compression_opts=1,
+        )
         seconds = time.perf_counter() - t0
         ds.attrs.update(f["images"].attrs)
     return seconds
@@ -70,21 +75,27 @@ def main() -> None:
         with h5py.File(tmp / "crops.h5", "r") as f:
             n, h, w, c = f["images"].shape
         per_chunk_old = max(1, (1 << 20) // (h * w * c))
-        order = np.random.default_rng(0).permutation(n)[:args.items]
-        print(f"{n} crops of {h}x{w}x{c}, gzip level 1, {args.items} shuffled items per run, "
-              f"fastest of {args.repeats}")
+        order = np.random.default_rng(0).permutation(n)[: args.items]
+        print(
+            f"{n} crops of {h}x{w}x{c}, gzip level 1, {args.items} shuffled items per run, "
+            f"fastest of {args.repeats}"
+        )
         print("| layout | file MiB | write images s | read all s | shuffled item ms |")
         print("| --- | ---: | ---: | ---: | ---: |")
-        for name, k in ((f"{per_chunk_old} crops per chunk (~1 MiB, before)", per_chunk_old),
-                        ("1 crop per chunk (now)", 1)):
+        for name, k in (
+            (f"{per_chunk_old} crops per chunk (~1 MiB, before)", per_chunk_old),
+            ("1 crop per chunk (now)", 1),
+        ):
             path = tmp / f"chunks{k}.h5"
             write_s = min(_write(tmp / "crops.h5", path, k) for _ in range(args.repeats))
             read_all = _best(lambda p=path: read_crop_store(p), args.repeats)
             ds = CropDataset(path)
             item = _best(lambda ds=ds: [ds[int(i)] for i in order], args.repeats) / len(order)
             ds.close()
-            print(f"| {name} | {path.stat().st_size / 2**20:.1f} | {write_s:.2f} | {read_all:.2f} | "
-                  f"{item * 1e3:.3f} |")
+            print(
+                f"| {name} | {path.stat().st_size / 2**20:.1f} | {write_s:.2f} | {read_all:.2f} | "
+                f"{item * 1e3:.3f} |"
+            )
 
 
 if __name__ == "__main__":

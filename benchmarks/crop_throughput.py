@@ -59,9 +59,11 @@ def per_image(inputs: list[tuple[Path, list[str]]], cfg: CropConfig, repeats: in
         figures = {"n_images": 0, "n_cells": 0, "decode_s": 0.0, "per_image_s": 0.0}
         for i, source in enumerate(cells.sources):
             rows = cells.boxes.iloc[groups[i]]
-            boxes = crop_module._Boxes(rows["source_index"].to_numpy(np.int64),
-                                       rows[list(BOX_COLUMNS)].to_numpy(np.float64),
-                                       rows["label"].to_numpy(dtype=object))
+            boxes = crop_module._Boxes(
+                rows["source_index"].to_numpy(np.int64),
+                rows[list(BOX_COLUMNS)].to_numpy(np.float64),
+                rows["label"].to_numpy(dtype=object),
+            )
             best_decode = best_stage = np.inf
             for _ in range(repeats):
                 t = time.perf_counter()
@@ -85,8 +87,9 @@ def end_to_end(inputs: list[tuple[Path, list[str]]], cfg: CropConfig, repeats: i
         for r in range(repeats):
             t = time.perf_counter()
             for k, (path, names) in enumerate(inputs):
-                crop_module.crop(path, Path(tmp) / f"r{r}-{k}.h5", InputConfig(path=str(path)), cfg,
-                                 images=names)
+                crop_module.crop(
+                    path, Path(tmp) / f"r{r}-{k}.h5", InputConfig(path=str(path)), cfg, images=names
+                )
             best = min(best, time.perf_counter() - t)
     return best
 
@@ -111,19 +114,30 @@ def main(argv: list[str] | None = None) -> int:
         total[f"crop_workers{w}_s"] = end_to_end(inputs, dataclasses.replace(cfg, workers=w), args.repeats)
 
     print(f"command: .venv/bin/python benchmarks/crop_throughput.py {shlex.join(sys.argv[1:])}".rstrip())
-    print(f"{total['n_images']} images (6 BBBC041 PNG 1600x1200, {args.iml} IML JPEG 1280x960), "
-          f"{total['n_cells']} crops of {args.size} px; fastest of {args.repeats}\n")
+    print(
+        f"{total['n_images']} images (6 BBBC041 PNG 1600x1200, {args.iml} IML JPEG 1280x960), "
+        f"{total['n_cells']} crops of {args.size} px; fastest of {args.repeats}\n"
+    )
     print("| images | what | seconds | images/s | cells/s | x decode |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     rows = []
     for name, f in [*sets.items(), ("all", total)]:
         rows.append((name, "decode only", f["decode_s"], f))
         rows.append((name, "per image: decode + normalise + crop + QC", f["per_image_s"], f))
-    rows += [("all", f"crop() end to end, workers={w} (+ store, CSV, montages)", total[f"crop_workers{w}_s"],
-              total) for w in args.workers]
+    rows += [
+        (
+            "all",
+            f"crop() end to end, workers={w} (+ store, CSV, montages)",
+            total[f"crop_workers{w}_s"],
+            total,
+        )
+        for w in args.workers
+    ]
     for name, what, s, f in rows:
-        print(f"| {name} | {what} | {s:.2f} | {f['n_images'] / s:.1f} | {f['n_cells'] / s:.0f} | "
-              f"{s / f['decode_s']:.2f} |")
+        print(
+            f"| {name} | {what} | {s:.2f} | {f['n_images'] / s:.1f} | {f['n_cells'] / s:.0f} | "
+            f"{s / f['decode_s']:.2f} |"
+        )
     figures = {"sets": sets, "all": total}
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")

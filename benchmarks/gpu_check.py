@@ -67,17 +67,25 @@ class Check:
 
     def section(self, name: str, fn, *, needs_s: float) -> None:
         if self.left() < needs_s:
-            self.results[name] = {"status": "skipped", "why": f"{self.left():.0f} s left, needs ~{needs_s:.0f} s"}
+            self.results[name] = {
+                "status": "skipped",
+                "why": f"{self.left():.0f} s left, needs ~{needs_s:.0f} s",
+            }
         else:
             t0 = time.monotonic()
             try:
                 self.results[name] = {"status": "ok", **fn()}
             except Exception as err:  # a check reports its failure and the next one still runs
-                self.results[name] = {"status": "failed", "error": f"{type(err).__name__}: {err}",
-                                      "traceback": traceback.format_exc(limit=6)}
+                self.results[name] = {
+                    "status": "failed",
+                    "error": f"{type(err).__name__}: {err}",
+                    "traceback": traceback.format_exc(limit=6),
+                }
             self.results[name]["seconds"] = round(time.monotonic() - t0, 1)
-        print(f"[gpu_check] {name}: {self.results[name]['status']} "
-              f"({self.results[name].get('seconds', 0)} s)", flush=True)
+        print(
+            f"[gpu_check] {name}: {self.results[name]['status']} ({self.results[name].get('seconds', 0)} s)",
+            flush=True,
+        )
         self.save()
 
     def save(self) -> None:
@@ -104,8 +112,14 @@ def one_channel(store: Path, out: Path) -> Path:
 def smoke(store: Path, work: Path, dev: str, toy: bool, precision: str) -> dict:
     """Train through a grid, a checkpoint, a kill, the resume and the final save."""
     b = 32 if toy else 128
-    config = default_train(total_images=8 * b, batch_size=b, tick_images=2 * b, snapshot_images=4 * b,
-                           checkpoint_images=3 * b, precision=precision)
+    config = default_train(
+        total_images=8 * b,
+        batch_size=b,
+        tick_images=2 * b,
+        snapshot_images=4 * b,
+        checkpoint_images=3 * b,
+        precision=precision,
+    )
     run = work / f"smoke-{store.stem}-{precision}"
     save = train_mod._save_resume
 
@@ -127,11 +141,19 @@ def smoke(store: Path, work: Path, dev: str, toy: bool, precision: str) -> dict:
     meta = torch.load(run / "network-final.pt", weights_only=True)["meta"]
     stats = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
     assert meta["images_seen"] == config.total_images and all(
-        np.isfinite(v) for r in stats for k, v in r.items() if k.startswith("Loss/"))
-    return {"run": str(run), "images_seen": meta["images_seen"], "precision": meta["precision"],
-            "samples": len(list(run.glob("samples-*.png"))),
-            "last_tick": {k: round(v, 3) for k, v in stats[-1].items()
-                          if k in ("images_per_s", "Loss/D/adv", "Loss/G/adv", "Loss/Q/cat", "gpu_max_memory_mb")}}
+        np.isfinite(v) for r in stats for k, v in r.items() if k.startswith("Loss/")
+    )
+    return {
+        "run": str(run),
+        "images_seen": meta["images_seen"],
+        "precision": meta["precision"],
+        "samples": len(list(run.glob("samples-*.png"))),
+        "last_tick": {
+            k: round(v, 3)
+            for k, v in stats[-1].items()
+            if k in ("images_per_s", "Loss/D/adv", "Loss/G/adv", "Loss/Q/cat", "gpu_max_memory_mb")
+        },
+    }
 
 
 def step_parts(config, crops_store: Path, dev: torch.device, img_size: int | None = None):
@@ -139,8 +161,9 @@ def step_parts(config, crops_store: Path, dev: torch.device, img_size: int | Non
     crops = train_mod.load_crops(crops_store, config, dev, torch.Generator().manual_seed(0))
     if img_size is not None and crops.img_size != img_size:
         raise ValueError(f"crops are {crops.img_size} px, wanted {img_size}")
-    G, D = train_mod.build_networks(config.latent, crops.img_size, crops.images.shape[1], config,
-                                    torch.Generator().manual_seed(0))
+    G, D = train_mod.build_networks(
+        config.latent, crops.img_size, crops.images.shape[1], config, torch.Generator().manual_seed(0)
+    )
     G.to(dev), D.to(dev)
     if dev.type == "cuda":
         G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
@@ -216,8 +239,15 @@ def time_steps(one_step, dev: torch.device, batch: int, seconds: float, warmup: 
 def throughput(store: Path, dev: torch.device, toy: bool, check: Check) -> dict:
     out = {}
     seconds = 1.0 if toy else 8.0
-    combos = [("bf16", False, 128), ("fp32", False, 128), ("bf16", False, 1024), ("fp32", False, 1024),
-              ("bf16", True, 1024), ("fp32", True, 1024), ("bf16", False, 4096)]
+    combos = [
+        ("bf16", False, 128),
+        ("fp32", False, 128),
+        ("bf16", False, 1024),
+        ("fp32", False, 1024),
+        ("bf16", True, 1024),
+        ("fp32", True, 1024),
+        ("bf16", False, 4096),
+    ]
     if toy:
         combos = [("bf16", False, 16), ("fp32", False, 16), ("fp32", True, 16)]
     for precision, compiled, batch in combos:
@@ -238,7 +268,8 @@ def throughput(store: Path, dev: torch.device, toy: bool, check: Check) -> dict:
         b = 16 if toy else gpu.batch_size
         config = dataclasses.replace(gpu, batch_size=b, precision="bf16" if dev.type == "cuda" else "fp32")
         out[f"gpu_preset/{config.precision}/batch={b}"] = time_steps(
-            step_parts(config, store, dev, img_size=64), dev, b, seconds, warmup=3)
+            step_parts(config, store, dev, img_size=64), dev, b, seconds, warmup=3
+        )
     nih = load_config(REPO / "config" / "nih_cells.yaml").train
     best = max((v.get("images_per_s", 0) for k, v in out.items() if k.endswith("batch=128")), default=0)
     if best:
@@ -264,10 +295,12 @@ def synthesis(run: Path, work: Path, dev: str, toy: bool) -> dict:
     device = torch.device(dev)
     t0 = time.perf_counter()
     for a in range(0, n, bs):
-        lat = sample_latent_by_seed(spec, index[a:a + bs])
-        generate(G, to_input(spec, lat), index[a:a + bs], mb, device)
+        lat = sample_latent_by_seed(spec, index[a : a + bs])
+        generate(G, to_input(spec, lat), index[a : a + bs], mb, device)
     out["generator_only_images_per_s"] = round(n / (time.perf_counter() - t0), 1)
-    out["end_to_end_over_generator_gzip"] = round(out["hdf5_gzip_images_per_s"] / out["generator_only_images_per_s"], 3)
+    out["end_to_end_over_generator_gzip"] = round(
+        out["hdf5_gzip_images_per_s"] / out["generator_only_images_per_s"], 3
+    )
     out["compression_threads"] = __import__("infogan_cells.writers", fromlist=["x"]).compression_threads()
     return out
 
@@ -279,22 +312,36 @@ def identity(run: Path, work: Path, dev: str, toy: bool) -> dict:
     shards = []
     for i in range(3):
         p = work / f"ident-b-{i}.h5"
-        synthesise(run, p, SynthConfig(n=n, batch_size=1000, micro_batch=64, compression="gzip"), shard=(i, 3),
-                   device=dev)
+        synthesise(
+            run,
+            p,
+            SynthConfig(n=n, batch_size=1000, micro_batch=64, compression="gzip"),
+            shard=(i, 3),
+            device=dev,
+        )
         shards.append(p)
     b = gather(shards, work / "ident-b.h5")
     with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
         ia, ib = fa["images"][...], fb["images"][...]
         same_latents = np.array_equal(fa["latent/z"][...], fb["latent/z"][...])
     differing = int((ia != ib).reshape(n, -1).any(1).sum())
-    return {"n": n, "bit_identical": bool(differing == 0 and same_latents), "samples_differing": differing,
-            "max_abs_difference": int(np.abs(ia.astype(int) - ib.astype(int)).max())}
+    return {
+        "n": n,
+        "bit_identical": bool(differing == 0 and same_latents),
+        "samples_differing": differing,
+        "max_abs_difference": int(np.abs(ia.astype(int) - ib.astype(int)).max()),
+    }
 
 
 def markdown(results: dict) -> str:
     env = results.get("environment", {})
-    lines = [f"GPU check on {env.get('device_name', '?')} (torch {env.get('torch')}, CUDA {env.get('cuda')}), "
-             f"{env.get('date')}", "", "| check | result |", "| --- | --- |"]
+    lines = [
+        f"GPU check on {env.get('device_name', '?')} (torch {env.get('torch')}, CUDA {env.get('cuda')}), "
+        f"{env.get('date')}",
+        "",
+        "| check | result |",
+        "| --- | --- |",
+    ]
     for name, res in results.items():
         if name == "environment":
             continue
@@ -319,10 +366,15 @@ def main(argv=None) -> int:
     toy = args.cpu
     check = Check(args.out, args.budget_s)
     check.results["environment"] = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__, "cuda": torch.version.cuda,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
         "device_name": torch.cuda.get_device_name(0) if dev == "cuda" else platform.processor() or "cpu",
         "bf16_supported": bool(torch.cuda.is_bf16_supported()) if dev == "cuda" else True,
-        "cpus": os.cpu_count(), "python": platform.python_version(), "toy": toy}
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "toy": toy,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         store = make_crops(work, 2 if toy else 12)
@@ -337,10 +389,15 @@ def main(argv=None) -> int:
         precisions = ["fp32", "bf16"] if toy else ["bf16"]
         for precision in precisions:
             check.section(f"smoke_rgb_{precision}", lambda p=precision: do_smoke(store, p), needs_s=20)
-            check.section(f"smoke_one_channel_{precision}", lambda p=precision: smoke(grey, work, dev, toy, p),
-                          needs_s=20)
+            check.section(
+                f"smoke_one_channel_{precision}",
+                lambda p=precision: smoke(grey, work, dev, toy, p),
+                needs_s=20,
+            )
         check.section("host_syncs", lambda: syncs(store, torch.device(dev), toy), needs_s=20)
-        check.section("train_throughput", lambda: throughput(store, torch.device(dev), toy, check), needs_s=60)
+        check.section(
+            "train_throughput", lambda: throughput(store, torch.device(dev), toy, check), needs_s=60
+        )
         if "rgb" in runs:
             check.section("synthesis", lambda: synthesis(runs["rgb"], work, dev, toy), needs_s=40)
             check.section("synthesis_identity", lambda: identity(runs["rgb"], work, dev, toy), needs_s=20)

@@ -41,11 +41,19 @@ from infogan_cells.synthesise import generate, synthesise
 
 def make_run(folder: Path) -> Path:
     spec = LatentSpec()
-    G, D = Generator(spec, img_size=64, channels=3, width=64), Discriminator(spec, img_size=64, channels=3, width=64)
+    G, D = (
+        Generator(spec, img_size=64, channels=3, width=64),
+        Discriminator(spec, img_size=64, channels=3, width=64),
+    )
     init_weights(G)
     init_weights(D)
-    save_network(folder / "network-final.pt", G=G, D=D, G_ema=G,
-                 meta={"channel_names": ["red", "green", "blue"], "img_size": 64})
+    save_network(
+        folder / "network-final.pt",
+        G=G,
+        D=D,
+        G_ema=G,
+        meta={"channel_names": ["red", "green", "blue"], "img_size": 64},
+    )
     return folder
 
 
@@ -95,9 +103,11 @@ def cmd_throughput(args: argparse.Namespace) -> None:
     config = SynthConfig(n=args.n[0], compression=args.compression)
     with tempfile.TemporaryDirectory() as tmp:
         run = make_run(Path(tmp) / "run")
-        print(f"# {load()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-              f"N = {config.n} per timing, batch_size {config.batch_size}, micro_batch {config.micro_batch}, "
-              f"compression {config.compression}")
+        print(
+            f"# {load()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+            f"N = {config.n} per timing, batch_size {config.batch_size}, micro_batch {config.micro_batch}, "
+            f"compression {config.compression}"
+        )
         wall, cpu = [], []
         for rep in range(args.repeat):  # alternate, so a change in the machine's load hits both
             fwd = forward_alone(run, config.n, config.micro_batch)
@@ -105,11 +115,15 @@ def cmd_throughput(args: argparse.Namespace) -> None:
             size = (Path(tmp) / "synth.h5").stat().st_size
             wall.append(e2e[0] / fwd[0])
             cpu.append(e2e[1] / fwd[1])
-            print(f"repeat {rep}: forward alone {fwd[0]:.1f} images/s ({fwd[1]:.1f} per CPU-s), end to end "
-                  f"{e2e[0]:.1f} images/s ({e2e[1]:.1f} per CPU-s); ratio {wall[-1]:.3f} wall, {cpu[-1]:.3f} "
-                  f"CPU; file {size / 2**20:.1f} MiB")
-        print(f"median ratio end to end / forward alone: {statistics.median(wall):.3f} wall clock, "
-              f"{statistics.median(cpu):.3f} CPU time ({args.repeat} alternating repeats)")
+            print(
+                f"repeat {rep}: forward alone {fwd[0]:.1f} images/s ({fwd[1]:.1f} per CPU-s), end to end "
+                f"{e2e[0]:.1f} images/s ({e2e[1]:.1f} per CPU-s); ratio {wall[-1]:.3f} wall, {cpu[-1]:.3f} "
+                f"CPU; file {size / 2**20:.1f} MiB"
+            )
+        print(
+            f"median ratio end to end / forward alone: {statistics.median(wall):.3f} wall clock, "
+            f"{statistics.median(cpu):.3f} CPU time ({args.repeat} alternating repeats)"
+        )
         print(f"# {load()}")
 
 
@@ -119,13 +133,24 @@ def cmd_rss(args: argparse.Namespace) -> None:
         print(f"# {load()}; torch {torch.__version__}; compression {args.compression}")
         results = []
         for n in args.n:
-            cmd = [sys.executable, __file__, "_child", "--n", str(n), "--compression", args.compression,
-                   "--dir", tmp]
+            cmd = [
+                sys.executable,
+                __file__,
+                "_child",
+                "--n",
+                str(n),
+                "--compression",
+                args.compression,
+                "--dir",
+                tmp,
+            ]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             r = json.loads(out.strip().splitlines()[-1])
             results.append(r)
-            print(f"N = {n}: peak RSS {r['maxrss_mib']:.1f} MiB, {r['images_per_s']:.1f} images/s, "
-                  f"file {r['file_mib']:.1f} MiB  [{load()}]")
+            print(
+                f"N = {n}: peak RSS {r['maxrss_mib']:.1f} MiB, {r['images_per_s']:.1f} images/s, "
+                f"file {r['file_mib']:.1f} MiB  [{load()}]"
+            )
         base = results[0]["maxrss_mib"]
         for r in results[1:]:
             print(f"N = {r['n']} vs N = {results[0]['n']}: peak RSS x{r['maxrss_mib'] / base:.3f}")

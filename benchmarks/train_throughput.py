@@ -65,8 +65,19 @@ def _sync(device: torch.device) -> None:
 def random_store(path: Path, n: int, size: int, channels: int) -> Path:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, size, size, channels), dtype=np.uint8)
-    obs = pd.DataFrame({"source_image": "random", "source_index": np.arange(n), "min_row": 0, "min_col": 0,
-                        "max_row": size, "max_col": size, "label": "", "qc_pass": True, "qc_reason": ""})
+    obs = pd.DataFrame(
+        {
+            "source_image": "random",
+            "source_index": np.arange(n),
+            "min_row": 0,
+            "min_col": 0,
+            "max_row": size,
+            "max_col": size,
+            "label": "",
+            "qc_pass": True,
+            "qc_reason": "",
+        }
+    )
     write_crop_store(path, images, obs, [f"c{i}" for i in range(channels)], csv=False)
     return path
 
@@ -95,8 +106,17 @@ class PlainInfoGAN:
     """A plain InfoGAN loop: BCE, the info loss added to D's and G's losses (openai/InfoGAN), Adam
     with its defaults, fp32 eager, ``.item()`` logging every step."""
 
-    def __init__(self, spec: LatentSpec, size: int, channels: int, width: int, lr_g: float, lr_d: float,
-                 device: torch.device, seed: int = 0):
+    def __init__(
+        self,
+        spec: LatentSpec,
+        size: int,
+        channels: int,
+        width: int,
+        lr_g: float,
+        lr_d: float,
+        device: torch.device,
+        seed: int = 0,
+    ):
         torch.manual_seed(seed)  # the textbook way (this script is not library code)
         self.spec, self.device = spec, device
         self.G = Generator(spec, img_size=size, channels=channels, width=width).to(device)
@@ -116,26 +136,32 @@ class PlainInfoGAN:
         fake = self.G(to_input(self.spec, latent))
         d_real, _ = self.D(real)
         d_fake, q_fake = self.D(fake.detach())
-        loss_D = (self.bce(d_real, torch.ones(b, device=self.device))
-                  + self.bce(d_fake, torch.zeros(b, device=self.device))
-                  + self.info(q_fake, latent)["Loss/Q/info"])
+        loss_D = (
+            self.bce(d_real, torch.ones(b, device=self.device))
+            + self.bce(d_fake, torch.zeros(b, device=self.device))
+            + self.info(q_fake, latent)["Loss/Q/info"]
+        )
         self.opt_D.zero_grad()
         loss_D.backward()
         self.opt_D.step()
         d_fake, q_fake = self.D(fake)
-        loss_G = self.bce(d_fake, torch.ones(b, device=self.device)) + self.info(q_fake, latent)["Loss/Q/info"]
+        loss_G = (
+            self.bce(d_fake, torch.ones(b, device=self.device)) + self.info(q_fake, latent)["Loss/Q/info"]
+        )
         self.opt_G.zero_grad()
         loss_G.backward()
         self.opt_G.step()
         self.log.append((loss_D.item(), loss_G.item()))
 
 
-def plain_throughput(images: np.ndarray, spec: LatentSpec, width: int, batch: int, device: torch.device,
-                     seconds: float) -> float:
+def plain_throughput(
+    images: np.ndarray, spec: LatentSpec, width: int, batch: int, device: torch.device, seconds: float
+) -> float:
     size, channels = images.shape[1], images.shape[3]
     loop = PlainInfoGAN(spec, size, channels, width, 1e-3, 2e-4, device)
-    loader = torch.utils.data.DataLoader(PerSampleDataset(images, flip=True), batch_size=batch, shuffle=True,
-                                         drop_last=True)
+    loader = torch.utils.data.DataLoader(
+        PerSampleDataset(images, flip=True), batch_size=batch, shuffle=True, drop_last=True
+    )
     n, t0, warm = 0, None, 3
     while True:
         for real in loader:
@@ -156,16 +182,20 @@ def plain_throughput(images: np.ndarray, spec: LatentSpec, width: int, batch: in
 # Ours: the real train() loop
 
 
-def ours_throughput(store: Path, config: TrainConfig, device: str, seconds: float, rate_guess: float,
-                    work: Path) -> float:
+def ours_throughput(
+    store: Path, config: TrainConfig, device: str, seconds: float, rate_guess: float, work: Path
+) -> float:
     """Images/s from train()'s own stats (ticks after the first), for about ``seconds``."""
     total = int(max(4, seconds * rate_guess / config.batch_size)) * config.batch_size
     tick = max(config.batch_size, total // 5 // config.batch_size * config.batch_size)
-    cfg = dataclasses.replace(config, total_images=total, tick_images=tick, snapshot_images=10 * total,
-                       checkpoint_images=10 * total)
+    cfg = dataclasses.replace(
+        config, total_images=total, tick_images=tick, snapshot_images=10 * total, checkpoint_images=10 * total
+    )
     run = train_mod.train(store, work / f"ours-{time.monotonic_ns()}", cfg, seed=0, device=device)
     recs = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
-    ticks = [(b["images_seen"] - a["images_seen"], b["images_per_s"]) for a, b in zip(recs, recs[1:], strict=False)]
+    ticks = [
+        (b["images_seen"] - a["images_seen"], b["images_per_s"]) for a, b in zip(recs, recs[1:], strict=False)
+    ]
     return sum(n for n, _ in ticks) / sum(n / rate for n, rate in ticks)
 
 
@@ -219,14 +249,16 @@ class _Reached(Exception):
 def _q_accuracy(D: Discriminator, x: torch.Tensor, labels: np.ndarray) -> float:
     D.eval()
     with torch.no_grad():
-        pred = torch.cat([D.q_head(D.trunk(x[i:i + 512])).cat_logits[0].argmax(1).cpu()
-                          for i in range(0, len(x), 512)]).numpy()
+        pred = torch.cat(
+            [D.q_head(D.trunk(x[i : i + 512])).cat_logits[0].argmax(1).cpu() for i in range(0, len(x), 512)]
+        ).numpy()
     D.train()
     return hungarian_accuracy(labels, pred)
 
 
-def ours_time_to_accuracy(store: Path, goal: float, budget_s: float, every: int, device: str, work: Path,
-                          seed: int) -> dict:
+def ours_time_to_accuracy(
+    store: Path, goal: float, budget_s: float, every: int, device: str, work: Path, seed: int
+) -> dict:
     cfg = load_config(REPO / "config" / "digits.yaml").train
     cfg = dataclasses.replace(cfg, tick_images=every, checkpoint_images=every, snapshot_images=10**9)
     cs = read_crop_store(store)
@@ -242,8 +274,13 @@ def ours_time_to_accuracy(store: Path, goal: float, budget_s: float, every: int,
         if acc >= goal or state["seconds"] > budget_s:
             raise _Reached
 
-    D_kwargs = dict(spec=cfg.latent, img_size=cs.images.shape[1], channels=cs.images.shape[3],
-                    width=cfg.d_channels, spectral_norm=cfg.spectral_norm)
+    D_kwargs = dict(
+        spec=cfg.latent,
+        img_size=cs.images.shape[1],
+        channels=cs.images.shape[3],
+        width=cfg.d_channels,
+        spectral_norm=cfg.spectral_norm,
+    )
     saved = train_mod._save_resume
     train_mod._save_resume = evaluate
     try:
@@ -255,12 +292,16 @@ def ours_time_to_accuracy(store: Path, goal: float, budget_s: float, every: int,
     return _tta_result("ours (config/digits.yaml)", curve, goal)
 
 
-def plain_time_to_accuracy(store: Path, goal: float, budget_s: float, every: int, device: str, seed: int) -> dict:
+def plain_time_to_accuracy(
+    store: Path, goal: float, budget_s: float, every: int, device: str, seed: int
+) -> dict:
     dev = resolve_device(device)
     cs = read_crop_store(store)
     spec = LatentSpec(z_dim=62, categorical=[10], n_continuous=2)
     loop = PlainInfoGAN(spec, cs.images.shape[1], cs.images.shape[3], 64, 1e-3, 2e-4, dev, seed=seed)
-    loader = torch.utils.data.DataLoader(PerSampleDataset(cs.images), batch_size=64, shuffle=True, drop_last=True)
+    loader = torch.utils.data.DataLoader(
+        PerSampleDataset(cs.images), batch_size=64, shuffle=True, drop_last=True
+    )
     x = torch.from_numpy(cs.images).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(dev)
     curve, n, secs = [], 0, 0.0
     while True:
@@ -284,9 +325,16 @@ def plain_time_to_accuracy(store: Path, goal: float, budget_s: float, every: int
 def _tta_result(name: str, curve: list, goal: float) -> dict:
     hit = next(((n, s, a) for n, s, a in curve if a >= goal), None)
     best = max(curve, key=lambda c: c[2]) if curve else (0, 0.0, float("nan"))
-    return {"loop": name, "goal": goal, "reached": hit is not None,
-            "seconds": round(hit[1], 1) if hit else None, "images": hit[0] if hit else None,
-            "best_acc": round(best[2], 4), "last": curve[-1] if curve else None, "curve": curve}
+    return {
+        "loop": name,
+        "goal": goal,
+        "reached": hit is not None,
+        "seconds": round(hit[1], 1) if hit else None,
+        "images": hit[0] if hit else None,
+        "best_acc": round(best[2], 4),
+        "last": curve[-1] if curve else None,
+        "curve": curve,
+    }
 
 
 # --------------------------------------------------------------------------------------
@@ -300,12 +348,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channels", type=int, default=1)
     p.add_argument("--batch", type=int, help="batch size (default: config/digits.yaml's)")
     p.add_argument("--width", type=int, help="G and D width (default: config/digits.yaml's)")
-    p.add_argument("--set", action="append", default=[], dest="set_", metavar="KEY=VALUE",
-                   help="override of config/digits.yaml for our loop (e.g. train.compile=true)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="set_",
+        metavar="KEY=VALUE",
+        help="override of config/digits.yaml for our loop (e.g. train.compile=true)",
+    )
     p.add_argument("--seconds", type=float, default=30.0, help="timing window per loop")
     p.add_argument("--tta", action="store_true", help="also measure time to the digits accuracy goal")
     p.add_argument("--goal", type=float, default=0.90)
-    p.add_argument("--tta-budget-s", type=float, default=1800.0, help="give up after this many training seconds")
+    p.add_argument(
+        "--tta-budget-s", type=float, default=1800.0, help="give up after this many training seconds"
+    )
     p.add_argument("--tta-every", type=int, default=5120, help="images between accuracy checks")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks" / "throughput")
@@ -322,21 +378,29 @@ def main(argv: list[str] | None = None) -> int:
     preset = dataclasses.replace(cfg, **overrides)
     # the same math as the plain loop: InfoGAN losses, random flips, no DiffAugment, no IIC term
     off = AugmentConfig(rot90=False, flip=False, shift=0)
-    cfg = dataclasses.replace(preset, augment=dataclasses.replace(off, flip=True), diff_augment=off,
-                              lambda_pair_mi=0.0)
+    cfg = dataclasses.replace(
+        preset, augment=dataclasses.replace(off, flip=True), diff_augment=off, lambda_pair_mi=0.0
+    )
     args.out.mkdir(parents=True, exist_ok=True)
-    result: dict = {"device": str(dev), "threads": torch.get_num_threads(), "size": args.size,
-                    "channels": args.channels, "batch": cfg.batch_size, "width": cfg.g_channels,
-                    "torch": str(torch.__version__),
-                    "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None}
+    result: dict = {
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "size": args.size,
+        "channels": args.channels,
+        "batch": cfg.batch_size,
+        "width": cfg.g_channels,
+        "torch": str(torch.__version__),
+        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         store = random_store(work / "random.h5", 4096, args.size, args.channels)
         images = read_crop_store(store).images
         result["matmul_flops"] = matmul_rate(dev)  # again at the end: the best of the two (a shared machine)
         result["step_flops_per_image"] = step_flops(cfg, args.size, args.channels, dev)
-        result["plain_images_per_s"] = plain_throughput(images, cfg.latent, cfg.g_channels, cfg.batch_size, dev,
-                                                        args.seconds)
+        result["plain_images_per_s"] = plain_throughput(
+            images, cfg.latent, cfg.g_channels, cfg.batch_size, dev, args.seconds
+        )
         guess = result["plain_images_per_s"] * 1.5
         result["ours_images_per_s"] = ours_throughput(store, cfg, args.device, args.seconds, guess, work)
         result["preset_images_per_s"] = ours_throughput(store, preset, args.device, args.seconds, guess, work)
@@ -349,26 +413,37 @@ def main(argv: list[str] | None = None) -> int:
             from clustering_agreement import build_digits
 
             digits = build_digits(work / "digits.h5")
-            result["tta_ours"] = ours_time_to_accuracy(digits, args.goal, args.tta_budget_s, args.tta_every,
-                                                       args.device, work, args.seed)
-            result["tta_plain"] = plain_time_to_accuracy(digits, args.goal, args.tta_budget_s, args.tta_every,
-                                                         args.device, args.seed)
+            result["tta_ours"] = ours_time_to_accuracy(
+                digits, args.goal, args.tta_budget_s, args.tta_every, args.device, work, args.seed
+            )
+            result["tta_plain"] = plain_time_to_accuracy(
+                digits, args.goal, args.tta_budget_s, args.tta_every, args.device, args.seed
+            )
     with open(args.out / "results.jsonl", "a") as f:
         f.write(json.dumps(result) + "\n")
-    print(f"device {result['device']} ({result['gpu'] or 'CPU'}), {result['threads']} threads, "
-          f"{args.size} px x {args.channels} ch, batch {cfg.batch_size}, width {cfg.g_channels}")
+    print(
+        f"device {result['device']} ({result['gpu'] or 'CPU'}), {result['threads']} threads, "
+        f"{args.size} px x {args.channels} ch, batch {cfg.batch_size}, width {cfg.g_channels}"
+    )
     print(f"  plain loop        {result['plain_images_per_s']:10.0f} images/s")
     print(f"  ours              {result['ours_images_per_s']:10.0f} images/s  ({result['speedup']:.2f}x)")
     print(f"  step FLOPs/image  {result['step_flops_per_image'] / 1e6:10.1f} MFLOP")
-    print(f"  ours, whole preset (DiffAugment + IIC): {result['preset_images_per_s']:.0f} images/s, "
-          f"{result['preset_step_flops_per_image'] / 1e6:.1f} MFLOP/image")
-    print(f"  ours arithmetic   {result['ours_flops'] / 1e9:10.2f} GFLOP/s = {100 * result['ours_fraction_of_matmul']:.0f}% "
-          f"of fp32 matmul {result['matmul_flops'] / 1e9:.1f} GFLOP/s")
+    print(
+        f"  ours, whole preset (DiffAugment + IIC): {result['preset_images_per_s']:.0f} images/s, "
+        f"{result['preset_step_flops_per_image'] / 1e6:.1f} MFLOP/image"
+    )
+    print(
+        f"  ours arithmetic   {result['ours_flops'] / 1e9:10.2f} GFLOP/s = {100 * result['ours_fraction_of_matmul']:.0f}% "
+        f"of fp32 matmul {result['matmul_flops'] / 1e9:.1f} GFLOP/s"
+    )
     for key in ("tta_ours", "tta_plain"):
         if key in result:
             r = result[key]
-            what = (f"{r['seconds']:.0f} s ({r['images']} images)" if r["reached"] else
-                    f"not reached (best {r['best_acc']:.3f})")
+            what = (
+                f"{r['seconds']:.0f} s ({r['images']} images)"
+                if r["reached"]
+                else f"not reached (best {r['best_acc']:.3f})"
+            )
             print(f"  time to acc {args.goal:.2f}: {r['loop']:32s} {what}")
     return 0
 

@@ -82,8 +82,14 @@ PIXEL_KMEANS_LIMIT = 20_000_000
 STEPS = ("assign", "traversals", "quality", "figures", "report")  # progress of an analysis
 
 
-def analyse(run_dir: str | Path, crops_path: str | Path, out_dir: str | Path, config: AnalyseConfig, *,
-            device: str = "auto") -> dict:
+def analyse(
+    run_dir: str | Path,
+    crops_path: str | Path,
+    out_dir: str | Path,
+    config: AnalyseConfig,
+    *,
+    device: str = "auto",
+) -> dict:
     """Analyse the run in ``run_dir`` on the crop store ``crops_path``; write ``out_dir``.
 
     Returns the contents of ``metrics.json``. Raises :class:`InputError` for a run without a
@@ -93,8 +99,9 @@ def analyse(run_dir: str | Path, crops_path: str | Path, out_dir: str | Path, co
         return _analyse(run_dir, crops_path, out_dir, config, device, bar)
 
 
-def _analyse(run_dir: str | Path, crops_path: str | Path, out_dir: str | Path, config: AnalyseConfig,
-             device: str, bar) -> dict:
+def _analyse(
+    run_dir: str | Path, crops_path: str | Path, out_dir: str | Path, config: AnalyseConfig, device: str, bar
+) -> dict:
     dev = resolve_device(device)
     out_dir = Path(out_dir)
     D, spec, meta = load_discriminator(run_dir, device=dev)
@@ -114,8 +121,9 @@ def _analyse(run_dir: str | Path, crops_path: str | Path, out_dir: str | Path, c
     bar.set_postfix(step="assign")
     probs, cont, q_features = assign(D, images, n_cat)
     categories = probs.argmax(axis=1)
-    assignments = pd.DataFrame({"crop_index": crop_index, "category": categories,
-                                "confidence": probs.max(axis=1)})
+    assignments = pd.DataFrame(
+        {"crop_index": crop_index, "category": categories, "confidence": probs.max(axis=1)}
+    )
     for j in range(cont.shape[1]):
         assignments[f"cont_{j}"] = cont[:, j]
     assignments["label"] = labels
@@ -129,20 +137,40 @@ def _analyse(run_dir: str | Path, crops_path: str | Path, out_dir: str | Path, c
     _write_csv(out_dir / "category_map.csv", cmap)
     masks = foreground_mask(images)
     real_morph = measure_morphology(images, channel_names=channel_names, masks=masks)
-    one_number = pd.concat([real_morph.drop(columns="orientation"),
-                            intensity_features(images, channel_names=channel_names, masks=masks)], axis=1)
-    write_cells(out_dir / "cells.h5ad", crops.obs.iloc[crop_index], crop_index, probs, cont, q_features,
-                real_morph, cmap, uns={"run": str(run_dir), "crops": str(crops_path)})
-    baselines = {"kmeans_pixels": kmeans_scores(_pixels(images), labels, n_cat),
-                 "kmeans_morphology": kmeans_scores(_standardise(real_morph[list(FEATURES)])[0],
-                                                    labels, n_cat),
-                 "best_feature": best_single_feature(one_number, labels, n_cat)}
+    one_number = pd.concat(
+        [
+            real_morph.drop(columns="orientation"),
+            intensity_features(images, channel_names=channel_names, masks=masks),
+        ],
+        axis=1,
+    )
+    write_cells(
+        out_dir / "cells.h5ad",
+        crops.obs.iloc[crop_index],
+        crop_index,
+        probs,
+        cont,
+        q_features,
+        real_morph,
+        cmap,
+        uns={"run": str(run_dir), "crops": str(crops_path)},
+    )
+    baselines = {
+        "kmeans_pixels": kmeans_scores(_pixels(images), labels, n_cat),
+        "kmeans_morphology": kmeans_scores(_standardise(real_morph[list(FEATURES)])[0], labels, n_cat),
+        "best_feature": best_single_feature(one_number, labels, n_cat),
+    }
 
     # What the continuous codes do
     bar.update(1)
     bar.set_postfix(step="traversals")
-    log.info("traversals: %d categories x %d codes x %d steps x %d samples", n_cat, spec.n_continuous,
-             config.traversal_steps, config.traversal_samples)
+    log.info(
+        "traversals: %d categories x %d codes x %d steps x %d samples",
+        n_cat,
+        spec.n_continuous,
+        config.traversal_steps,
+        config.traversal_samples,
+    )
     codes_table = traverse(G, spec, n_cat, config, out_dir / "traversals", dev, channel_names)
     _write_csv(out_dir / "codes.csv", codes_table)
 
@@ -150,8 +178,12 @@ def _analyse(run_dir: str | Path, crops_path: str | Path, out_dir: str | Path, c
     bar.update(1)
     bar.set_postfix(step="quality")
     prior = _prior(meta.get("category_prior"), n_cat)
-    syn_latent = sample_latent(spec, config.n_synthetic, generator=torch.Generator().manual_seed(1),
-                               cat_probs=[torch.as_tensor(prior)] if spec.categorical else None)
+    syn_latent = sample_latent(
+        spec,
+        config.n_synthetic,
+        generator=torch.Generator().manual_seed(1),
+        cat_probs=[torch.as_tensor(prior)] if spec.categorical else None,
+    )
     log.info("quality: %d synthetic crops", config.n_synthetic)
     syn_images = generate(G, spec, syn_latent, dev)
     syn_cats = syn_latent.cat[:, 0].numpy() if spec.categorical else np.zeros(len(syn_images), np.int64)
@@ -161,20 +193,27 @@ def _analyse(run_dir: str | Path, crops_path: str | Path, out_dir: str | Path, c
         held = np.isin(crop_index, recorded)
         hold, train = np.flatnonzero(held), np.flatnonzero(~held)
         if len(hold) < 2 or len(train) < 2:
-            raise InputError(f"{crops_path}: only {len(hold)} of the {len(recorded)} crops held out of training "
-                             f"in {run_dir} are in this store; analyse the crop store the run was trained on")
+            raise InputError(
+                f"{crops_path}: only {len(hold)} of the {len(recorded)} crops held out of training "
+                f"in {run_dir} are in this store; analyse the crop store the run was trained on"
+            )
     else:
         hold, train = holdout_split(len(images), config.holdout_fraction)
     # synthetic crops take their category's label as the training split sees it (no test labels)
-    train_map = category_map(category_summary(categories[train], contingency_table(
-        categories[train], labels[train], n_cat)), meta.get("category_labels"))
+    train_map = category_map(
+        category_summary(categories[train], contingency_table(categories[train], labels[train], n_cat)),
+        meta.get("category_labels"),
+    )
     syn_labels = train_map["label"].to_numpy(dtype=str)[syn_cats]
-    quality = synthetic_quality(images, labels, hold, train, real_morph, syn_images, syn_labels, syn_morph,
-                                config, dev)
+    quality = synthetic_quality(
+        images, labels, hold, train, real_morph, syn_images, syn_labels, syn_morph, config, dev
+    )
     quality["holdout_seen_in_training"] = not recorded
     if not recorded:
-        log.info("the %d held-out crops were seen in training (set train.holdout_fraction for a true hold-out)",
-                 len(hold))
+        log.info(
+            "the %d held-out crops were seen in training (set train.holdout_fraction for a true hold-out)",
+            len(hold),
+        )
     write_json_atomic(out_dir / "quality.json", quality)
 
     # Figures per category
@@ -185,17 +224,28 @@ def _analyse(run_dir: str | Path, crops_path: str | Path, out_dir: str | Path, c
     for k in range(n_cat):
         grid_latent = _with_category(grid_base, k) if spec.categorical else grid_base
         _save_grid(out_dir / "samples" / f"cat{k:02d}.png", generate(G, spec, grid_latent, dev), GRID_SIDE)
-        top = np.argsort(-probs[:, k], kind="stable")[:config.nearest]
+        top = np.argsort(-probs[:, k], kind="stable")[: config.nearest]
         _save_grid(out_dir / "nearest" / f"cat{k:02d}.png", images[top], math.ceil(math.sqrt(len(top))))
-        _morphology_figure(out_dir / "morphology" / f"cat{k:02d}.png", k, real_morph[categories == k],
-                           syn_morph[syn_cats == k])
+        _morphology_figure(
+            out_dir / "morphology" / f"cat{k:02d}.png",
+            k,
+            real_morph[categories == k],
+            syn_morph[syn_cats == k],
+        )
         if (labels != "").any():
             _composition_figure(out_dir / "composition" / f"cat{k:02d}.png", k, table.iloc[k])
 
-    metrics = {**label_scores(categories, labels), "n_crops": len(images),
-               "n_labelled": int((labels != "").sum()), "n_categories": n_cat, "categories": summary,
-               "baselines": baselines, "codes": name_codes(codes_table), "quality": quality,
-               "config": dataclasses.asdict(config)}
+    metrics = {
+        **label_scores(categories, labels),
+        "n_crops": len(images),
+        "n_labelled": int((labels != "").sum()),
+        "n_categories": n_cat,
+        "categories": summary,
+        "baselines": baselines,
+        "codes": name_codes(codes_table),
+        "quality": quality,
+        "config": dataclasses.asdict(config),
+    }
     write_json_atomic(out_dir / "metrics.json", metrics)
     bar.update(1)
     bar.set_postfix(step="report")
@@ -210,24 +260,28 @@ def _analyse(run_dir: str | Path, crops_path: str | Path, out_dir: str | Path, c
 
 def _check_crops(images: np.ndarray, d_kwargs: dict, crops_path: str | Path, run_dir: str | Path) -> None:
     if len(images) < 4:
-        raise InputError(f"{crops_path}: holds {len(images)} crops that passed QC; the analysis needs "
-                         "at least 4")
+        raise InputError(
+            f"{crops_path}: holds {len(images)} crops that passed QC; the analysis needs at least 4"
+        )
     _, h, w, c = images.shape
     size, channels = d_kwargs["img_size"], d_kwargs["channels"]
     if (h, w, c) != (size, size, channels):
-        raise InputError(f"{crops_path}: crops are {h}x{w} with {c} channel(s), but the model in {run_dir} "
-                         f"takes {size}x{size} with {channels} channel(s); crop with crop.size={size}")
+        raise InputError(
+            f"{crops_path}: crops are {h}x{w} with {c} channel(s), but the model in {run_dir} "
+            f"takes {size}x{size} with {channels} channel(s); crop with crop.size={size}"
+        )
 
 
 @torch.no_grad()
-def assign(D: torch.nn.Module, images: np.ndarray, n_cat: int, *, batch_size: int = 256
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def assign(
+    D: torch.nn.Module, images: np.ndarray, n_cat: int, *, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Q's category probabilities (N, n_cat) for the first categorical code, its continuous
     code means (N, n_continuous) and its hidden layer (N, q_hidden), for crops (N, H, W, C) uint8."""
     device = next(D.parameters()).device
     probs, cont, hidden = [], [], []
     for i in range(0, len(images), batch_size):
-        h = D.trunk(q.to_unit_range(images[i:i + batch_size]).to(device))
+        h = D.trunk(q.to_unit_range(images[i : i + batch_size]).to(device))
         out = D.q_head(h)
         if out.cat_logits:
             probs.append(torch.softmax(out.cat_logits[0], dim=1).cpu().numpy())
@@ -238,9 +292,18 @@ def assign(D: torch.nn.Module, images: np.ndarray, n_cat: int, *, batch_size: in
     return np.concatenate(probs), np.concatenate(cont), np.concatenate(hidden)
 
 
-def write_cells(path: Path, obs: pd.DataFrame, crop_index: np.ndarray, probs: np.ndarray, cont: np.ndarray,
-                q_features: np.ndarray, morphology: pd.DataFrame, cmap: pd.DataFrame, *,
-                uns: dict[str, str] | None = None) -> None:
+def write_cells(
+    path: Path,
+    obs: pd.DataFrame,
+    crop_index: np.ndarray,
+    probs: np.ndarray,
+    cont: np.ndarray,
+    q_features: np.ndarray,
+    morphology: pd.DataFrame,
+    cmap: pd.DataFrame,
+    *,
+    uns: dict[str, str] | None = None,
+) -> None:
     """``cells.h5ad``: one row per crop (named by its crop index) with its metadata, category and
     confidence in ``obs``, its morphology as ``X`` and Q's outputs in ``obsm``."""
     obs = obs.reset_index(drop=True).set_axis(crop_index.astype(str))
@@ -249,18 +312,30 @@ def write_cells(path: Path, obs: pd.DataFrame, crop_index: np.ndarray, probs: np
     names = cmap["label"].astype(str).tolist()  # category_map.csv's name of each category
     obs["category_label"] = pd.Categorical([names[k] for k in categories], categories=sorted(set(names)))
     obs["confidence"] = probs.max(axis=1)
-    write_h5ad(path, morphology.to_numpy(np.float32), obs, pd.DataFrame(index=morphology.columns.astype(str)),
-               obsm={"q_probabilities": probs.astype(np.float32), "q_continuous": cont.astype(np.float32),
-                     "q_features": q_features.astype(np.float32)}, uns=uns)
+    write_h5ad(
+        path,
+        morphology.to_numpy(np.float32),
+        obs,
+        pd.DataFrame(index=morphology.columns.astype(str)),
+        obsm={
+            "q_probabilities": probs.astype(np.float32),
+            "q_continuous": cont.astype(np.float32),
+            "q_features": q_features.astype(np.float32),
+        },
+        uns=uns,
+    )
 
 
 @torch.no_grad()
-def generate(G: torch.nn.Module, spec: LatentSpec, latent: Latent, device: torch.device, *,
-             batch_size: int = 256) -> np.ndarray:
+def generate(
+    G: torch.nn.Module, spec: LatentSpec, latent: Latent, device: torch.device, *, batch_size: int = 256
+) -> np.ndarray:
     """Generated crops (N, H, W, C) uint8 for ``latent``."""
     parts = []
     for i in range(0, len(latent), batch_size):
-        part = Latent(latent.z[i:i + batch_size], latent.cat[i:i + batch_size], latent.cont[i:i + batch_size])
+        part = Latent(
+            latent.z[i : i + batch_size], latent.cat[i : i + batch_size], latent.cont[i : i + batch_size]
+        )
         x = G(to_input(spec, part.to(device)))
         parts.append(to_uint8(x).permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(parts)
@@ -298,8 +373,15 @@ def kmeans_scores(x: np.ndarray, labels: np.ndarray, k: int) -> dict:
     return label_scores(clusters, labels)
 
 
-def traverse(G: torch.nn.Module, spec: LatentSpec, n_cat: int, config: AnalyseConfig, out_dir: Path,
-             device: torch.device, channel_names: list[str]) -> pd.DataFrame:
+def traverse(
+    G: torch.nn.Module,
+    spec: LatentSpec,
+    n_cat: int,
+    config: AnalyseConfig,
+    out_dir: Path,
+    device: torch.device,
+    channel_names: list[str],
+) -> pd.DataFrame:
     """Sweep each continuous code from -r to r for each category; write the strips and GIFs and
     return the Spearman table of code value against morphology of the generated cells.
 
@@ -316,8 +398,9 @@ def traverse(G: torch.nn.Module, spec: LatentSpec, n_cat: int, config: AnalyseCo
         values, morph = [], []
         for k in range(n_cat):
             lat = _with_category(base, k) if spec.categorical else base
-            lat = Latent(lat.z.repeat(len(steps), 1), lat.cat.repeat(len(steps), 1),
-                         lat.cont.repeat(len(steps), 1))
+            lat = Latent(
+                lat.z.repeat(len(steps), 1), lat.cat.repeat(len(steps), 1), lat.cont.repeat(len(steps), 1)
+            )
             lat.cont[:, j] = torch.as_tensor(np.repeat(steps, n_s), dtype=lat.cont.dtype)
             imgs = generate(G, spec, lat, device)  # step-major: (steps * n_s, H, W, C)
             _write_traversal(out_dir, f"cat{k:02d}_code{j}", imgs.reshape(len(steps), n_s, *imgs.shape[1:]))
@@ -328,9 +411,18 @@ def traverse(G: torch.nn.Module, spec: LatentSpec, n_cat: int, config: AnalyseCo
     return pd.concat(tables, ignore_index=True)
 
 
-def synthetic_quality(images: np.ndarray, labels: np.ndarray, hold: np.ndarray, train: np.ndarray,
-                      real_morph: pd.DataFrame, syn_images: np.ndarray, syn_labels: np.ndarray,
-                      syn_morph: pd.DataFrame, config: AnalyseConfig, device: torch.device) -> dict:
+def synthetic_quality(
+    images: np.ndarray,
+    labels: np.ndarray,
+    hold: np.ndarray,
+    train: np.ndarray,
+    real_morph: pd.DataFrame,
+    syn_images: np.ndarray,
+    syn_labels: np.ndarray,
+    syn_morph: pd.DataFrame,
+    config: AnalyseConfig,
+    device: torch.device,
+) -> dict:
     """Fréchet distance and KID on morphology and encoder features, k-NN precision/recall,
     memorisation, and train-on-synthetic-test-on-real accuracy (see :mod:`infogan_cells.quality`).
 
@@ -341,47 +433,96 @@ def synthetic_quality(images: np.ndarray, labels: np.ndarray, hold: np.ndarray, 
     m_real, mean, std = _standardise(real_morph[list(FEATURES)])
     m_syn = (syn_morph[list(FEATURES)].to_numpy(np.float64) - mean) / std
     enc, enc_loss = q.train_encoder(images[train], epochs=config.encoder_epochs, device=device)
-    log.info("feature encoder: %d epochs on %d crops, reconstruction loss %.4f", config.encoder_epochs,
-             len(train), enc_loss)
+    log.info(
+        "feature encoder: %d epochs on %d crops, reconstruction loss %.4f",
+        config.encoder_epochs,
+        len(train),
+        enc_loss,
+    )
     f_real, f_syn = q.encode(enc, images), q.encode(enc, syn_images)
     kid_m = q.kernel_distance(m_real, m_syn, rng=np.random.default_rng(0))
     kid_e = q.kernel_distance(f_real, f_syn, rng=np.random.default_rng(0))
     # Equal sample sizes: the k-NN radii shrink as a set grows
     n_pr = min(len(f_real), len(f_syn))
-    precision, recall = q.knn_precision_recall(f_real[rng.choice(len(f_real), n_pr, replace=False)],
-                                               f_syn[rng.choice(len(f_syn), n_pr, replace=False)],
-                                               k=config.k_nn)
+    precision, recall = q.knn_precision_recall(
+        f_real[rng.choice(len(f_real), n_pr, replace=False)],
+        f_syn[rng.choice(len(f_syn), n_pr, replace=False)],
+        k=config.k_nn,
+    )
     pixels = _pixels(images)
     morphology = {"frechet": q.frechet_distance(m_real, m_syn), "kid": kid_m[0], "kid_std": kid_m[1]}
-    encoder = {"frechet": q.frechet_distance(f_real, f_syn), "kid": kid_e[0], "kid_std": kid_e[1],
-               "precision": precision, "recall": recall, "k": config.k_nn, "epochs": config.encoder_epochs,
-               "loss": enc_loss}
-    memorised = {"pixels": q.memorisation(_pixels(syn_images), pixels[hold], pixels[train]),
-                 "encoder": q.memorisation(f_syn, f_real[hold], f_real[train])}
-    classifier = classifier_scores(f_real, labels, hold, train, f_syn, syn_labels, images=images,
-                                   syn_images=syn_images, steps=config.classifier_steps, device=device)
+    encoder = {
+        "frechet": q.frechet_distance(f_real, f_syn),
+        "kid": kid_e[0],
+        "kid_std": kid_e[1],
+        "precision": precision,
+        "recall": recall,
+        "k": config.k_nn,
+        "epochs": config.encoder_epochs,
+        "loss": enc_loss,
+    }
+    memorised = {
+        "pixels": q.memorisation(_pixels(syn_images), pixels[hold], pixels[train]),
+        "encoder": q.memorisation(f_syn, f_real[hold], f_real[train]),
+    }
+    classifier = classifier_scores(
+        f_real,
+        labels,
+        hold,
+        train,
+        f_syn,
+        syn_labels,
+        images=images,
+        syn_images=syn_images,
+        steps=config.classifier_steps,
+        device=device,
+    )
     return {
         # the headline numbers under flat keys (the report's contract), the details below
-        "fd_morphology": morphology["frechet"], "kid_morphology": morphology["kid"],
-        "fd_encoder": encoder["frechet"], "kid_encoder": encoder["kid"],
-        "knn_precision": precision, "knn_recall": recall,
+        "fd_morphology": morphology["frechet"],
+        "kid_morphology": morphology["kid"],
+        "fd_encoder": encoder["frechet"],
+        "kid_encoder": encoder["kid"],
+        "knn_precision": precision,
+        "knn_recall": recall,
         "memorisation_ratio": memorised["encoder"]["ratio"],
         **{k: classifier[k] for k in CLASSIFIER_FIGURES},
-        "n_real": len(images), "n_train": len(train), "n_holdout": len(hold), "n_synthetic": len(syn_images),
-        "morphology": morphology, "encoder": encoder, "memorisation": memorised, "classifier": classifier,
+        "n_real": len(images),
+        "n_train": len(train),
+        "n_holdout": len(hold),
+        "n_synthetic": len(syn_images),
+        "morphology": morphology,
+        "encoder": encoder,
+        "memorisation": memorised,
+        "classifier": classifier,
     }
 
 
 #: classifier_scores' headline figures (also flat keys of quality.json); ``mixed``: labelled real +
 #: synthetic, only when some crops carry no label.
-CLASSIFIER_FIGURES = ("tstr_accuracy", "trtr_accuracy", "tstr_balanced_accuracy", "trtr_balanced_accuracy",
-                      "mixed_accuracy", "mixed_balanced_accuracy")
+CLASSIFIER_FIGURES = (
+    "tstr_accuracy",
+    "trtr_accuracy",
+    "tstr_balanced_accuracy",
+    "trtr_balanced_accuracy",
+    "mixed_accuracy",
+    "mixed_balanced_accuracy",
+)
 
 
-def classifier_scores(f_real: np.ndarray, labels: np.ndarray, hold: np.ndarray, train: np.ndarray,
-                      f_syn: np.ndarray, syn_labels: np.ndarray, *, images: np.ndarray | None = None,
-                      syn_images: np.ndarray | None = None, steps: int = 400,
-                      device: torch.device | str = "cpu") -> dict:
+def classifier_scores(
+    f_real: np.ndarray,
+    labels: np.ndarray,
+    hold: np.ndarray,
+    train: np.ndarray,
+    f_syn: np.ndarray,
+    syn_labels: np.ndarray,
+    *,
+    images: np.ndarray | None = None,
+    syn_images: np.ndarray | None = None,
+    steps: int = 400,
+    device: torch.device | str = "cpu",
+) -> dict:
     """Accuracy and balanced accuracy (mean recall over classes) on the labelled held-out crops of
     one fixed classifier trained on synthetic crops (labels from the category map: train on
     synthetic, test on real), on the labelled training crops (train on real: labelled real only)
@@ -401,26 +542,47 @@ def classifier_scores(f_real: np.ndarray, labels: np.ndarray, hold: np.ndarray, 
     logistic = {"tstr_accuracy": None, "trtr_accuracy": None}
     cnn: dict = {"steps": steps}
     if len(test):
-        logistic["tstr_accuracy"] = q.classifier_accuracy(f_syn[keep], syn_labels[keep], f_real[test], labels[test])
-        logistic["trtr_accuracy"] = q.classifier_accuracy(f_real[real_train], labels[real_train], f_real[test],
-                                                          labels[test])
-    sets = {"tstr": (syn_images[keep] if syn_images is not None else None, syn_labels[keep], None),
-            "trtr": (images[real_train] if images is not None else None, labels[real_train], None)}
+        logistic["tstr_accuracy"] = q.classifier_accuracy(
+            f_syn[keep], syn_labels[keep], f_real[test], labels[test]
+        )
+        logistic["trtr_accuracy"] = q.classifier_accuracy(
+            f_real[real_train], labels[real_train], f_real[test], labels[test]
+        )
+    sets = {
+        "tstr": (syn_images[keep] if syn_images is not None else None, syn_labels[keep], None),
+        "trtr": (images[real_train] if images is not None else None, labels[real_train], None),
+    }
     if partial and images is not None and syn_images is not None:
-        sets["mixed"] = (np.concatenate([images[real_train], syn_images[keep]]),
-                         np.concatenate([labels[real_train], syn_labels[keep]]),
-                         np.repeat([0, 1], [len(real_train), int(keep.sum())]))
+        sets["mixed"] = (
+            np.concatenate([images[real_train], syn_images[keep]]),
+            np.concatenate([labels[real_train], syn_labels[keep]]),
+            np.repeat([0, 1], [len(real_train), int(keep.sum())]),
+        )
     for name, (x, y, groups) in sets.items():
-        pred = (q.cnn_predict(x, y, images[test], steps=steps, device=device, groups=groups)
-                if len(test) and x is not None else None)
+        pred = (
+            q.cnn_predict(x, y, images[test], steps=steps, device=device, groups=groups)
+            if len(test) and x is not None
+            else None
+        )
         cnn[f"{name}_accuracy"] = None if pred is None else float((pred == labels[test]).mean())
         cnn[f"{name}_balanced_accuracy"] = None if pred is None else q.balanced_accuracy(labels[test], pred)
     headline = cnn if images is not None and syn_images is not None else logistic
-    model = ("small CNN on the pixels (balanced classes, 90-degree rotations and flips)"
-             if headline is cnn else "logistic regression on encoder features")
-    return {"model": model, **{k: headline.get(k) for k in CLASSIFIER_FIGURES},
-            "n_test": len(test), "n_test_classes": len(np.unique(labels[test])), "n_real_train": len(real_train),
-            "n_synthetic_train": int(keep.sum()), "labels_partial": partial, "cnn": cnn, "logistic": logistic}
+    model = (
+        "small CNN on the pixels (balanced classes, 90-degree rotations and flips)"
+        if headline is cnn
+        else "logistic regression on encoder features"
+    )
+    return {
+        "model": model,
+        **{k: headline.get(k) for k in CLASSIFIER_FIGURES},
+        "n_test": len(test),
+        "n_test_classes": len(np.unique(labels[test])),
+        "n_real_train": len(real_train),
+        "n_synthetic_train": int(keep.sum()),
+        "labels_partial": partial,
+        "cnn": cnn,
+        "logistic": logistic,
+    }
 
 
 # --------------------------------------------------------------------------------------
@@ -468,8 +630,10 @@ def _write_traversal(out_dir: Path, stem: str, imgs: np.ndarray) -> None:
     grid = imgs[:, :rows].transpose(1, 0, 2, 3, 4).reshape(-1, *imgs.shape[2:])
     _save_grid(out_dir / f"{stem}.png", grid, imgs.shape[0])
     scale = max(1, math.ceil(MIN_TILE / imgs.shape[2]))
-    frames = [image_grid(imgs[s, :rows].transpose(0, 3, 1, 2), rows).repeat(scale, 0).repeat(scale, 1)
-              for s in range(len(imgs))]
+    frames = [
+        image_grid(imgs[s, :rows].transpose(0, 3, 1, 2), rows).repeat(scale, 0).repeat(scale, 1)
+        for s in range(len(imgs))
+    ]
     save_gif(out_dir / f"{stem}.gif", frames + frames[-2:0:-1], duration_ms=150)  # back and forth
 
 

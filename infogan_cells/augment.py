@@ -68,8 +68,10 @@ def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.
     dev = images.device
     x = images
     if needs_float(config) and not x.is_floating_point():
-        raise ValueError("free rotations, zoom and intensity changes need floating-point images "
-                         "(convert with to_float first)")
+        raise ValueError(
+            "free rotations, zoom and intensity changes need floating-point images "
+            "(convert with to_float first)"
+        )
     if config.brightness > 0 or config.contrast > 0 or config.saturation > 0:
         x = _jitter_intensity(x, config, generator)
     if config.rotate > 0 or config.scale > 0:

@@ -66,5 +66,9 @@ def best_single_feature(features: pd.DataFrame, labels: np.ndarray, k: int) -> d
         return empty
     best = max(candidates, key=lambda name: candidates[name][CHOSEN_BY])
     log.info("best single feature: %s (%s %.3f)", best, CHOSEN_BY, candidates[best][CHOSEN_BY])
-    return {**candidates[best], "feature": best, "chosen_by": CHOSEN_BY,
-            "candidates": {name: scores[CHOSEN_BY] for name, scores in candidates.items()}}
+    return {
+        **candidates[best],
+        "feature": best,
+        "chosen_by": CHOSEN_BY,
+        "candidates": {name: scores[CHOSEN_BY] for name, scores in candidates.items()},
+    }

@@ -48,8 +48,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise InputError(f"device {name!r}: not a device name (use auto, cpu, cuda, cuda:N or mps)") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise InputError(f"device {name!r}: CUDA is not available on this machine "
-                             "(use --device cpu or auto)")
+            raise InputError(
+                f"device {name!r}: CUDA is not available on this machine (use --device cpu or auto)"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise InputError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
     elif dev.type == "mps":
@@ -75,9 +76,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if device.type == "cuda" and supported else "fp32"
     if not supported:
-        raise ConfigError(f"config key 'train.precision': bf16 is not supported on {device} "
-                          f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type}); "
-                          "use fp32 or auto")
+        raise ConfigError(
+            f"config key 'train.precision': bf16 is not supported on {device} "
+            f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type}); "
+            "use fp32 or auto"
+        )
     return "bf16"
 
 
@@ -106,8 +109,14 @@ def _net_entry(net: torch.nn.Module) -> dict:
     return {"kwargs": net.kwargs, "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
 
 
-def save_network(path: str | Path, *, G: Generator, D: Discriminator, G_ema: Generator | None = None,
-                 meta: dict[str, Any] | None = None) -> None:
+def save_network(
+    path: str | Path,
+    *,
+    G: Generator,
+    D: Discriminator,
+    G_ema: Generator | None = None,
+    meta: dict[str, Any] | None = None,
+) -> None:
     """Write G (and its EMA), D+Q and ``meta`` to ``path`` atomically."""
     payload = {
         "format": FORMAT,
@@ -141,8 +150,10 @@ def load_payload(path: str | Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, pickle with code, random bytes
-        raise InputError(f"{path}: not a readable infogan-cells network file ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0][:200]})") from None
+        raise InputError(
+            f"{path}: not a readable infogan-cells network file ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200]})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(f"{path}: not an infogan-cells network file (no format='{FORMAT}')")
     return payload
@@ -165,8 +176,9 @@ def _build(cls: type, entry: dict, device: torch.device | str, path: Path) -> to
     return net.to(device).eval()
 
 
-def load_generator(path: str | Path, *, ema: bool = True, device: torch.device | str = "cpu"
-                   ) -> tuple[Generator, LatentSpec, dict]:
+def load_generator(
+    path: str | Path, *, ema: bool = True, device: torch.device | str = "cpu"
+) -> tuple[Generator, LatentSpec, dict]:
     """Rebuild the generator (the EMA one when present and ``ema``) in eval mode.
 
     Returns ``(G, spec, meta)``; ``meta`` holds channel names, the learned prior and the config.
@@ -177,8 +189,9 @@ def load_generator(path: str | Path, *, ema: bool = True, device: torch.device |
     return G, G.spec, payload["meta"]
 
 
-def load_discriminator(path: str | Path, *, device: torch.device | str = "cpu"
-                       ) -> tuple[Discriminator, LatentSpec, dict]:
+def load_discriminator(
+    path: str | Path, *, device: torch.device | str = "cpu"
+) -> tuple[Discriminator, LatentSpec, dict]:
     """Rebuild D with its Q head in eval mode (the analysis assigns real crops with Q)."""
     payload = load_payload(path)
     D = _build(Discriminator, payload["discriminator"], device, Path(path))

@@ -22,10 +22,19 @@ log = logging.getLogger("infogan_cells")
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE",
-                   help="YAML config, the workflow's config file (default: the built-in defaults)")
-    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="set_",
-                   help="override a config key, e.g. --set train.batch_size=128 (repeatable)")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML config, the workflow's config file (default: the built-in defaults)",
+    )
+    p.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        dest="set_",
+        help="override a config key, e.g. --set train.batch_size=128 (repeatable)",
+    )
     _verbose_arg(p)
 
 
@@ -59,29 +68,41 @@ def _parse_shard(text: str) -> tuple[int, int]:
 def cmd_simulate(args: argparse.Namespace) -> None:
     cfg = _load(args, simulate={"n_images": args.images, "seed": args.seed})
     from infogan_cells.simulate import simulate_smears
+
     json_path = simulate_smears(args.out, cfg.simulate)
     print(json_path)
 
 
 def cmd_crop(args: argparse.Namespace) -> None:
-    cfg = _load(args, input={"path": args.input, "format": args.format, "segment": args.segment or None},
-                crop={"size": args.size, "keep_failed": args.keep_failed or None,
-                      "align": args.align or None})
+    cfg = _load(
+        args,
+        input={"path": args.input, "format": args.format, "segment": args.segment or None},
+        crop={"size": args.size, "keep_failed": args.keep_failed or None, "align": args.align or None},
+    )
     from infogan_cells.crop import crop
-    summary = crop(cfg.input.path, args.out, cfg.input, cfg.crop, images=args.images or None,
-                   config_text=dump_config(cfg))
+
+    summary = crop(
+        cfg.input.path,
+        args.out,
+        cfg.input,
+        cfg.crop,
+        images=args.images or None,
+        config_text=dump_config(cfg),
+    )
     log.info("crop summary: %s", summary)
 
 
 def cmd_merge_crops(args: argparse.Namespace) -> None:
     cfg = _load(args)
     from infogan_cells.crop import merge_crops
+
     merge_crops(args.parts, args.out, cfg.crop, config_text=dump_config(cfg))
 
 
 def cmd_list_images(args: argparse.Namespace) -> None:
     cfg = _load(args, input={"path": args.input, "format": args.format})
     from infogan_cells.readers import list_source_images
+
     for name in list_source_images(cfg.input.path, cfg.input.format, segment=cfg.input.segment):
         print(name)
 
@@ -89,18 +110,27 @@ def cmd_list_images(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     cfg = _load(args, device={"device": args.device})
     from infogan_cells.train import train
+
     out = Path(args.out)
     blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise InputError(f"{blocking}: is a file; --out {args.out} must name a run directory")
     seed = args.seed if args.seed is not None else cfg.train.seeds[0]
-    train(args.crops, args.out, cfg.train, seed=seed, device=cfg.device, progress=not args.no_progress,
-          resolved_config=cfg)
+    train(
+        args.crops,
+        args.out,
+        cfg.train,
+        seed=seed,
+        device=cfg.device,
+        progress=not args.no_progress,
+        resolved_config=cfg,
+    )
 
 
 def cmd_analyse(args: argparse.Namespace) -> None:
     cfg = _load(args, device={"device": args.device})
     from infogan_cells.analyse import analyse
+
     analyse(args.run, args.crops, args.out, cfg.analyse, device=cfg.device)
 
 
@@ -113,10 +143,19 @@ def cmd_compare_seeds(args: argparse.Namespace) -> None:
 def cmd_synthesise(args: argparse.Namespace) -> None:
     cfg = _load(args, device={"device": args.device}, synthesis={"n": args.n, "seed": args.seed})
     from infogan_cells.synthesise import synthesise
+
     shard = _parse_shard(args.shard)
-    synthesise(args.run, args.out, cfg.synthesis, shard=shard, tiff_dir=args.tiff,
-               per_category=args.per_category, overwrite=args.overwrite, device=cfg.device,
-               category_map=args.category_map)
+    synthesise(
+        args.run,
+        args.out,
+        cfg.synthesis,
+        shard=shard,
+        tiff_dir=args.tiff,
+        per_category=args.per_category,
+        overwrite=args.overwrite,
+        device=cfg.device,
+        category_map=args.category_map,
+    )
 
 
 def cmd_gather_synthesis(args: argparse.Namespace) -> None:
@@ -170,8 +209,12 @@ FORMATS = ["auto", "bbbc041", "csv", "folder", "tiff", "npz", "idx"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="infogan-cells", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="infogan-cells",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
 
@@ -184,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("crop", help="read images and boxes (or segment), crop, QC, write crops.h5")
     p.add_argument("--input", help="input file or folder (input.path)")
-    p.add_argument("--format", choices=FORMATS, help="input format (input.format; auto guesses from the path)")
+    p.add_argument(
+        "--format", choices=FORMATS, help="input format (input.format; auto guesses from the path)"
+    )
     p.add_argument("--size", type=int, help="crop side in pixels (crop.size)")
     p.add_argument("--segment", action="store_true", help="find cells by segmentation (no boxes)")
     p.add_argument("--keep-failed", action="store_true", help="keep QC failures, flagged")
@@ -202,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list-images", help="list the source images of an input (one job each)")
     p.add_argument("--input", help="input file or folder (input.path)")
-    p.add_argument("--format", choices=FORMATS, help="input format (input.format; auto guesses from the path)")
+    p.add_argument(
+        "--format", choices=FORMATS, help="input format (input.format; auto guesses from the path)"
+    )
     _config_args(p)
     p.set_defaults(func=cmd_list_images)
 
@@ -224,8 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_analyse)
 
     p = sub.add_parser("compare-seeds", help="compare the analyses of several seeds and pick one")
-    p.add_argument("analyses", nargs="+", type=Path, metavar="ANALYSIS",
-                   help="analysis folders, named after their seed (seed0, seed1, ...)")
+    p.add_argument(
+        "analyses",
+        nargs="+",
+        type=Path,
+        metavar="ANALYSIS",
+        help="analysis folders, named after their seed (seed0, seed1, ...)",
+    )
     p.add_argument("--out", required=True, type=Path, help="output folder (index.html, seeds.json)")
     _verbose_arg(p)
     p.set_defaults(func=cmd_compare_seeds)
@@ -245,7 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_synthesise)
 
     p = sub.add_parser("gather-synthesis", help="join shards with an HDF5 virtual dataset")
-    p.add_argument("shards", nargs="+", type=Path, metavar="SHARD", help="shard files made by 'synthesise --shard'")
+    p.add_argument(
+        "shards", nargs="+", type=Path, metavar="SHARD", help="shard files made by 'synthesise --shard'"
+    )
     p.add_argument("--out", required=True, type=Path, help="output master HDF5")
     p.add_argument("--tiff", type=Path, help="write per-category TIFF stacks here")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -267,8 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     try:
         args.func(args)
     except InputError as err:

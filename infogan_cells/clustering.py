@@ -18,15 +18,23 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-__all__ = ["contingency", "hungarian_mapping", "hungarian_accuracy", "many_to_one_accuracy", "agreement",
-           "assign_with_q"]
+__all__ = [
+    "contingency",
+    "hungarian_mapping",
+    "hungarian_accuracy",
+    "many_to_one_accuracy",
+    "agreement",
+    "assign_with_q",
+]
 
 
 def contingency(y_true: Sequence, y_pred: Sequence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Counts (n_clusters, n_classes) of each (cluster, class) pair, with the cluster and class values."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if y_true.shape != y_pred.shape or y_true.ndim != 1:
-        raise ValueError(f"y_true and y_pred must be 1-d and of equal length, got {y_true.shape}, {y_pred.shape}")
+        raise ValueError(
+            f"y_true and y_pred must be 1-d and of equal length, got {y_true.shape}, {y_pred.shape}"
+        )
     classes, t = np.unique(y_true, return_inverse=True)
     clusters, p = np.unique(y_pred, return_inverse=True)
     counts = np.zeros((len(clusters), len(classes)), np.int64)
@@ -63,14 +71,17 @@ def many_to_one_accuracy(y_true: Sequence, y_pred: Sequence) -> float:
 
 def agreement(y_true: Sequence, y_pred: Sequence) -> dict[str, float]:
     """``acc`` (Hungarian), ``nmi``, ``ari`` and ``purity`` (many-to-one) of a clustering."""
-    return {"acc": hungarian_accuracy(y_true, y_pred),
-            "nmi": float(normalized_mutual_info_score(y_true, y_pred)),
-            "ari": float(adjusted_rand_score(y_true, y_pred)),
-            "purity": many_to_one_accuracy(y_true, y_pred)}
+    return {
+        "acc": hungarian_accuracy(y_true, y_pred),
+        "nmi": float(normalized_mutual_info_score(y_true, y_pred)),
+        "ari": float(adjusted_rand_score(y_true, y_pred)),
+        "purity": many_to_one_accuracy(y_true, y_pred),
+    }
 
 
-def assign_with_q(D, images: np.ndarray, *, code: int = 0, batch_size: int = 256, device="cpu"
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def assign_with_q(
+    D, images: np.ndarray, *, code: int = 0, batch_size: int = 256, device="cpu"
+) -> tuple[np.ndarray, np.ndarray]:
     """Q's category for each real crop.
 
     D : a :class:`~infogan_cells.networks.Discriminator` (put in eval mode here);
@@ -86,7 +97,7 @@ def assign_with_q(D, images: np.ndarray, *, code: int = 0, batch_size: int = 256
     probs = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).to(dev)
+            x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(dev)
             x = to_float(x.permute(0, 3, 1, 2))
             q = D.q_head(D.trunk(x))
             probs.append(torch.softmax(q.cat_logits[code].float(), dim=1).cpu())

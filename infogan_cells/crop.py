@@ -88,8 +88,9 @@ OBS_COLUMNS = (*REQUIRED_OBS, *QC_COLUMNS, *SCALE_COLUMNS)
 # Image functions: arrays in, new arrays out
 
 
-def channel_limits(image: np.ndarray, *, method: str = "percentile",
-                   percentiles: Sequence[float] = (0.5, 99.5)) -> tuple[np.ndarray, np.ndarray]:
+def channel_limits(
+    image: np.ndarray, *, method: str = "percentile", percentiles: Sequence[float] = (0.5, 99.5)
+) -> tuple[np.ndarray, np.ndarray]:
     """The values mapped to 0 and 255, per channel: ``(low (C,), high (C,))`` float64.
 
     ``image`` is (M, N, C) or a stack (K, M, N, C) of any real dtype. Large images are
@@ -111,8 +112,9 @@ def channel_limits(image: np.ndarray, *, method: str = "percentile",
         base = pixels.min(axis=0).astype(np.int64)
         span = int((pixels.max(axis=0).astype(np.int64) - base).max()) + 1
         if span <= 1 << 16:
-            hist = np.stack([np.bincount(pixels[:, k].astype(np.int64) - base[k], minlength=span)
-                             for k in range(c)])
+            hist = np.stack(
+                [np.bincount(pixels[:, k].astype(np.int64) - base[k], minlength=span) for k in range(c)]
+            )
             lo, hi = _histogram_levels(hist, percentiles)
             return lo + base, hi + base
     pixels = pixels.astype(np.float64)
@@ -128,8 +130,9 @@ def to_uint8(image: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def normalise(image: np.ndarray, *, method: str = "percentile",
-              percentiles: Sequence[float] = (0.5, 99.5)) -> np.ndarray:
+def normalise(
+    image: np.ndarray, *, method: str = "percentile", percentiles: Sequence[float] = (0.5, 99.5)
+) -> np.ndarray:
     """Per-channel normalisation of an (M, N, C) image (or a (K, M, N, C) stack) to uint8."""
     lo, hi = channel_limits(image, method=method, percentiles=percentiles)
     return to_uint8(image, lo, hi)
@@ -160,16 +163,16 @@ def box_problems(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     h = boxes[:, 2] - boxes[:, 0]
     w = boxes[:, 3] - boxes[:, 1]
     out = np.full(len(boxes), "", dtype=object)
-    outside = ((boxes[:, 2] <= 0) | (boxes[:, 3] <= 0)
-               | (boxes[:, 0] >= shape[0]) | (boxes[:, 1] >= shape[1]))
+    outside = (boxes[:, 2] <= 0) | (boxes[:, 3] <= 0) | (boxes[:, 0] >= shape[0]) | (boxes[:, 1] >= shape[1])
     out[outside] = "outside_image"
     out[(h == 0) | (w == 0)] = "empty_box"
     out[~np.isfinite(boxes).all(axis=1) | (h < 0) | (w < 0)] = "bad_box"
     return out
 
 
-def crop_windows(boxes: np.ndarray, *, margin: float = 0.15, whole: bool = False,
-                 window: int | None = None) -> np.ndarray:
+def crop_windows(
+    boxes: np.ndarray, *, margin: float = 0.15, whole: bool = False, window: int | None = None
+) -> np.ndarray:
     """Square windows (K, 3) int64 (min_row, min_col, side) centred on boxes (K, 4).
 
     The side is ``max(h, w) * (1 + 2 * margin)``, or ``max(h, w)`` with ``whole`` (the box is
@@ -180,16 +183,25 @@ def crop_windows(boxes: np.ndarray, *, margin: float = 0.15, whole: bool = False
     if window is not None:
         side = np.full(len(boxes), float(window))
     else:
-        side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) * (1 if whole else 1 + 2 * margin)
+        side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) * (
+            1 if whole else 1 + 2 * margin
+        )
     side = np.maximum(1, np.round(side)).astype(np.int64)
     r0 = np.round((boxes[:, 0] + boxes[:, 2] - side) / 2).astype(np.int64)
     c0 = np.round((boxes[:, 1] + boxes[:, 3] - side) / 2).astype(np.int64)
     return np.stack([r0, c0, side], axis=1)
 
 
-def crop_cells(image, boxes: np.ndarray, *, size: int = 64, margin: float = 0.15,
-               background: Sequence[int] | None = None, whole: bool = False,
-               window: int | None = None) -> np.ndarray:
+def crop_cells(
+    image,
+    boxes: np.ndarray,
+    *,
+    size: int = 64,
+    margin: float = 0.15,
+    background: Sequence[int] | None = None,
+    whole: bool = False,
+    window: int | None = None,
+) -> np.ndarray:
     """Cut one square crop per box, centred on it, resized to ``size``.
 
     Parameters
@@ -215,13 +227,22 @@ def crop_cells(image, boxes: np.ndarray, *, size: int = 64, margin: float = 0.15
         Downsizing averages over each output pixel's area (anti-aliased); enlarging is bilinear.
     """
     fill = None if background is None else np.asarray(background)
-    return _crop_planes(_planes(image), boxes, size=size, margin=margin, fill=fill, whole=whole,
-                        window=window)
+    return _crop_planes(
+        _planes(image), boxes, size=size, margin=margin, fill=fill, whole=whole, window=window
+    )
 
 
-def _crop_planes(planes: list[Image.Image], boxes: np.ndarray, *, size: int, margin: float,
-                 fill: np.ndarray | None, whole: bool, lut: np.ndarray | None = None,
-                 window: int | None = None) -> np.ndarray:
+def _crop_planes(
+    planes: list[Image.Image],
+    boxes: np.ndarray,
+    *,
+    size: int,
+    margin: float,
+    fill: np.ndarray | None,
+    whole: bool,
+    lut: np.ndarray | None = None,
+    window: int | None = None,
+) -> np.ndarray:
     """:func:`crop_cells` on PIL images holding the channels; ``lut`` (256, C) maps the result.
 
     Each crop is pasted into one tall PIL image per plane, converted to an array once: a
@@ -238,7 +259,7 @@ def _crop_planes(planes: list[Image.Image], boxes: np.ndarray, *, size: int, mar
     first = 0
     for plane in planes:
         bands = len(plane.getbands())
-        value = tuple(fill[first:first + bands]) if bands > 1 else fill[first]
+        value = tuple(fill[first : first + bands]) if bands > 1 else fill[first]
         atlas = Image.new(plane.mode, (size, size * n))
         for k, (r0, c0, side) in enumerate(windows.tolist()):
             resample = Image.Resampling.BOX if side >= size else Image.Resampling.BILINEAR
@@ -251,8 +272,8 @@ def _crop_planes(planes: list[Image.Image], boxes: np.ndarray, *, size: int, mar
                 small = canvas.resize((size, size), resample)
             atlas.paste(small, (0, k * size))
         if lut is not None:
-            atlas = atlas.point(lut[:, first:first + bands].T.ravel().tolist())
-        out[..., first:first + bands] = np.asarray(atlas).reshape(n, size, size, bands)
+            atlas = atlas.point(lut[:, first : first + bands].T.ravel().tolist())
+        out[..., first : first + bands] = np.asarray(atlas).reshape(n, size, size, bands)
         first += bands
     return out
 
@@ -266,8 +287,9 @@ def box_regions(boxes: np.ndarray, windows: np.ndarray, size: int) -> np.ndarray
     return np.clip(region, 0, size).astype(np.int64)
 
 
-def align_cells(crops: np.ndarray, masks: np.ndarray,
-                background: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def align_cells(
+    crops: np.ndarray, masks: np.ndarray, background: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Rotate each crop so its cell's major axis is horizontal: (crops, angles in degrees).
 
     ``masks`` (N, H, W) bool: each crop's cell. The angle comes from ``regionprops``
@@ -288,9 +310,9 @@ def align_cells(crops: np.ndarray, masks: np.ndarray,
         first = 0
         for plane in _planes(crops[k]):
             bands = len(plane.getbands())
-            value = tuple(planes_fill[first:first + bands]) if bands > 1 else planes_fill[first]
+            value = tuple(planes_fill[first : first + bands]) if bands > 1 else planes_fill[first]
             rotated = np.asarray(plane.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=value))
-            out[k, :, :, first:first + bands] = rotated if rotated.ndim == 3 else rotated[..., None]
+            out[k, :, :, first : first + bands] = rotated if rotated.ndim == 3 else rotated[..., None]
             first += bands
     return out, angles
 
@@ -323,9 +345,17 @@ def reinhard(rgb: np.ndarray, stats: np.ndarray, reference: np.ndarray = GIEMSA_
 # The stage
 
 
-def crop(input_path: str | Path, out_path: str | Path, input_cfg: InputConfig, crop_cfg: CropConfig, *,
-         images: Sequence[str] | None = None, config_text: str = "",
-         montage_dir: str | Path | None = None, montages: bool = True) -> dict:
+def crop(
+    input_path: str | Path,
+    out_path: str | Path,
+    input_cfg: InputConfig,
+    crop_cfg: CropConfig,
+    *,
+    images: Sequence[str] | None = None,
+    config_text: str = "",
+    montage_dir: str | Path | None = None,
+    montages: bool = True,
+) -> dict:
     """Crop every cell of an input into a crop store (``crops.h5`` + ``crops.csv`` + QC montages).
 
     ``images`` limits the job to these source images (one workflow job per image); the
@@ -334,26 +364,42 @@ def crop(input_path: str | Path, out_path: str | Path, input_cfg: InputConfig, c
     stored in the store's attributes.
     """
     out_path = Path(out_path)
-    cells = read_cells(input_path, input_cfg.format, segment=input_cfg.segment,
-                       images=list(images) if images is not None else None)
+    cells = read_cells(
+        input_path,
+        input_cfg.format,
+        segment=input_cfg.segment,
+        images=list(images) if images is not None else None,
+    )
     reference = _stain_reference(crop_cfg)
     groups = cells.boxes.groupby("source").indices if len(cells.boxes) else {}
     tasks = []
     for i, source in enumerate(cells.sources):
         rows = cells.boxes.iloc[groups.get(i, [])]
-        boxes = None if cells.segment else _Boxes(rows["source_index"].to_numpy(np.int64),
-                                                  rows[list(BOX_COLUMNS)].to_numpy(np.float64),
-                                                  rows["label"].astype(str).to_numpy(dtype=object))
+        boxes = (
+            None
+            if cells.segment
+            else _Boxes(
+                rows["source_index"].to_numpy(np.int64),
+                rows[list(BOX_COLUMNS)].to_numpy(np.float64),
+                rows["label"].astype(str).to_numpy(dtype=object),
+            )
+        )
         tasks.append((source, boxes, cells.segment, crop_cfg, reference))
     results = _run(tasks, crop_cfg.workers)
 
     channel_names = _channel_names(cells.channel_names, results, cells.sources)
     nonempty = [r for r in results if r.n_crops]
     size = crop_cfg.size
-    crops = (np.concatenate([r.crops for r in nonempty]) if nonempty
-             else np.zeros((0, size, size, len(channel_names)), np.uint8))
-    obs = (pd.DataFrame({c: np.concatenate([r.obs[c] for r in nonempty]) for c in OBS_COLUMNS})
-           if nonempty else _empty_obs())
+    crops = (
+        np.concatenate([r.crops for r in nonempty])
+        if nonempty
+        else np.zeros((0, size, size, len(channel_names)), np.uint8)
+    )
+    obs = (
+        pd.DataFrame({c: np.concatenate([r.obs[c] for r in nonempty]) for c in OBS_COLUMNS})
+        if nonempty
+        else _empty_obs()
+    )
     skipped = collections.Counter()
     skipped_images = collections.Counter()
     for r in results:
@@ -368,8 +414,11 @@ def crop(input_path: str | Path, out_path: str | Path, input_cfg: InputConfig, c
     deferred = images is not None
     _set_size_check(obs, crop_cfg, np.ones(len(obs), bool), verdict=not deferred)
     if not deferred:
-        problems = [f"{s.path}: {r.problem_text}" for s, r in zip(cells.sources, results, strict=True)
-                    if r.image_problem]
+        problems = [
+            f"{s.path}: {r.problem_text}"
+            for s, r in zip(cells.sources, results, strict=True)
+            if r.image_problem
+        ]
         _refuse_empty(str(cells.path), obs, crop_cfg, len(cells.sources), skipped, problems)
     summary = {
         "input": str(cells.path),
@@ -381,13 +430,27 @@ def crop(input_path: str | Path, out_path: str | Path, input_cfg: InputConfig, c
         "skipped_images": dict(sorted(skipped_images.items())),
         "size_qc": "deferred" if deferred else "applied",
     }
-    _finish(crops, obs, channel_names, summary, crop_cfg, out_path, config_text,
-            montage_dir if montages else False)
+    _finish(
+        crops,
+        obs,
+        channel_names,
+        summary,
+        crop_cfg,
+        out_path,
+        config_text,
+        montage_dir if montages else False,
+    )
     return summary
 
 
-def merge_crops(parts: Sequence[str | Path], out_path: str | Path, crop_cfg: CropConfig, *,
-                config_text: str = "", montage_dir: str | Path | None = None) -> dict:
+def merge_crops(
+    parts: Sequence[str | Path],
+    out_path: str | Path,
+    crop_cfg: CropConfig,
+    *,
+    config_text: str = "",
+    montage_dir: str | Path | None = None,
+) -> dict:
     """Join per-image crop stores into one, run the set-wide size check, write montages.
 
     The size check's median is taken over the crops that pass the other checks, as
@@ -400,32 +463,56 @@ def merge_crops(parts: Sequence[str | Path], out_path: str | Path, crop_cfg: Cro
     for path, part in zip(parts, sets, strict=True):
         missing = [c for c in OBS_COLUMNS if c not in part.obs.columns]
         if missing:
-            raise InputError(f"{path}: not a crop store made by `infogan-cells crop` "
-                             f"(no {', '.join(missing)})")
+            raise InputError(
+                f"{path}: not a crop store made by `infogan-cells crop` (no {', '.join(missing)})"
+            )
     shapes = {s.images.shape[1:] for s in sets if len(s)}
     if len(shapes) > 1:
         raise InputError(f"partial crop stores differ in crop shape: {sorted(shapes)}")
     channel_names = next((s.channel_names for s in sets if s.channel_names), [])
     nonempty = [s for s in sets if len(s)]
-    crops = (np.concatenate([s.images for s in nonempty]) if nonempty
-             else np.zeros((0, crop_cfg.size, crop_cfg.size, max(1, len(channel_names))), np.uint8))
+    crops = (
+        np.concatenate([s.images for s in nonempty])
+        if nonempty
+        else np.zeros((0, crop_cfg.size, crop_cfg.size, max(1, len(channel_names))), np.uint8)
+    )
     obs = pd.concat([s.obs for s in nonempty], ignore_index=True) if nonempty else sets[0].obs
     parts_summary = merge_summaries([s.summary for s in sets])
     carried = parts_summary.pop("qc_dropped", {})
     carried_n = parts_summary.pop("n_qc_dropped", 0)
-    summary = {k: v for k, v in parts_summary.items()
-               if k not in ("qc_failed", "n_qc_failed", "n_crops", "n_clipped")}
-    deferred = np.concatenate([np.full(len(s), s.summary.get("size_qc") == "deferred") for s in nonempty]
-                              or [np.zeros(0, bool)])
+    summary = {
+        k: v
+        for k, v in parts_summary.items()
+        if k not in ("qc_failed", "n_qc_failed", "n_crops", "n_clipped")
+    }
+    deferred = np.concatenate(
+        [np.full(len(s), s.summary.get("size_qc") == "deferred") for s in nonempty] or [np.zeros(0, bool)]
+    )
     if deferred.any():
         _set_size_check(obs, crop_cfg, deferred, verdict=True)
     inputs = sorted({str(s.summary.get("input", "")) for s in sets} - {""})
-    _refuse_empty(f"{', '.join(inputs) or 'merge-crops'} ({len(sets)} partial stores)", obs, crop_cfg,
-                  int(summary.get("n_sources", 0)), collections.Counter(summary.get("skipped", {})), [])
+    _refuse_empty(
+        f"{', '.join(inputs) or 'merge-crops'} ({len(sets)} partial stores)",
+        obs,
+        crop_cfg,
+        int(summary.get("n_sources", 0)),
+        collections.Counter(summary.get("skipped", {})),
+        [],
+    )
     summary["size_qc"] = "applied"
     summary.pop("keep_failed", None)
-    _finish(crops, obs, channel_names, summary, crop_cfg, Path(out_path), config_text or sets[0].config,
-            montage_dir, carried=carried, carried_n=carried_n)
+    _finish(
+        crops,
+        obs,
+        channel_names,
+        summary,
+        crop_cfg,
+        Path(out_path),
+        config_text or sets[0].config,
+        montage_dir,
+        carried=carried,
+        carried_n=carried_n,
+    )
     return summary
 
 
@@ -458,8 +545,9 @@ class _SourceResult:
         return len(self.crops)
 
 
-def _crop_source(source: ImageSource, boxes: _Boxes | None, segment: bool, cfg: CropConfig,
-                 reference: np.ndarray | None) -> _SourceResult:
+def _crop_source(
+    source: ImageSource, boxes: _Boxes | None, segment: bool, cfg: CropConfig, reference: np.ndarray | None
+) -> _SourceResult:
     size = cfg.size
     try:
         decoded = source.decode()
@@ -482,13 +570,16 @@ def _crop_source(source: ImageSource, boxes: _Boxes | None, segment: bool, cfg: 
     else:
         shape, n_channels = decoded.shape[-3:-1], decoded.shape[-1]
     if reference is not None and n_channels != 3:
-        raise InputError(f"{source.path}: crop.stain=reinhard needs RGB images, this one has "
-                         f"{n_channels} channel(s)")
+        raise InputError(
+            f"{source.path}: crop.stain=reinhard needs RGB images, this one has {n_channels} channel(s)"
+        )
     if segment:
         found = segment_boxes(pil_to_array(decoded) if isinstance(decoded, Image.Image) else decoded)
-        boxes = _Boxes(found["source_index"].to_numpy(np.int64),
-                       found[list(BOX_COLUMNS)].to_numpy(np.float64),
-                       found["label"].to_numpy(dtype=object))
+        boxes = _Boxes(
+            found["source_index"].to_numpy(np.int64),
+            found[list(BOX_COLUMNS)].to_numpy(np.float64),
+            found["label"].to_numpy(dtype=object),
+        )
 
     # Single-cell inputs have no box (NaN) or are stacks: the box is the whole image.
     coords = boxes.coords.copy()
@@ -496,8 +587,10 @@ def _crop_source(source: ImageSource, boxes: _Boxes | None, segment: bool, cfg: 
     if whole:
         coords[:] = [0, 0, shape[0], shape[1]]
     if cfg.window_px is not None and cfg.window_px > min(shape):
-        raise InputError(f"config key 'crop.window_px': {cfg.window_px} px is larger than the image "
-                         f"{source.path} ({shape[0]}x{shape[1]} px)")
+        raise InputError(
+            f"config key 'crop.window_px': {cfg.window_px} px is larger than the image "
+            f"{source.path} ({shape[0]}x{shape[1]} px)"
+        )
     problems = box_problems(coords, shape)
     good_cells = None
     if finite is not None:  # a float stack: skip its cells holding NaN or infinity
@@ -505,24 +598,41 @@ def _crop_source(source: ImageSource, boxes: _Boxes | None, segment: bool, cfg: 
         bad = (problems == "") & ~good_cells[boxes.index]
         problems[bad] = "non_finite"
     skipped = collections.Counter(p for p in problems if p)
-    messages = [f"{source.name}: {'cell' if source.is_stack else 'box'} "
-                f"{', '.join(map(str, boxes.index[problems == reason]))} "
-                f"{'holds NaN or infinite values, ' if reason == 'non_finite' else ''}skipped ({reason})"
-                for reason in sorted(skipped)]
+    messages = [
+        f"{source.name}: {'cell' if source.is_stack else 'box'} "
+        f"{', '.join(map(str, boxes.index[problems == reason]))} "
+        f"{'holds NaN or infinite values, ' if reason == 'non_finite' else ''}skipped ({reason})"
+        for reason in sorted(skipped)
+    ]
     ok = problems == ""
     index, coords, labels = boxes.index[ok], coords[ok], boxes.labels[ok]
     if not len(index):  # no box left to crop (or none to begin with)
-        return _SourceResult(np.zeros((0, size, size, n_channels), np.uint8), {}, len(problems), skipped,
-                             n_channels, messages=messages)
+        return _SourceResult(
+            np.zeros((0, size, size, n_channels), np.uint8),
+            {},
+            len(problems),
+            skipped,
+            n_channels,
+            messages=messages,
+        )
 
     known = np.zeros((0, 4)) if whole else coords  # boxes that mark where the background is not
     if isinstance(decoded, Image.Image):
         # 8-bit: crop the raw image, then normalise the crops with the image's lookup table
         lut, raw_background = _pil_levels(decoded, known, cfg)
-        crops = _crop_planes([decoded], coords, size=size, margin=cfg.margin, fill=raw_background,
-                             whole=whole, lut=lut, window=cfg.window_px)
-        background = (raw_background.astype(np.uint8) if lut is None
-                      else lut[raw_background, np.arange(n_channels)])
+        crops = _crop_planes(
+            [decoded],
+            coords,
+            size=size,
+            margin=cfg.margin,
+            fill=raw_background,
+            whole=whole,
+            lut=lut,
+            window=cfg.window_px,
+        )
+        background = (
+            raw_background.astype(np.uint8) if lut is None else lut[raw_background, np.arange(n_channels)]
+        )
         sample = _subsample(decoded) if reference is not None else None  # for the stain statistics
         if sample is not None and lut is not None:
             sample = lut[sample, np.arange(n_channels)]
@@ -535,11 +645,24 @@ def _crop_source(source: ImageSource, boxes: _Boxes | None, segment: bool, cfg: 
         if source.is_stack:
             crops = np.zeros((len(index), size, size, n_channels), np.uint8)
             for j, k in enumerate(index):
-                crops[j] = crop_cells(image[k], coords[j:j + 1], size=size, background=background,
-                                      whole=True, window=cfg.window_px)[0]
+                crops[j] = crop_cells(
+                    image[k],
+                    coords[j : j + 1],
+                    size=size,
+                    background=background,
+                    whole=True,
+                    window=cfg.window_px,
+                )[0]
         else:
-            crops = crop_cells(image, coords, size=size, margin=cfg.margin, background=background,
-                               whole=whole, window=cfg.window_px)
+            crops = crop_cells(
+                image,
+                coords,
+                size=size,
+                margin=cfg.margin,
+                background=background,
+                whole=whole,
+                window=cfg.window_px,
+            )
     if reference is not None and len(crops):
         stats = lab_stats(sample)
         crops = reinhard(crops, stats, reference)
@@ -587,17 +710,29 @@ def _crop_source(source: ImageSource, boxes: _Boxes | None, segment: bool, cfg: 
     return _SourceResult(crops, obs, len(problems), skipped, n_channels, messages=messages)
 
 
-def _unreadable(source: ImageSource, boxes: _Boxes | None, reason: str, what: str,
-                size: int) -> _SourceResult:
+def _unreadable(
+    source: ImageSource, boxes: _Boxes | None, reason: str, what: str, size: int
+) -> _SourceResult:
     n = 0 if boxes is None else len(boxes.index)
-    return _SourceResult(np.zeros((0, size, size, 1), np.uint8), {}, n,
-                         collections.Counter({reason: n} if n else {}), image_problem=reason,
-                         messages=[f"{source.path}: {what}; its {n} box(es) skipped ({reason})"],
-                         problem_text=what)
+    return _SourceResult(
+        np.zeros((0, size, size, 1), np.uint8),
+        {},
+        n,
+        collections.Counter({reason: n} if n else {}),
+        image_problem=reason,
+        messages=[f"{source.path}: {what}; its {n} box(es) skipped ({reason})"],
+        problem_text=what,
+    )
 
 
-def _refuse_empty(what: str, obs: pd.DataFrame, cfg: CropConfig, n_sources: int,
-                  skipped: collections.Counter, problems: list[str]) -> None:
+def _refuse_empty(
+    what: str,
+    obs: pd.DataFrame,
+    cfg: CropConfig,
+    n_sources: int,
+    skipped: collections.Counter,
+    problems: list[str],
+) -> None:
     """Raise :class:`InputError` when no crop would be stored: one line saying why.
 
     ``problems`` names the images that could not be read (the first three are listed).
@@ -607,15 +742,20 @@ def _refuse_empty(what: str, obs: pd.DataFrame, cfg: CropConfig, n_sources: int,
         return
     why = []
     if problems:
-        why.append(f"{len(problems)} unreadable image(s): " + "; ".join(problems[:3])
-                   + (f"; and {len(problems) - 3} more" if len(problems) > 3 else ""))
+        why.append(
+            f"{len(problems)} unreadable image(s): "
+            + "; ".join(problems[:3])
+            + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        )
     if skipped:
         why.append("boxes skipped: " + ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items())))
     if len(obs):
         failures = collections.Counter(r for rs in qc.split_reasons(obs["qc_reason"]) for r in rs)
-        why.append(f"all {len(obs)} crop(s) failed QC ("
-                   + ", ".join(f"{reason} {n}" for reason, n in sorted(failures.items()))
-                   + "; crop.keep_failed keeps them)")
+        why.append(
+            f"all {len(obs)} crop(s) failed QC ("
+            + ", ".join(f"{reason} {n}" for reason, n in sorted(failures.items()))
+            + "; crop.keep_failed keeps them)"
+        )
     if not why:
         why.append("no boxes in any image")
     raise InputError(f"{what}: no crops from {n_sources} image(s): {'; '.join(why)}; nothing written")
@@ -641,13 +781,16 @@ def _pil_levels(im: Image.Image, boxes: np.ndarray, cfg: CropConfig) -> tuple[np
     return lut, np.clip(np.round(raw), 0, 255).astype(np.int64)
 
 
-def _outside_boxes_median(grid: np.ndarray, boxes: np.ndarray, row_step: float,
-                          col_step: float) -> np.ndarray | None:
+def _outside_boxes_median(
+    grid: np.ndarray, boxes: np.ndarray, row_step: float, col_step: float
+) -> np.ndarray | None:
     """Median colour of a sampled image's pixels outside the boxes; None if under 5% are."""
     outside = np.ones(grid.shape[:2], bool)
     for r0, c0, r1, c1 in np.asarray(boxes, np.float64).reshape(-1, 4):
-        outside[max(0, int(r0 // row_step)):max(0, int(np.ceil(r1 / row_step))),
-                max(0, int(c0 // col_step)):max(0, int(np.ceil(c1 / col_step)))] = False
+        outside[
+            max(0, int(r0 // row_step)) : max(0, int(np.ceil(r1 / row_step))),
+            max(0, int(c0 // col_step)) : max(0, int(np.ceil(c1 / col_step))),
+        ] = False
     if outside.mean() < 0.05:
         return None
     return np.median(grid[outside], axis=0).astype(np.float64)
@@ -656,8 +799,14 @@ def _outside_boxes_median(grid: np.ndarray, boxes: np.ndarray, row_step: float,
 def _border_median(image: np.ndarray) -> np.ndarray:
     stack = image if image.ndim == 4 else image[None]
     c = stack.shape[-1]
-    ring = np.concatenate([stack[:, 0].reshape(-1, c), stack[:, -1].reshape(-1, c),
-                           stack[:, :, 0].reshape(-1, c), stack[:, :, -1].reshape(-1, c)])
+    ring = np.concatenate(
+        [
+            stack[:, 0].reshape(-1, c),
+            stack[:, -1].reshape(-1, c),
+            stack[:, :, 0].reshape(-1, c),
+            stack[:, :, -1].reshape(-1, c),
+        ]
+    )
     return np.median(ring, axis=0).astype(np.float64)
 
 
@@ -685,7 +834,7 @@ def _subsample(image) -> np.ndarray:
     if isinstance(image, Image.Image):
         image = pil_to_array(image.reduce(4) if min(image.size) >= 64 else image)
     pixels = image.reshape(-1, image.shape[-1])
-    return pixels[::max(1, len(pixels) // 250_000)]
+    return pixels[:: max(1, len(pixels) // 250_000)]
 
 
 def _inside_fraction(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -735,9 +884,19 @@ def _set_size_check(obs: pd.DataFrame, cfg: CropConfig, rows: np.ndarray, *, ver
     obs["qc_pass"] = obs["qc_reason"] == ""
 
 
-def _finish(crops: np.ndarray, obs: pd.DataFrame, channel_names: list[str], summary: dict, cfg: CropConfig,
-            out_path: Path, config_text: str, montage_dir, *, carried: dict | None = None,
-            carried_n: int = 0) -> None:
+def _finish(
+    crops: np.ndarray,
+    obs: pd.DataFrame,
+    channel_names: list[str],
+    summary: dict,
+    cfg: CropConfig,
+    out_path: Path,
+    config_text: str,
+    montage_dir,
+    *,
+    carried: dict | None = None,
+    carried_n: int = 0,
+) -> None:
     """Count QC failures, drop them (unless keep_failed), write the store and the montages.
 
     ``carried`` / ``carried_n``: failures (by reason) and crops already dropped by the parts
@@ -758,12 +917,26 @@ def _finish(crops: np.ndarray, obs: pd.DataFrame, channel_names: list[str], summ
     summary["window_px"] = cfg.window_px
     summary["pixel_size_um"] = cfg.pixel_size_um
     summary["crop_pixel_size_um"] = cfg.crop_pixel_size_um
-    log.info("%s: %d crops from %d boxes in %d images; skipped %s; QC failures %s%s", out_path,
-             summary["n_crops"], summary["n_boxes"], summary["n_sources"], summary["skipped"] or "none",
-             summary["qc_failed"] or "none", " (kept, flagged)" if cfg.keep_failed else " (dropped)")
+    log.info(
+        "%s: %d crops from %d boxes in %d images; skipped %s; QC failures %s%s",
+        out_path,
+        summary["n_crops"],
+        summary["n_boxes"],
+        summary["n_sources"],
+        summary["skipped"] or "none",
+        summary["qc_failed"] or "none",
+        " (kept, flagged)" if cfg.keep_failed else " (dropped)",
+    )
     obs = obs[list(OBS_COLUMNS)]
-    write_crop_store(out_path, crops[keep], obs[keep].reset_index(drop=True), channel_names,
-                     summary=summary, config=config_text, compression=STORE_GZIP_LEVEL)
+    write_crop_store(
+        out_path,
+        crops[keep],
+        obs[keep].reset_index(drop=True),
+        channel_names,
+        summary=summary,
+        config=config_text,
+        compression=STORE_GZIP_LEVEL,
+    )
     if montage_dir is not False:
         folder = Path(montage_dir) if montage_dir is not None else out_path.parent
         write_qc_montages(folder, out_path.stem, crops, obs["label"].to_numpy(), passed, crops[~passed])
@@ -776,8 +949,9 @@ def _run(tasks: list[tuple], workers: int) -> list[_SourceResult]:
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context) as pool:
         chunk = max(1, len(tasks) // (workers * 8))
-        return list(track(pool.map(_crop_source_star, tasks, chunksize=chunk), "crop", total=len(tasks),
-                          unit="image"))
+        return list(
+            track(pool.map(_crop_source_star, tasks, chunksize=chunk), "crop", total=len(tasks), unit="image")
+        )
 
 
 def _crop_source_star(task: tuple) -> _SourceResult:
@@ -799,28 +973,39 @@ def _stain_reference(cfg: CropConfig) -> np.ndarray | None:
     return lab_stats(_subsample(normalise(rgb, method=cfg.normalise, percentiles=cfg.percentiles)))
 
 
-def _channel_names(given: list[str] | None, results: list[_SourceResult],
-                   sources: list[ImageSource]) -> list[str]:
+def _channel_names(
+    given: list[str] | None, results: list[_SourceResult], sources: list[ImageSource]
+) -> list[str]:
     counts = [r.n_channels for r in results]
     known = [c for c in counts if c is not None]
     c = collections.Counter(known).most_common(1)[0][0] if known else (len(given) if given else 3)
     odd = next((s for s, n in zip(sources, counts, strict=True) if n is not None and n != c), None)
     if odd is not None:
-        raise InputError(f"{odd.path}: has {counts[sources.index(odd)]} channel(s) where the other images "
-                         f"have {c}; convert the images to one kind first")
+        raise InputError(
+            f"{odd.path}: has {counts[sources.index(odd)]} channel(s) where the other images "
+            f"have {c}; convert the images to one kind first"
+        )
     if given and len(given) == c:
         return list(given)
     return {1: ["gray"], 3: ["R", "G", "B"]}.get(c, [f"ch{k}" for k in range(c)])
 
 
 def _empty_obs() -> pd.DataFrame:
-    return pd.DataFrame({
-        "source_image": pd.Series([], dtype=object), "source_index": pd.Series([], dtype=np.int64),
-        **{c: pd.Series([], dtype=np.int64) for c in BOX_COLUMNS},
-        "label": pd.Series([], dtype=object), "qc_pass": pd.Series([], dtype=bool),
-        "qc_reason": pd.Series([], dtype=object), "qc_clipped": pd.Series([], dtype=bool),
-        "qc_inside": pd.Series([], dtype=np.float64), "qc_size_ratio": pd.Series([], dtype=np.float64),
-        "qc_n_cells": pd.Series([], dtype=np.int64), "qc_blur": pd.Series([], dtype=np.float64),
-        "box_height": pd.Series([], dtype=np.int64), "box_width": pd.Series([], dtype=np.int64),
-        "scale": pd.Series([], dtype=np.float64),
-    })
+    return pd.DataFrame(
+        {
+            "source_image": pd.Series([], dtype=object),
+            "source_index": pd.Series([], dtype=np.int64),
+            **{c: pd.Series([], dtype=np.int64) for c in BOX_COLUMNS},
+            "label": pd.Series([], dtype=object),
+            "qc_pass": pd.Series([], dtype=bool),
+            "qc_reason": pd.Series([], dtype=object),
+            "qc_clipped": pd.Series([], dtype=bool),
+            "qc_inside": pd.Series([], dtype=np.float64),
+            "qc_size_ratio": pd.Series([], dtype=np.float64),
+            "qc_n_cells": pd.Series([], dtype=np.int64),
+            "qc_blur": pd.Series([], dtype=np.float64),
+            "box_height": pd.Series([], dtype=np.int64),
+            "box_width": pd.Series([], dtype=np.int64),
+            "scale": pd.Series([], dtype=np.float64),
+        }
+    )

@@ -37,7 +37,11 @@ def _open(path: Path, fmt: str = FORMAT) -> h5py.File:
         raise InputError(f"{path}: not an HDF5 file ({err})") from None
     if f.attrs.get("format") != fmt:
         f.close()
-        hint = "check it with 'infogan-cells validate'" if fmt == FORMAT else "make one with 'infogan-cells crop'"
+        hint = (
+            "check it with 'infogan-cells validate'"
+            if fmt == FORMAT
+            else "make one with 'infogan-cells crop'"
+        )
         raise InputError(f"{path}: not a {what} (no format='{fmt}'; {hint})")
     return f
 
@@ -112,30 +116,44 @@ class CropDataset(torch.utils.data.Dataset):
     chunked one per HDF5 chunk read one crop per item in any order (``docs/benchmarks.md``).
     """
 
-    def __init__(self, path: str | Path, target: str | pd.Series = "label", *,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 target_transform: Callable[[int], object] | None = None, passed_qc_only: bool = True):
+    def __init__(
+        self,
+        path: str | Path,
+        target: str | pd.Series = "label",
+        *,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        target_transform: Callable[[int], object] | None = None,
+        passed_qc_only: bool = True,
+    ):
         self.path = Path(path)
         self.transform, self.target_transform = transform, target_transform
         with _open(self.path, CROPS_FORMAT) as f:
             obs = read_crop_obs(f)
             self.channel_names = [str(c) for c in f["images"].attrs.get("channel_names", [])]
             self.image_shape = tuple(f["images"].shape[1:])
-        keep = obs["qc_pass"].to_numpy(dtype=bool) if passed_qc_only and "qc_pass" in obs else np.ones(len(obs), bool)
+        keep = (
+            obs["qc_pass"].to_numpy(dtype=bool)
+            if passed_qc_only and "qc_pass" in obs
+            else np.ones(len(obs), bool)
+        )
         self.classes: list[str] = []
         if isinstance(target, pd.Series):
             index = target.index.to_numpy()
             if not pd.api.types.is_integer_dtype(index.dtype) or ((index < 0) | (index >= len(obs))).any():
-                raise InputError(f"{self.path}: the target's index must be crop indices 0..{len(obs) - 1} "
-                                 "(rows of the store)")
+                raise InputError(
+                    f"{self.path}: the target's index must be crop indices 0..{len(obs) - 1} "
+                    "(rows of the store)"
+                )
             self.crop_index = index.astype(np.int64)
             values = target.to_numpy()
         elif target in obs.columns:
             self.crop_index = np.flatnonzero(keep)
             values = obs[target].to_numpy()[self.crop_index]
         else:
-            raise InputError(f"{self.path}: no obs column {target!r} to use as the target "
-                             f"(columns: {', '.join(obs.columns)})")
+            raise InputError(
+                f"{self.path}: no obs column {target!r} to use as the target "
+                f"(columns: {', '.join(obs.columns)})"
+            )
         if pd.api.types.is_integer_dtype(values.dtype):
             self.targets = values.astype(np.int64)
         else:  # names: their position in the sorted names, -1 for ""
@@ -160,7 +178,9 @@ class CropDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, object]:
         i = range(len(self))[i]
-        image = torch.from_numpy(self._dataset()[int(self.crop_index[i])]).permute(2, 0, 1).float().div_(255.0)
+        image = (
+            torch.from_numpy(self._dataset()[int(self.crop_index[i])]).permute(2, 0, 1).float().div_(255.0)
+        )
         if self.transform is not None:
             image = self.transform(image)
         target = int(self.targets[i])
@@ -181,5 +201,6 @@ def read_obs(path: str | Path) -> pd.DataFrame:
     """The data set's label table: one row per image, columns ``index, seed, category, label, confidence``."""
     with _open(Path(path)) as f:
         obs = f["obs"]
-        return pd.DataFrame({name: (obs[name].asstr()[:] if name == "label" else obs[name][:])
-                             for name in OBS_COLUMNS})
+        return pd.DataFrame(
+            {name: (obs[name].asstr()[:] if name == "label" else obs[name][:]) for name in OBS_COLUMNS}
+        )

@@ -77,10 +77,11 @@ def lattice(n_continuous: int, n_steps: int, r: float) -> tuple[str, np.ndarray]
     if n_continuous <= 2:
         idx = list(itertools.product(range(n_steps), repeat=n_continuous))
         return "grid", np.array([[steps[i] for i in p] for p in idx], dtype=np.float32).reshape(
-            len(idx), n_continuous)
+            len(idx), n_continuous
+        )
     values = np.zeros((n_continuous * n_steps, n_continuous), dtype=np.float32)
     for j in range(n_continuous):
-        values[j * n_steps:(j + 1) * n_steps, j] = steps
+        values[j * n_steps : (j + 1) * n_steps, j] = steps
     return "axes", values
 
 
@@ -106,13 +107,20 @@ def pack_sprite(tiles: np.ndarray, cols: int) -> np.ndarray:
     sheet = np.zeros((rows * h, cols * w, 3), dtype=np.uint8)
     for t in range(n):
         r, c = divmod(t, cols)
-        sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = tiles[t]
+        sheet[r * h : (r + 1) * h, c * w : (c + 1) * w] = tiles[t]
     return sheet
 
 
 @torch.inference_mode()
-def _render_category(G: torch.nn.Module, spec: LatentSpec, base: Latent, k: int, values: np.ndarray,
-                     device: torch.device, batch_size: int) -> np.ndarray:
+def _render_category(
+    G: torch.nn.Module,
+    spec: LatentSpec,
+    base: Latent,
+    k: int,
+    values: np.ndarray,
+    device: torch.device,
+    batch_size: int,
+) -> np.ndarray:
     """Images for category ``k``: every noise seed of ``base`` at every point of ``values``."""
     n_seeds, n_points = len(base), len(values)
     z = base.z.repeat_interleave(n_points, dim=0)
@@ -122,14 +130,23 @@ def _render_category(G: torch.nn.Module, spec: LatentSpec, base: Latent, k: int,
     cont = torch.from_numpy(values).repeat(n_seeds, 1)
     out = []
     for i in range(0, len(z), batch_size):
-        latent = Latent(z[i:i + batch_size], cat[i:i + batch_size], cont[i:i + batch_size]).to(device)
+        latent = Latent(z[i : i + batch_size], cat[i : i + batch_size], cont[i : i + batch_size]).to(device)
         out.append(to_rgb(G(to_input(spec, latent))))
     return np.concatenate(out)
 
 
-def render_explorer(run_dir: str | os.PathLike, analysis_dir: str | os.PathLike, report_dir: str | os.PathLike,
-                    *, n_noise_seeds: int = 4, n_steps: int = 7, device: str = "cpu",
-                    max_tiles: int = MAX_TILES, batch_size: int = 256, live: bool = True) -> Path:
+def render_explorer(
+    run_dir: str | os.PathLike,
+    analysis_dir: str | os.PathLike,
+    report_dir: str | os.PathLike,
+    *,
+    n_noise_seeds: int = 4,
+    n_steps: int = 7,
+    device: str = "cpu",
+    max_tiles: int = MAX_TILES,
+    batch_size: int = 256,
+    live: bool = True,
+) -> Path:
     """Write ``explorer.html`` and ``explorer/`` into ``report_dir`` (not atomically: callers build in a
     temporary folder). Category names and code meanings come from ``analysis_dir`` when present.
 
@@ -143,12 +160,23 @@ def render_explorer(run_dir: str | os.PathLike, analysis_dir: str | os.PathLike,
     n_cat = spec.categorical[0] if spec.categorical else 1
     n_tiles = n_cat * n_noise_seeds * len(values)
     size = G.img_size
-    log.info("explorer lattice: %d categories x %d noise seeds x %d code points (%s) = %d images of %dx%d "
-             "(%.1f MB of pixels before PNG compression)", n_cat, n_noise_seeds, len(values), mode, n_tiles,
-             size, size, n_tiles * size * size * 3 / 1e6)
+    log.info(
+        "explorer lattice: %d categories x %d noise seeds x %d code points (%s) = %d images of %dx%d "
+        "(%.1f MB of pixels before PNG compression)",
+        n_cat,
+        n_noise_seeds,
+        len(values),
+        mode,
+        n_tiles,
+        size,
+        size,
+        n_tiles * size * size * 3 / 1e6,
+    )
     if n_tiles > max_tiles:
-        raise InputError(f"explorer: the lattice would hold {n_tiles} images (limit {max_tiles}); lower "
-                         f"n_steps ({n_steps}) or n_noise_seeds ({n_noise_seeds})")
+        raise InputError(
+            f"explorer: the lattice would hold {n_tiles} images (limit {max_tiles}); lower "
+            f"n_steps ({n_steps}) or n_noise_seeds ({n_noise_seeds})"
+        )
 
     report_dir = Path(report_dir)
     data_dir = report_dir / "explorer"
@@ -164,25 +192,43 @@ def render_explorer(run_dir: str | os.PathLike, analysis_dir: str | os.PathLike,
         sheet = pack_sprite(_render_category(G, spec, base, k, values, dev, batch_size), cols)
         Image.fromarray(sheet).save(data_dir / f"cat{k:02d}.png", optimize=False)
         label = labels.get(k)
-        categories.append({"index": k, "label": label or "",
-                           "name": f"Category {k}" + (f" ({label})" if label else ""),
-                           "sprite": f"explorer/cat{k:02d}.png"})
+        categories.append(
+            {
+                "index": k,
+                "label": label or "",
+                "name": f"Category {k}" + (f" ({label})" if label else ""),
+                "sprite": f"explorer/cat{k:02d}.png",
+            }
+        )
     codes = []
     for j in range(spec.n_continuous):
         feature, rho = code_meaning(analysis, j) if analysis else (None, None)
         codes.append({"index": j, "name": f"c{j}", "feature": feature, "rho": rho})
-    data = {"tile": size, "cols": cols, "rows": math.ceil(per_category / cols), "mode": mode,
-            "n_steps": n_steps, "n_points": len(values), "steps": [round(float(v), 4) for v in
-                                                                    np.linspace(-1, 1, n_steps) *
-                                                                    spec.continuous_range],
-            "seeds": seeds, "codes": codes, "categories": categories,
-            "channels": [str(n) for n in (meta.get("channel_names") or [])][:min(G.channels, 3)]}
+    data = {
+        "tile": size,
+        "cols": cols,
+        "rows": math.ceil(per_category / cols),
+        "mode": mode,
+        "n_steps": n_steps,
+        "n_points": len(values),
+        "steps": [round(float(v), 4) for v in np.linspace(-1, 1, n_steps) * spec.continuous_range],
+        "seeds": seeds,
+        "codes": codes,
+        "categories": categories,
+        "channels": [str(n) for n in (meta.get("channel_names") or [])][: min(G.channels, 3)],
+    }
     (data_dir / "index.js").write_text(f"window.{DATA_GLOBAL} = {json.dumps(data, indent=1)};\n")
     live_info, why_not = _write_live(G, spec, data_dir) if live else (None, "not requested")
     scripts = ["explorer/index.js", "explorer.js", *(LIVE_SCRIPTS if live_info else ())]
     html_path = report_dir / "explorer.html"
-    html_path.write_text(page("Cell explorer", _body(data, n_tiles, live_info, why_not),
-                              nav='<nav><a href="index.html">&larr; Overview</a></nav>', scripts=scripts))
+    html_path.write_text(
+        page(
+            "Cell explorer",
+            _body(data, n_tiles, live_info, why_not),
+            nav='<nav><a href="index.html">&larr; Overview</a></nav>',
+            scripts=scripts,
+        )
+    )
     return html_path
 
 
@@ -214,23 +260,33 @@ def _body(data: dict, n_tiles: int, live: dict | None = None, why_not: str = "")
     sliders = []
     for c in data["codes"]:
         meaning = f" ≈ {c['feature']}" if c["feature"] else ""
-        sliders.append(f'<div class="code" id="code-{c["index"]}-box"><label for="code-{c["index"]}">'
-                       f'Code {esc(c["name"] + meaning)} <span class="readout" id="code-{c["index"]}-value">'
-                       f'</span></label><input type="range" id="code-{c["index"]}" min="0" '
-                       f'max="{data["n_steps"] - 1}" step="1" value="{centre}"></div>')
-    strip = "".join(f'<button type="button" data-category="{c["index"]}" title="{esc(c["name"])}">'
-                    f'<div class="tile"></div>{c["index"]}</button>' for c in data["categories"])
-    axes = ("<p class=\"explain\">This network has more than two continuous codes. To keep the number of "
-            "pictures small, each slider moves its own code while the others are held at 0.</p>"
-            if data["mode"] == "axes" else "")
+        sliders.append(
+            f'<div class="code" id="code-{c["index"]}-box"><label for="code-{c["index"]}">'
+            f'Code {esc(c["name"] + meaning)} <span class="readout" id="code-{c["index"]}-value">'
+            f'</span></label><input type="range" id="code-{c["index"]}" min="0" '
+            f'max="{data["n_steps"] - 1}" step="1" value="{centre}"></div>'
+        )
+    strip = "".join(
+        f'<button type="button" data-category="{c["index"]}" title="{esc(c["name"])}">'
+        f'<div class="tile"></div>{c["index"]}</button>'
+        for c in data["categories"]
+    )
+    axes = (
+        '<p class="explain">This network has more than two continuous codes. To keep the number of '
+        "pictures small, each slider moves its own code while the others are held at 0.</p>"
+        if data["mode"] == "axes"
+        else ""
+    )
     shown = ("grey",) if len(data["channels"]) == 1 else ("red", "green", "blue")
     colours = ", ".join(f"{col} = {name}" for col, name in zip(shown, data["channels"], strict=False))
     channels = f'<p class="explain">Colours: {esc(colours)}.</p>' if colours else ""
     if live:
         note = '<p id="live-status" class="explain">The live generator needs JavaScript.</p>'
     else:
-        note = (f'<p id="live-status" class="explain">The live generator is not in this report: {esc(why_not)}. '
-                f"The pictures below were rendered in advance.</p>")
+        note = (
+            f'<p id="live-status" class="explain">The live generator is not in this report: {esc(why_not)}. '
+            f"The pictures below were rendered in advance.</p>"
+        )
     return f"""<p class="lead">Conjure new cells: pick a category, then move the sliders. Each continuous code
 changes one aspect of the cell; the noise seed changes everything the codes do not control.</p>
 {note}{channels}
@@ -265,10 +321,12 @@ def _live_block(data: dict, live: dict) -> str:
     for c in data["codes"]:
         meaning = f" ≈ {c['feature']}" if c["feature"] else ""
         j = c["index"]
-        sliders.append(f'<div class="code"><label for="live-code-{j}">Code {esc(c["name"] + meaning)} '
-                       f'<span class="readout" id="live-code-{j}-value"></span></label>'
-                       f'<input type="range" id="live-code-{j}" min="{-r}" max="{r}" step="{r / 100:g}" '
-                       f'value="0"></div>')
+        sliders.append(
+            f'<div class="code"><label for="live-code-{j}">Code {esc(c["name"] + meaning)} '
+            f'<span class="readout" id="live-code-{j}-value"></span></label>'
+            f'<input type="range" id="live-code-{j}" min="{-r}" max="{r}" step="{r / 100:g}" '
+            f'value="0"></div>'
+        )
     size = live["img_size"]
     return f"""<div id="live" class="explorer" hidden>
 <canvas id="live-view" class="view live" width="{size}" height="{size}" role="img"
@@ -284,8 +342,16 @@ aria-label="generated cell"></canvas>
 </div>"""
 
 
-def write_explorer(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, n_noise_seeds: int = 4,
-                   n_steps: int = 7, device: str = "cpu", max_tiles: int = MAX_TILES, live: bool = True) -> Path:
+def write_explorer(
+    run_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    n_noise_seeds: int = 4,
+    n_steps: int = 7,
+    device: str = "cpu",
+    max_tiles: int = MAX_TILES,
+    live: bool = True,
+) -> Path:
     """Write the explorer into ``out_dir/report/`` (replacing an older one) and return its page.
 
     If the report's ``index.html`` is already there it is rewritten to link the explorer.
@@ -295,8 +361,16 @@ def write_explorer(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, n_
     report_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".explorer.", dir=report_dir))
     try:
-        render_explorer(run_dir, out_dir, tmp, n_noise_seeds=n_noise_seeds, n_steps=n_steps, device=device,
-                        max_tiles=max_tiles, live=live)
+        render_explorer(
+            run_dir,
+            out_dir,
+            tmp,
+            n_noise_seeds=n_noise_seeds,
+            n_steps=n_steps,
+            device=device,
+            max_tiles=max_tiles,
+            live=live,
+        )
         copy_assets(report_dir)
         replace_dir(tmp / "explorer", report_dir / "explorer")
         with atomic_path(report_dir / "explorer.html") as dest:

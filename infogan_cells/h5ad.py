@@ -26,8 +26,14 @@ from infogan_cells._io import atomic_path
 INDEX_KEY = "_index"
 
 
-def write_dataframe(parent: h5py.Group, name: str, frame: pd.DataFrame | None = None, *,
-                    columns: Sequence[str] | None = None, index_column: str | None = None) -> h5py.Group:
+def write_dataframe(
+    parent: h5py.Group,
+    name: str,
+    frame: pd.DataFrame | None = None,
+    *,
+    columns: Sequence[str] | None = None,
+    index_column: str | None = None,
+) -> h5py.Group:
     """Write ``frame`` as ``parent[name]`` in AnnData's dataframe encoding and return the group.
 
     Strings are written as UTF-8, booleans and numbers as they are (integers as int64, floats
@@ -56,8 +62,9 @@ def write_dataframe(parent: h5py.Group, name: str, frame: pd.DataFrame | None = 
             columns = [c for c in columns if c != index_column]
         else:
             n = len(group[columns[0]]) if columns else 0
-            group.create_dataset(INDEX_KEY, data=np.arange(n).astype(str).astype(object),
-                                 dtype=h5py.string_dtype("utf-8"))
+            group.create_dataset(
+                INDEX_KEY, data=np.arange(n).astype(str).astype(object), dtype=h5py.string_dtype("utf-8")
+            )
             index_key = INDEX_KEY
     _mark(group[index_key])
     group.attrs.update({"encoding-type": "dataframe", "encoding-version": "0.2.0", "_index": index_key})
@@ -76,15 +83,23 @@ def read_dataframe(group: h5py.Group) -> pd.DataFrame:
         elem = group[col]
         if isinstance(elem, h5py.Group):  # categorical
             categories = _read_array(elem["categories"])
-            data[col] = pd.Categorical.from_codes(elem["codes"][...], categories=categories,
-                                                  ordered=bool(elem.attrs.get("ordered", False)))
+            data[col] = pd.Categorical.from_codes(
+                elem["codes"][...], categories=categories, ordered=bool(elem.attrs.get("ordered", False))
+            )
         else:
             data[col] = _read_array(elem)
     return pd.DataFrame(data)
 
 
-def write_h5ad(path: str | Path, X: np.ndarray, obs: pd.DataFrame, var: pd.DataFrame, *,
-               obsm: Mapping[str, np.ndarray] | None = None, uns: Mapping[str, str] | None = None) -> None:
+def write_h5ad(
+    path: str | Path,
+    X: np.ndarray,
+    obs: pd.DataFrame,
+    var: pd.DataFrame,
+    *,
+    obsm: Mapping[str, np.ndarray] | None = None,
+    uns: Mapping[str, str] | None = None,
+) -> None:
     """Write an ``.h5ad`` file (AnnData 0.1.0 layout) atomically: ``X`` (n_obs, n_var) dense,
     ``obs`` and ``var`` dataframes, dense ``obsm`` arrays of n_obs rows, ``uns`` strings."""
     X = np.asarray(X)
@@ -98,8 +113,14 @@ def write_h5ad(path: str | Path, X: np.ndarray, obs: pd.DataFrame, var: pd.DataF
         _mark(f.create_dataset("X", data=X))
         write_dataframe(f, "obs", obs)
         write_dataframe(f, "var", var)
-        for name, items in (("obsm", obsm), ("varm", None), ("obsp", None), ("varp", None), ("layers", None),
-                            ("uns", uns)):
+        for name, items in (
+            ("obsm", obsm),
+            ("varm", None),
+            ("obsp", None),
+            ("varp", None),
+            ("layers", None),
+            ("uns", uns),
+        ):
             group = f.create_group(name)
             group.attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
             for key, value in (items or {}).items():
@@ -116,14 +137,17 @@ def write_h5ad(path: str | Path, X: np.ndarray, obs: pd.DataFrame, var: pd.DataF
 def _write_column(group: h5py.Group, name: str, values: pd.Series) -> None:
     if isinstance(values.dtype, pd.CategoricalDtype):
         cat = group.create_group(name)
-        cat.attrs.update({"encoding-type": "categorical", "encoding-version": "0.2.0",
-                          "ordered": bool(values.cat.ordered)})
+        cat.attrs.update(
+            {"encoding-type": "categorical", "encoding-version": "0.2.0", "ordered": bool(values.cat.ordered)}
+        )
         _mark(cat.create_dataset("codes", data=values.cat.codes.to_numpy()))
         categories = values.cat.categories
         if pd.api.types.is_numeric_dtype(categories.dtype):
             _mark(cat.create_dataset("categories", data=categories.to_numpy()))
         else:
-            _mark(cat.create_dataset("categories", data=_strings(categories), dtype=h5py.string_dtype("utf-8")))
+            _mark(
+                cat.create_dataset("categories", data=_strings(categories), dtype=h5py.string_dtype("utf-8"))
+            )
     elif values.dtype == bool:
         _mark(group.create_dataset(name, data=values.to_numpy(dtype=bool)))
     elif pd.api.types.is_integer_dtype(values.dtype):
@@ -136,8 +160,10 @@ def _write_column(group: h5py.Group, name: str, values: pd.Series) -> None:
 
 def _strings(values: Sequence) -> np.ndarray:
     """UTF-8 strings, ``""`` for missing values."""
-    return np.array([("" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)) for v in values],
-                    dtype=object)
+    return np.array(
+        [("" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)) for v in values],
+        dtype=object,
+    )
 
 
 def _mark(ds: h5py.Dataset) -> None:

@@ -52,8 +52,9 @@ def to_input(spec: LatentSpec, latent: Latent) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
-def _draw_cat(spec: LatentSpec, n: int, generator: torch.Generator,
-              cat_probs: Sequence[torch.Tensor] | None) -> torch.Tensor:
+def _draw_cat(
+    spec: LatentSpec, n: int, generator: torch.Generator, cat_probs: Sequence[torch.Tensor] | None
+) -> torch.Tensor:
     dev = generator.device
     cols = []
     for j, k in enumerate(spec.categorical):
@@ -68,9 +69,15 @@ def _draw_cat(spec: LatentSpec, n: int, generator: torch.Generator,
     return torch.stack(cols, dim=1) if cols else torch.zeros(n, 0, dtype=torch.long, device=dev)
 
 
-def sample_latent(spec: LatentSpec, n: int, *, generator: torch.Generator,
-                  cat_probs: Sequence[torch.Tensor] | None = None, truncation: float = 1.0,
-                  device: torch.device | str | None = None) -> Latent:
+def sample_latent(
+    spec: LatentSpec,
+    n: int,
+    *,
+    generator: torch.Generator,
+    cat_probs: Sequence[torch.Tensor] | None = None,
+    truncation: float = 1.0,
+    device: torch.device | str | None = None,
+) -> Latent:
     """Draw ``n`` samples from ``generator``, on the generator's device (then moved to ``device``
     when one is given).
 
@@ -115,12 +122,17 @@ def seed_uniforms(seeds: np.ndarray, n: int) -> np.ndarray:
         key = _mix64(seeds.astype(np.uint64) + _GAMMA)
         ctr = np.arange(1, n + 1, dtype=np.uint64) * _GAMMA
         bits = _mix64(key[:, None] + ctr[None, :])
-    return ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53
+    return ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
 
 
-def sample_latent_by_seed(spec: LatentSpec, seeds: Sequence[int] | np.ndarray, *,
-                          cat_probs: Sequence[torch.Tensor] | None = None, truncation: float = 1.0,
-                          device: torch.device | str = "cpu") -> Latent:
+def sample_latent_by_seed(
+    spec: LatentSpec,
+    seeds: Sequence[int] | np.ndarray,
+    *,
+    cat_probs: Sequence[torch.Tensor] | None = None,
+    truncation: float = 1.0,
+    device: torch.device | str = "cpu",
+) -> Latent:
     """One sample per seed: sample ``k`` depends on ``seeds[k]`` alone, never on the batch it is
     drawn in, and the whole batch is drawn with array operations (no Python call per sample).
 
@@ -137,7 +149,7 @@ def sample_latent_by_seed(spec: LatentSpec, seeds: Sequence[int] | np.ndarray, *
     angle = 2.0 * np.pi * u2
     z = np.empty((len(seeds), n_z), np.float64)
     z[:, 0::2], z[:, 1::2] = radius * np.cos(angle), radius * np.sin(angle)
-    z = z[:, :spec.z_dim] * truncation
+    z = z[:, : spec.z_dim] * truncation
     cat = np.zeros((len(seeds), n_cat), np.int64)
     for j, k in enumerate(spec.categorical):
         uj = u[:, n_z + j]
@@ -146,13 +158,22 @@ def sample_latent_by_seed(spec: LatentSpec, seeds: Sequence[int] | np.ndarray, *
             cat[:, j] = np.minimum(np.searchsorted(np.cumsum(p / p.sum()), uj, side="right"), k - 1)
         else:
             cat[:, j] = np.minimum((uj * k).astype(np.int64), k - 1)
-    cont = (u[:, n_z + n_cat:] * 2 - 1) * spec.continuous_range
-    return Latent(torch.from_numpy(z.astype(np.float32)), torch.from_numpy(cat),
-                  torch.from_numpy(cont.astype(np.float32))).to(device)
+    cont = (u[:, n_z + n_cat :] * 2 - 1) * spec.continuous_range
+    return Latent(
+        torch.from_numpy(z.astype(np.float32)),
+        torch.from_numpy(cat),
+        torch.from_numpy(cont.astype(np.float32)),
+    ).to(device)
 
 
-def latent_grid(spec: LatentSpec, *, n_steps: int = 8, code: int = 0, generator: torch.Generator,
-                device: torch.device | str = "cpu") -> Latent:
+def latent_grid(
+    spec: LatentSpec,
+    *,
+    n_steps: int = 8,
+    code: int = 0,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+) -> Latent:
     """A fixed grid for sample sheets: rows = categories of the first categorical code, columns =
     a sweep of continuous code ``code`` from -r to r; one z per row, other codes at 0.
 
@@ -167,5 +188,8 @@ def latent_grid(spec: LatentSpec, *, n_steps: int = 8, code: int = 0, generator:
     if spec.n_continuous:
         cont[:, :, code % spec.n_continuous] = torch.linspace(-1, 1, n_steps) * spec.continuous_range
     n = n_rows * n_steps  # explicit: -1 cannot be inferred for an empty (no categorical code) block
-    return Latent(z.reshape(n, spec.z_dim).clone(), cat.reshape(n, len(spec.categorical)),
-                  cont.reshape(n, spec.n_continuous)).to(device)
+    return Latent(
+        z.reshape(n, spec.z_dim).clone(),
+        cat.reshape(n, len(spec.categorical)),
+        cont.reshape(n, spec.n_continuous),
+    ).to(device)

@@ -44,8 +44,11 @@ def find_runtime() -> Path | None:
     """onnxruntime-web's ``dist/`` folder: ``$ORT_WEB_DIR`` when set, else the one ``./setup.sh --dev``
     installs in the checkout (``.web/node_modules/onnxruntime-web/dist``); None when it lacks a file."""
     env = os.environ.get("ORT_WEB_DIR")
-    folder = (Path(env) if env else
-              Path(__file__).resolve().parents[1] / ".web" / "node_modules" / "onnxruntime-web" / "dist")
+    folder = (
+        Path(env)
+        if env
+        else Path(__file__).resolve().parents[1] / ".web" / "node_modules" / "onnxruntime-web" / "dist"
+    )
     return folder if all((folder / name).is_file() for name in RUNTIME_FILES) else None
 
 
@@ -67,9 +70,18 @@ def export_generator(G: torch.nn.Module, path: str | os.PathLike) -> Path:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(cpu, (x,), str(path), input_names=["x"], output_names=["image"], dynamo=True,
-                              opset_version=OPSET, dynamic_shapes={"x": {0: batch}}, verbose=False,
-                              external_data=False)
+            torch.onnx.export(
+                cpu,
+                (x,),
+                str(path),
+                input_names=["x"],
+                output_names=["image"],
+                dynamo=True,
+                opset_version=OPSET,
+                dynamic_shapes={"x": {0: batch}},
+                verbose=False,
+                external_data=False,
+            )
     finally:
         registration.setLevel(level)
     return path
@@ -84,8 +96,9 @@ def _cpu_copy(G: torch.nn.Module) -> torch.nn.Module:
     return cpu
 
 
-def write_live_files(G: torch.nn.Module, spec: LatentSpec, data_dir: str | os.PathLike,
-                     runtime: Path) -> dict:
+def write_live_files(
+    G: torch.nn.Module, spec: LatentSpec, data_dir: str | os.PathLike, runtime: Path
+) -> dict:
     """Export ``G`` and pack it and the runtime under ``data_dir`` (the report's ``explorer/``).
 
     Returns what the page needs to know (also written into ``model.js``): the script files to
@@ -96,25 +109,45 @@ def write_live_files(G: torch.nn.Module, spec: LatentSpec, data_dir: str | os.Pa
     ort_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="onnx-") as tmp:
         model = export_generator(G, Path(tmp) / "G.onnx").read_bytes()
-    info = {"z_dim": spec.z_dim, "categorical": list(spec.categorical), "n_continuous": spec.n_continuous,
-            "range": spec.continuous_range, "input_dim": spec.input_dim, "img_size": int(G.img_size),
-            "channels": int(G.channels), "input": "x", "output": "image", "opset": OPSET,
-            "ort_web": ORT_WEB_VERSION, "model_bytes": len(model)}
+    info = {
+        "z_dim": spec.z_dim,
+        "categorical": list(spec.categorical),
+        "n_continuous": spec.n_continuous,
+        "range": spec.continuous_range,
+        "input_dim": spec.input_dim,
+        "img_size": int(G.img_size),
+        "channels": int(G.channels),
+        "input": "x",
+        "output": "image",
+        "opset": OPSET,
+        "ort_web": ORT_WEB_VERSION,
+        "model_bytes": len(model),
+    }
     (data_dir / "model.js").write_text(
         f"window.{MODEL_GLOBAL} = {json.dumps(info)};\n"
-        f"window.{MODEL_GLOBAL}.model = \"{base64.b64encode(model).decode()}\";\n")
+        f'window.{MODEL_GLOBAL}.model = "{base64.b64encode(model).decode()}";\n'
+    )
     (ort_dir / "ort.wasm.min.js").write_bytes((runtime / "ort.wasm.min.js").read_bytes())
     glue = (runtime / "ort-wasm-simd-threaded.mjs").read_text()
     (ort_dir / "glue.js").write_text(f"window.INFOGAN_ORT_GLUE = {json.dumps(glue)};\n")
     wasm = (runtime / "ort-wasm-simd-threaded.wasm").read_bytes()
-    (ort_dir / "wasm.js").write_text(f"window.INFOGAN_ORT_WASM = \"{base64.b64encode(wasm).decode()}\";\n")
-    log.info("live explorer: generator exported to ONNX (%.1f kB), onnxruntime-web %s packed (%.1f MB)",
-             len(model) / 1e3, ORT_WEB_VERSION, len(wasm) * 4 / 3 / 1e6)
+    (ort_dir / "wasm.js").write_text(f'window.INFOGAN_ORT_WASM = "{base64.b64encode(wasm).decode()}";\n')
+    log.info(
+        "live explorer: generator exported to ONNX (%.1f kB), onnxruntime-web %s packed (%.1f MB)",
+        len(model) / 1e3,
+        ORT_WEB_VERSION,
+        len(wasm) * 4 / 3 / 1e6,
+    )
     return info
 
 
 #: The scripts of the live explorer, relative to the report folder, in load order.
-LIVE_SCRIPTS = ("explorer/ort/ort.wasm.min.js", "explorer/ort/glue.js", "explorer/ort/wasm.js",
-                "explorer/model.js", "explorer/live.js")
+LIVE_SCRIPTS = (
+    "explorer/ort/ort.wasm.min.js",
+    "explorer/ort/glue.js",
+    "explorer/ort/wasm.js",
+    "explorer/model.js",
+    "explorer/live.js",
+)
 
 __all__ = ["LIVE_SCRIPTS", "ORT_WEB_VERSION", "export_generator", "find_runtime", "write_live_files"]

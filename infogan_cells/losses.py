@@ -97,8 +97,11 @@ class InfoLoss:
             mu, log_sigma = q.cont_mu.float(), q.cont_log_sigma.float()
             nll = log_sigma + 0.5 * ((latent.cont - mu) * torch.exp(-log_sigma)) ** 2 + _HALF_LOG_2PI
             cont = nll.sum(dim=1).mean()
-        out = {"Loss/Q/info": self.lambda_cat * cat + self.lambda_cont * cont, "Loss/Q/cat": cat,
-               "Loss/Q/cont": cont}
+        out = {
+            "Loss/Q/info": self.lambda_cat * cat + self.lambda_cont * cont,
+            "Loss/Q/cat": cat,
+            "Loss/Q/cont": cont,
+        }
         if q.cat_logits:
             out["Acc/Q/cat"] = (q.cat_logits[0].detach().argmax(1) == latent.cat[:, 0]).float().mean()
         return out

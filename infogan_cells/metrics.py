@@ -59,8 +59,12 @@ def category_summary(categories: np.ndarray, table: pd.DataFrame) -> dict:
     for k in range(len(table)):
         row = table.iloc[k]
         n_labelled = int(row.sum())
-        entry = {"size": int(sizes[k]), "purity": None, "majority_label": None,
-                 "label_counts": {str(lab): int(v) for lab, v in row.items() if v > 0}}
+        entry = {
+            "size": int(sizes[k]),
+            "purity": None,
+            "majority_label": None,
+            "label_counts": {str(lab): int(v) for lab, v in row.items() if v > 0},
+        }
         if n_labelled:
             entry["majority_label"] = str(row.idxmax())
             entry["purity"] = float(row.max() / n_labelled)
@@ -68,8 +72,9 @@ def category_summary(categories: np.ndarray, table: pd.DataFrame) -> dict:
     return out
 
 
-def spearman_table(codes: np.ndarray, features: pd.DataFrame, *,
-                   code_names: Sequence[str] | None = None) -> pd.DataFrame:
+def spearman_table(
+    codes: np.ndarray, features: pd.DataFrame, *, code_names: Sequence[str] | None = None
+) -> pd.DataFrame:
     """Spearman's rho and its p-value for every (code, feature) pair.
 
     codes : (N, J) values of J codes; features : N rows. A constant feature (or code) has no
@@ -102,8 +107,10 @@ def name_codes(table: pd.DataFrame) -> dict:
     """
     out = {}
     for code, group in table.groupby("code", sort=False):
-        rhos = {f: (None if np.isnan(r) else float(r)) for f, r in zip(group["feature"], group["rho"],
-                                                                         strict=True)}
+        rhos = {
+            f: (None if np.isnan(r) else float(r))
+            for f, r in zip(group["feature"], group["rho"], strict=True)
+        }
         defined = {f: r for f, r in rhos.items() if r is not None}
         best = max(defined, key=lambda f: abs(defined[f])) if defined else None
         out[str(code)] = {"feature": best, "rho": defined.get(best) if best else None, "all": rhos}

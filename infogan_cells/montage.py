@@ -50,7 +50,7 @@ def montage(crops: np.ndarray, *, ncols: int = 8, max_tiles: int = MAX_TILES, pa
     for k in range(n):
         r, q = divmod(k, ncols)
         top, left = pad + r * (h + pad), pad + q * (w + pad)
-        grid[top:top + h, left:left + w] = crops[k]
+        grid[top : top + h, left : left + w] = crops[k]
     return grid.squeeze(axis=2) if channels == 1 else grid
 
 
@@ -70,8 +70,14 @@ def write_montage(path: str | Path, crops: np.ndarray) -> Path:
     return path
 
 
-def write_qc_montages(folder: str | Path, stem: str, crops: np.ndarray, labels: Sequence[str],
-                      passed: np.ndarray, rejected: np.ndarray) -> list[Path]:
+def write_qc_montages(
+    folder: str | Path,
+    stem: str,
+    crops: np.ndarray,
+    labels: Sequence[str],
+    passed: np.ndarray,
+    rejected: np.ndarray,
+) -> list[Path]:
     """One montage per label of the crops that passed QC, and ``<stem>_montage_rejected.png``.
 
     ``rejected`` (M, H, W, C) holds the failed crops (kept or dropped); its montage is written

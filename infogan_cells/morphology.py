@@ -27,8 +27,15 @@ MIN_CONTRAST = 8.0
 
 #: Columns used as a feature vector (k-means baseline, Fréchet distance): everything but the
 #: raw orientation angle, which is circular and enters through its double-angle cosine and sine.
-FEATURES = ("area", "eccentricity", "orientation_cos2", "orientation_sin2", "intensity", "focus",
-            "centroid_offset")
+FEATURES = (
+    "area",
+    "eccentricity",
+    "orientation_cos2",
+    "orientation_sin2",
+    "intensity",
+    "focus",
+    "centroid_offset",
+)
 
 
 def _otsu_thresholds(values: np.ndarray, nbins: int = 256) -> np.ndarray:
@@ -48,7 +55,7 @@ def _otsu_thresholds(values: np.ndarray, nbins: int = 256) -> np.ndarray:
         between = w0 * w1 * (m0 / w0 - m1 / w1) ** 2
     between = np.nan_to_num(between[:, :-1], nan=-1.0)
     best = np.argmax(between, axis=1)
-    return (lo[:, 0] + (best + 1) * width[:, 0])
+    return lo[:, 0] + (best + 1) * width[:, 0]
 
 
 def foreground_mask(images: np.ndarray) -> np.ndarray:
@@ -89,13 +96,23 @@ def foreground_mask(images: np.ndarray) -> np.ndarray:
 
 def _focus(grey: np.ndarray) -> np.ndarray:
     """Variance of the 4-neighbour Laplacian of each (H, W) image in ``grey`` (N, H, W)."""
-    lap = (grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] + grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:]
-           - 4 * grey[:, 1:-1, 1:-1])
+    lap = (
+        grey[:, :-2, 1:-1]
+        + grey[:, 2:, 1:-1]
+        + grey[:, 1:-1, :-2]
+        + grey[:, 1:-1, 2:]
+        - 4 * grey[:, 1:-1, 1:-1]
+    )
     return lap.reshape(len(grey), -1).var(axis=1)
 
 
-def measure_morphology(images: np.ndarray, *, channel_names: Sequence[str] | None = None,
-                       masks: np.ndarray | None = None, chunk: int = 512) -> pd.DataFrame:
+def measure_morphology(
+    images: np.ndarray,
+    *,
+    channel_names: Sequence[str] | None = None,
+    masks: np.ndarray | None = None,
+    chunk: int = 512,
+) -> pd.DataFrame:
     """Measure the cell in each crop.
 
     Parameters
@@ -138,8 +155,8 @@ def measure_morphology(images: np.ndarray, *, channel_names: Sequence[str] | Non
         raise ValueError(f"masks must be {images.shape[:3]}, got {masks.shape}")
     parts = []
     for i in range(0, max(n, 1), chunk):
-        part = images[i:i + chunk]
-        part_masks = foreground_mask(part) if masks is None else masks[i:i + chunk]
+        part = images[i : i + chunk]
+        part_masks = foreground_mask(part) if masks is None else masks[i : i + chunk]
         parts.append(_measure(part, part_masks, names))
     return pd.concat(parts, ignore_index=True)
 
@@ -191,8 +208,13 @@ def _measure(images: np.ndarray, masks: np.ndarray, names: list[str]) -> pd.Data
     return pd.DataFrame(out)
 
 
-def intensity_features(images: np.ndarray, *, channel_names: Sequence[str] | None = None,
-                       masks: np.ndarray | None = None, erode: int = 2) -> pd.DataFrame:
+def intensity_features(
+    images: np.ndarray,
+    *,
+    channel_names: Sequence[str] | None = None,
+    masks: np.ndarray | None = None,
+    erode: int = 2,
+) -> pd.DataFrame:
     """One-number intensity summaries of the cell in each crop, per channel.
 
     Parameters
@@ -220,7 +242,9 @@ def intensity_features(images: np.ndarray, *, channel_names: Sequence[str] | Non
     if len(names) != c:
         raise ValueError(f"{len(names)} channel names for {c} channels")
     masks = foreground_mask(images) if masks is None else np.asarray(masks, dtype=bool)
-    inner = ndi.binary_erosion(masks, structure=np.ones((1, 3, 3), bool), iterations=erode) if erode else masks
+    inner = (
+        ndi.binary_erosion(masks, structure=np.ones((1, 3, 3), bool), iterations=erode) if erode else masks
+    )
     inner = np.where(inner.any(axis=(1, 2))[:, None, None], inner, masks)
     x = images.astype(np.float64)
     border = np.concatenate([x[:, 0], x[:, -1], x[:, 1:-1, 0], x[:, 1:-1, -1]], axis=1)

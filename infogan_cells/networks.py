@@ -43,21 +43,34 @@ class Generator(nn.Module):
     ReLU, halving the channels; ``width`` is the channel count of the last hidden layer.
     """
 
-    def __init__(self, spec: LatentSpec | dict, img_size: int = 64, channels: int = 3, width: int = 64,
-                 max_width: int = 512):
+    def __init__(
+        self,
+        spec: LatentSpec | dict,
+        img_size: int = 64,
+        channels: int = 3,
+        width: int = 64,
+        max_width: int = 512,
+    ):
         super().__init__()
         self.spec = spec if isinstance(spec, LatentSpec) else LatentSpec(**spec)
-        self.kwargs = dict(spec=_spec_dict(spec), img_size=img_size, channels=channels, width=width,
-                           max_width=max_width)
+        self.kwargs = dict(
+            spec=_spec_dict(spec), img_size=img_size, channels=channels, width=width, max_width=max_width
+        )
         n = _n_levels(img_size)
         chans = [min(width * 2 ** (n - 1 - i), max_width) for i in range(n)]  # 4x4 ... H/2
         self.img_size, self.channels = img_size, channels
-        self.fc = nn.Sequential(nn.Linear(self.spec.input_dim, chans[0] * 16, bias=False),
-                                nn.BatchNorm1d(chans[0] * 16), nn.ReLU(inplace=True))
+        self.fc = nn.Sequential(
+            nn.Linear(self.spec.input_dim, chans[0] * 16, bias=False),
+            nn.BatchNorm1d(chans[0] * 16),
+            nn.ReLU(inplace=True),
+        )
         layers: list[nn.Module] = []
         for cin, cout in zip(chans[:-1], chans[1:], strict=True):
-            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout),
-                       nn.ReLU(inplace=True)]
+            layers += [
+                nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
         layers += [nn.ConvTranspose2d(chans[-1], channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
         self._c0 = chans[0]
@@ -84,18 +97,37 @@ class Discriminator(nn.Module):
     logit (B,); ``q_head`` a :class:`QOutput`. ``forward`` returns both.
     """
 
-    def __init__(self, spec: LatentSpec | dict, img_size: int = 64, channels: int = 3, width: int = 64,
-                 max_width: int = 512, spectral_norm: bool = False, q_hidden: int = 128, q_overcluster: int = 0):
+    def __init__(
+        self,
+        spec: LatentSpec | dict,
+        img_size: int = 64,
+        channels: int = 3,
+        width: int = 64,
+        max_width: int = 512,
+        spectral_norm: bool = False,
+        q_hidden: int = 128,
+        q_overcluster: int = 0,
+    ):
         super().__init__()
         self.spec = spec if isinstance(spec, LatentSpec) else LatentSpec(**spec)
-        self.kwargs = dict(spec=_spec_dict(spec), img_size=img_size, channels=channels, width=width,
-                           max_width=max_width, spectral_norm=spectral_norm, q_hidden=q_hidden)
+        self.kwargs = dict(
+            spec=_spec_dict(spec),
+            img_size=img_size,
+            channels=channels,
+            width=width,
+            max_width=max_width,
+            spectral_norm=spectral_norm,
+            q_hidden=q_hidden,
+        )
         if q_overcluster:  # only when used, so checkpoints without it keep their constructor arguments
             self.kwargs["q_overcluster"] = q_overcluster
         n = _n_levels(img_size)
-        chans = [min(width * 2 ** i, max_width) for i in range(n)]  # H/2 ... 4x4
+        chans = [min(width * 2**i, max_width) for i in range(n)]  # H/2 ... 4x4
         sn = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
-        layers: list[nn.Module] = [sn(nn.Conv2d(channels, chans[0], 4, 2, 1)), nn.LeakyReLU(0.2, inplace=True)]
+        layers: list[nn.Module] = [
+            sn(nn.Conv2d(channels, chans[0], 4, 2, 1)),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
         for cin, cout in zip(chans[:-1], chans[1:], strict=True):
             layers.append(sn(nn.Conv2d(cin, cout, 4, 2, 1, bias=spectral_norm)))
             if not spectral_norm:
@@ -105,8 +137,12 @@ class Discriminator(nn.Module):
         feat = chans[-1] * 16
         self.d_head = nn.Sequential(nn.Flatten(), sn(nn.Linear(feat, 1)))
         n_out = self.spec.n_cat_dims + 2 * self.spec.n_continuous
-        self.q_net = nn.Sequential(nn.Flatten(), nn.Linear(feat, q_hidden), nn.LeakyReLU(0.2, inplace=True),
-                                   nn.Linear(q_hidden, max(n_out, 1)))
+        self.q_net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(feat, q_hidden),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(q_hidden, max(n_out, 1)),
+        )
         # an auxiliary categorical head on Q's hidden layer with more categories than the code
         # (IIC's over-clustering head): trained only by the pair-MI term, it shapes the features
         self.q_over = nn.Linear(q_hidden, q_overcluster) if q_overcluster else None
@@ -124,11 +160,11 @@ class Discriminator(nn.Module):
             over = self.q_over(hidden) if self.q_over is not None else None
         logits, i = [], 0
         for k in self.spec.categorical:
-            logits.append(out[:, i:i + k])
+            logits.append(out[:, i : i + k])
             i += k
         nc = self.spec.n_continuous
-        mu = out[:, i:i + nc]
-        log_sigma = out[:, i + nc:i + 2 * nc].clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX)
+        mu = out[:, i : i + nc]
+        log_sigma = out[:, i + nc : i + 2 * nc].clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX)
         return QOutput(logits, mu, log_sigma, over)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, QOutput]:
@@ -145,7 +181,9 @@ def init_weights(module: nn.Module, *, generator: torch.Generator | None = None)
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             w = getattr(m, "parametrizations", None)
-            weight = m.parametrizations.weight.original if w is not None and hasattr(w, "weight") else m.weight
+            weight = (
+                m.parametrizations.weight.original if w is not None and hasattr(w, "weight") else m.weight
+            )
             with torch.no_grad():
                 nn.init.normal_(weight, 0.0, 0.02, generator=generator)
                 if w is not None and hasattr(w, "weight"):

@@ -30,8 +30,9 @@ def _to_rgb_tiles(images: np.ndarray) -> np.ndarray:
     return np.repeat(side[..., None], 3, axis=3)
 
 
-def image_grid(images: np.ndarray, n_cols: int, *, pad: int = 1, pad_value: int = 255,
-               group_cols: int | None = None) -> np.ndarray:
+def image_grid(
+    images: np.ndarray, n_cols: int, *, pad: int = 1, pad_value: int = 255, group_cols: int | None = None
+) -> np.ndarray:
     """Tile images into one picture.
 
     images : (N, C, H, W) uint8 in row-major order, or float in [-1, 1]; n_cols : tiles per row.
@@ -50,7 +51,7 @@ def image_grid(images: np.ndarray, n_cols: int, *, pad: int = 1, pad_value: int 
     for i in range(n):
         r, c = divmod(i, n_cols)
         y, x = pad + r * (h + pad), int(col0[c])
-        out[y:y + h, x:x + w] = tiles[i]
+        out[y : y + h, x : x + w] = tiles[i]
     return out
 
 

@@ -29,8 +29,15 @@ def use_bars(enabled: bool | None) -> None:
     _bars = enabled
 
 
-def progress(total: int | None, desc: str, *, unit: str = "it", initial: int = 0, enable: bool = True,
-             interval: float = INTERVAL_S) -> Any:
+def progress(
+    total: int | None,
+    desc: str,
+    *,
+    unit: str = "it",
+    initial: int = 0,
+    enable: bool = True,
+    interval: float = INTERVAL_S,
+) -> Any:
     """A progress counter with tqdm's ``update(n)``, ``set_postfix(mapping)`` and ``close()``
     (also a context manager): a tqdm bar on a terminal, else :class:`LogProgress`; a counter
     that shows nothing when ``enable`` is false."""
@@ -39,12 +46,14 @@ def progress(total: int | None, desc: str, *, unit: str = "it", initial: int = 0
         from tqdm.auto import tqdm
 
         return tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True)
-    return LogProgress(total, desc, unit=unit, initial=initial, interval=interval if enable else float("inf"),
-                       final=enable)
+    return LogProgress(
+        total, desc, unit=unit, initial=initial, interval=interval if enable else float("inf"), final=enable
+    )
 
 
-def track(iterable: Iterable[T], desc: str, *, total: int | None = None, unit: str = "it",
-          enable: bool = True) -> Iterator[T]:
+def track(
+    iterable: Iterable[T], desc: str, *, total: int | None = None, unit: str = "it", enable: bool = True
+) -> Iterator[T]:
     """Yield from ``iterable``, counting one unit per item (see :func:`progress`)."""
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
@@ -58,8 +67,17 @@ class LogProgress:
     """Counts units and logs ``desc: done/total unit (pct%), elapsed, rate[, postfix]`` at most
     every ``interval`` seconds, and once at ``close()`` when ``final``."""
 
-    def __init__(self, total: int | None, desc: str, *, unit: str = "it", initial: int = 0,
-                 interval: float = INTERVAL_S, final: bool = True, clock=time.monotonic):
+    def __init__(
+        self,
+        total: int | None,
+        desc: str,
+        *,
+        unit: str = "it",
+        initial: int = 0,
+        interval: float = INTERVAL_S,
+        final: bool = True,
+        clock=time.monotonic,
+    ):
         self.total, self.desc, self.unit, self.n = total, desc, unit, initial
         self.interval, self.final, self._clock = interval, final, clock
         self._start = self._last = clock()

@@ -137,8 +137,17 @@ def laplacian_variance(crops: np.ndarray) -> np.ndarray:
     grey = crops[..., 0].astype(np.int16)
     for k in range(1, crops.shape[3]):
         grey += crops[..., k]
-    lap = (grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] + grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:]
-           - 4 * grey[:, 1:-1, 1:-1]).reshape(len(crops), -1).astype(np.int32)
+    lap = (
+        (
+            grey[:, :-2, 1:-1]
+            + grey[:, 2:, 1:-1]
+            + grey[:, 1:-1, :-2]
+            + grey[:, 1:-1, 2:]
+            - 4 * grey[:, 1:-1, 1:-1]
+        )
+        .reshape(len(crops), -1)
+        .astype(np.int32)
+    )
     count = max(1, lap.shape[1])
     mean = lap.sum(axis=1, dtype=np.int64) / count
     var = np.einsum("ij,ij->i", lap, lap, dtype=np.int64) / count - mean**2

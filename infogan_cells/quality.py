@@ -60,8 +60,9 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(max(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * cross, 0.0))
 
 
-def kernel_distance(a: np.ndarray, b: np.ndarray, *, n_subsets: int = 50, subset_size: int = 1000,
-                    rng: np.random.Generator) -> tuple[float, float]:
+def kernel_distance(
+    a: np.ndarray, b: np.ndarray, *, n_subsets: int = 50, subset_size: int = 1000, rng: np.random.Generator
+) -> tuple[float, float]:
     """KID: the unbiased MMD² between ``a`` and ``b`` with kernel ``(x·y / D + 1)³``.
 
     Averaged over ``n_subsets`` random subsets of ``min(subset_size, N, M)`` rows each; returns
@@ -97,16 +98,16 @@ def _kth_neighbour_radius(x: np.ndarray, k: int, chunk: int = 1024) -> np.ndarra
     k = min(k, len(x) - 1)
     out = np.empty(len(x))
     for i in range(0, len(x), chunk):
-        d = _distances(x[i:i + chunk], x)
+        d = _distances(x[i : i + chunk], x)
         d[np.arange(len(d)), np.arange(i, i + len(d))] = -1.0  # itself sorts first, whatever rounding says
-        out[i:i + chunk] = np.partition(d, k, axis=1)[:, k]
+        out[i : i + chunk] = np.partition(d, k, axis=1)[:, k]
     return out
 
 
 def _covered(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, chunk: int = 1024) -> np.ndarray:
     inside = np.zeros(len(points), dtype=bool)
     for i in range(0, len(points), chunk):
-        inside[i:i + chunk] = (_distances(points[i:i + chunk], centres) <= radii[None, :]).any(axis=1)
+        inside[i : i + chunk] = (_distances(points[i : i + chunk], centres) <= radii[None, :]).any(axis=1)
     return inside
 
 
@@ -130,7 +131,7 @@ def nearest_distance(query: np.ndarray, reference: np.ndarray, chunk: int = 1024
     """Euclidean distance from each row of ``query`` to its nearest row of ``reference``."""
     out = np.empty(len(query))
     for i in range(0, len(query), chunk):
-        out[i:i + chunk] = _distances(query[i:i + chunk], reference).min(axis=1)
+        out[i : i + chunk] = _distances(query[i : i + chunk], reference).min(axis=1)
     return out
 
 
@@ -154,13 +155,13 @@ class Encoder(nn.Module):
     def __init__(self, channels: int, img_size: int, dim: int = 64, width: int = 32):
         super().__init__()
         n = max(1, int(np.log2(img_size / 4)))
-        chans = [min(width * 2 ** i, 128) for i in range(n)]
+        chans = [min(width * 2**i, 128) for i in range(n)]
         enc: list[nn.Module] = []
         cin = channels
         for cout in chans:
             enc += [nn.Conv2d(cin, cout, 4, 2, 1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2)]
             cin = cout
-        self.side = img_size // 2 ** n
+        self.side = img_size // 2**n
         self.features = nn.Sequential(*enc, nn.Flatten(), nn.Linear(cin * self.side**2, dim))
         dec: list[nn.Module] = []
         for cout in [*chans[::-1][1:], channels]:
@@ -184,8 +185,14 @@ def to_unit_range(images: np.ndarray) -> torch.Tensor:
     return to_float(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
 
 
-def train_encoder(images: np.ndarray, *, epochs: int, seed: int = 0, batch_size: int = 64,
-                  device: torch.device | str = "cpu") -> tuple[Encoder, float]:
+def train_encoder(
+    images: np.ndarray,
+    *,
+    epochs: int,
+    seed: int = 0,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+) -> tuple[Encoder, float]:
     """Train an :class:`Encoder` on ``images`` (N, H, W, C) uint8 to reconstruct them (MSE).
 
     Returns the encoder in eval mode and the last epoch's mean loss. The global RNG is left
@@ -205,7 +212,7 @@ def train_encoder(images: np.ndarray, *, epochs: int, seed: int = 0, batch_size:
         order = torch.randperm(n, generator=gen)
         total, count = 0.0, 0
         for i in range(0, n - 1, batch_size):
-            idx = order[i:i + batch_size]
+            idx = order[i : i + batch_size]
             if len(idx) < 2:
                 continue
             x = data[idx].to(device)
@@ -224,8 +231,10 @@ def train_encoder(images: np.ndarray, *, epochs: int, seed: int = 0, batch_size:
 def encode(enc: Encoder, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
     """Encoder features (N, dim) of ``images`` (N, H, W, C) uint8."""
     device = next(enc.parameters()).device
-    parts = [enc.encode(to_unit_range(images[i:i + batch_size]).to(device)).cpu().numpy()
-             for i in range(0, len(images), batch_size)]
+    parts = [
+        enc.encode(to_unit_range(images[i : i + batch_size]).to(device)).cpu().numpy()
+        for i in range(0, len(images), batch_size)
+    ]
     return np.concatenate(parts) if parts else np.zeros((0, enc.features[-1].out_features), np.float32)
 
 
@@ -244,8 +253,9 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float | None:
     return float(np.mean([(y_pred[y_true == c] == c).mean() for c in np.unique(y_true)]))
 
 
-def classifier_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                        y_test: np.ndarray) -> float | None:
+def classifier_accuracy(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
+) -> float | None:
     """Accuracy on the test set of a standardised logistic regression fitted to the training set.
 
     ``None`` when the training set holds fewer than two classes or the test set is empty.
@@ -275,8 +285,12 @@ class SmallCNN(nn.Module):
         layers: list[nn.Module] = []
         cin = channels
         for cout in (width, 2 * width, 4 * width):
-            layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
-                       nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
             cin = cout
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(2 * cin, n_classes)
@@ -286,8 +300,15 @@ class SmallCNN(nn.Module):
         return self.head(torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1))
 
 
-def cnn_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *,
-                 balanced: bool = False, **kwargs) -> float | None:
+def cnn_accuracy(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    balanced: bool = False,
+    **kwargs,
+) -> float | None:
     """Accuracy (balanced accuracy with ``balanced``) on ``x_test`` of :func:`cnn_predict`'s
     classifier; ``None`` when it cannot be trained or the test set is empty."""
     pred = cnn_predict(x_train, y_train, x_test, **kwargs)
@@ -298,9 +319,18 @@ def cnn_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y
     return float((pred == np.asarray(y_test)).mean())
 
 
-def cnn_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, *, steps: int = 400,
-                seed: int = 0, batch_size: int = 64, device: torch.device | str = "cpu",
-                dihedral: bool = True, groups: np.ndarray | None = None) -> np.ndarray | None:
+def cnn_predict(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    *,
+    steps: int = 400,
+    seed: int = 0,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    dihedral: bool = True,
+    groups: np.ndarray | None = None,
+) -> np.ndarray | None:
     """Labels predicted for ``x_test`` by a :class:`SmallCNN` trained on ``x_train`` ((N, H, W, C) uint8).
 
     Classes are balanced by sampling (each batch draws classes equally often, so a rare class is
@@ -319,9 +349,18 @@ def cnn_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, *,
         model = SmallCNN(x_train.shape[3], len(classes)).to(device)
     gen = torch.Generator().manual_seed(seed)
     data, targets = to_unit_range(x_train), torch.from_numpy(y_idx).long()
-    _, cell = np.unique(np.stack([y_idx, np.zeros_like(y_idx) if groups is None else
-                                  np.unique(np.asarray(groups), return_inverse=True)[1]]), axis=1,
-                        return_inverse=True)
+    _, cell = np.unique(
+        np.stack(
+            [
+                y_idx,
+                np.zeros_like(y_idx)
+                if groups is None
+                else np.unique(np.asarray(groups), return_inverse=True)[1],
+            ]
+        ),
+        axis=1,
+        return_inverse=True,
+    )
     cell = cell.reshape(-1)
     per_class = np.array([len(np.unique(cell[y_idx == c])) for c in range(len(classes))])
     weights = torch.from_numpy(1.0 / (np.bincount(cell)[cell] * per_class[y_idx])).double()
@@ -340,5 +379,5 @@ def cnn_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, *,
     model.eval()
     with torch.no_grad():
         test = to_unit_range(x_test)
-        pred = [model(test[i:i + 256].to(device)).argmax(1).cpu() for i in range(0, len(test), 256)]
+        pred = [model(test[i : i + 256].to(device)).argmax(1).cpu() for i in range(0, len(test), 256)]
     return classes[torch.cat(pred).numpy()] if pred else classes[:0]

@@ -117,8 +117,10 @@ def segment_boxes(image: np.ndarray, source: int = 0) -> pd.DataFrame:
     from infogan_cells.segment import segment_cells
 
     found = segment_cells(image)
-    rows = [(source, k, *(float(v) for v in row), "")
-            for k, row in enumerate(found[list(BOX_COLUMNS)].itertuples(index=False))]
+    rows = [
+        (source, k, *(float(v) for v in row), "")
+        for k, row in enumerate(found[list(BOX_COLUMNS)].itertuples(index=False))
+    ]
     return _box_table(rows)
 
 
@@ -148,12 +150,14 @@ def detect_format(path: str | Path) -> str:
         return "idx"
     if suffix in IMAGE_SUFFIXES:
         return "folder"
-    raise InputError(f"{path}: cannot tell the input format from the name; set input.format "
-                     f"(one of {', '.join(FORMATS)})")
+    raise InputError(
+        f"{path}: cannot tell the input format from the name; set input.format (one of {', '.join(FORMATS)})"
+    )
 
 
-def read_cells(path: str | Path, fmt: str = "auto", *, segment: bool = False,
-               images: Sequence[str] | None = None) -> CellSource:
+def read_cells(
+    path: str | Path, fmt: str = "auto", *, segment: bool = False, images: Sequence[str] | None = None
+) -> CellSource:
     """Read an input's sources and boxes (images are loaded later, one at a time).
 
     Parameters
@@ -171,8 +175,9 @@ def read_cells(path: str | Path, fmt: str = "auto", *, segment: bool = False,
     fmt = _resolve_format(path, fmt)
     if segment:
         if fmt not in ("folder", "tiff"):
-            raise InputError(f"{path}: segmentation needs whole images (a folder or an image file), "
-                             f"not {fmt} input")
+            raise InputError(
+                f"{path}: segmentation needs whole images (a folder or an image file), not {fmt} input"
+            )
         sources = [ImageSource(name, p) for name, p, _ in _folder_entries(path, fmt)]
         cells = CellSource(path, fmt, sources, _box_table([]), segment=True)
     elif fmt == "bbbc041":
@@ -186,8 +191,10 @@ def read_cells(path: str | Path, fmt: str = "auto", *, segment: bool = False,
     else:
         cells = _read_idx_source(path)
     if not cells.sources:
-        raise InputError(f"{path}: names no images" + (f" ({len(cells.skipped)} unreadable rows or boxes)"
-                                                      if cells.skipped else ""))
+        raise InputError(
+            f"{path}: names no images"
+            + (f" ({len(cells.skipped)} unreadable rows or boxes)" if cells.skipped else "")
+        )
     if images is not None:
         cells = _select(cells, images)
     return cells
@@ -215,8 +222,9 @@ def list_source_images(path: str | Path, fmt: str = "auto", *, segment: bool = F
 def _read_bbbc041(path: Path) -> CellSource:
     entries = _read_json(path)
     if not isinstance(entries, list):
-        raise InputError(f"{path}: expected a BBBC041 JSON list of image entries, found "
-                         f"{type(entries).__name__}")
+        raise InputError(
+            f"{path}: expected a BBBC041 JSON list of image entries, found {type(entries).__name__}"
+        )
     sources: list[ImageSource] = []
     rows: list[tuple] = []
     skipped: list[tuple[int, str]] = []
@@ -239,8 +247,13 @@ def _read_bbbc041(path: Path) -> CellSource:
                 box = obj["bounding_box"]
                 coords = [float(box[end][axis]) for end in ("minimum", "maximum") for axis in ("r", "c")]
             except (TypeError, KeyError, ValueError):
-                log.warning("%s: entry %d (%s) object %d: unreadable bounding_box, skipped (bad_box)",
-                            path, k, name, j)
+                log.warning(
+                    "%s: entry %d (%s) object %d: unreadable bounding_box, skipped (bad_box)",
+                    path,
+                    k,
+                    name,
+                    j,
+                )
                 skipped.append((i, "bad_box"))
                 continue
             label = obj.get("category", "") if isinstance(obj, dict) else ""
@@ -258,8 +271,10 @@ def _read_csv(path: Path) -> CellSource:
         raise InputError(f"{path}: cannot read the CSV: {err}") from None
     missing = [c for c in ("image", *BOX_COLUMNS) if c not in header]
     if missing:
-        raise InputError(f"{path}: CSV lacks the columns {', '.join(missing)} "
-                         f"(expected image,min_row,min_col,max_row,max_col,label)")
+        raise InputError(
+            f"{path}: CSV lacks the columns {', '.join(missing)} "
+            f"(expected image,min_row,min_col,max_row,max_col,label)"
+        )
     col = {c: header.index(c) for c in header}
     by_name: dict[str, int] = {}
     sources: list[ImageSource] = []
@@ -335,9 +350,13 @@ def _folder_entries(path: Path, fmt: str) -> list[tuple[str, Path, str]]:
 
 
 def _image_files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
-    return sorted(p for p in folder.rglob("*")
-                  if p.suffix.lower() in suffixes and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in suffixes
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
 
 
 def _read_npz(path: Path) -> CellSource:
@@ -360,13 +379,15 @@ def _read_npz(path: Path) -> CellSource:
     if labels is not None and len(labels) != n:
         raise InputError(f"{path}: 'labels' has {len(labels)} entries for {n} images")
     if channel_names is not None and len(channel_names) != n_channels:
-        raise InputError(f"{path}: 'channel_names' has {len(channel_names)} entries for "
-                         f"{n_channels} channels")
+        raise InputError(
+            f"{path}: 'channel_names' has {len(channel_names)} entries for {n_channels} channels"
+        )
     names = _label_strings(path, labels, class_names, n)
     h, w = shape[-2:]
     rows = [(0, k, 0.0, 0.0, float(h), float(w), names[k]) for k in range(n)]
-    return CellSource(path, "npz", [ImageSource(path.name, path, "npz")], _box_table(rows),
-                      channel_names=channel_names)
+    return CellSource(
+        path, "npz", [ImageSource(path.name, path, "npz")], _box_table(rows), channel_names=channel_names
+    )
 
 
 def _npz_header(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:
@@ -397,8 +418,9 @@ def _label_strings(path: Path, labels, class_names: list[str] | None, n: int) ->
         return ["" if v < 0 else str(int(v)) for v in labels]
     bad = labels[(labels >= len(class_names))]
     if bad.size:
-        raise InputError(f"{path}: label index {int(bad[0])} is outside 'class_names' "
-                         f"({len(class_names)} names)")
+        raise InputError(
+            f"{path}: label index {int(bad[0])} is outside 'class_names' ({len(class_names)} names)"
+        )
     return ["" if v < 0 else class_names[int(v)] for v in labels]
 
 
@@ -451,8 +473,13 @@ def _read_idx_source(path: Path) -> CellSource:
             raise InputError(f"{labels_path}: {labels.shape} labels for {n} images in {path.name}")
     names = _label_strings(path, labels, None, n)
     rows = [(0, k, 0.0, 0.0, float(h), float(w), names[k]) for k in range(n)]
-    return CellSource(path, "idx", [ImageSource(path.name, path, "idx")], _box_table(rows),
-                      channel_names=["gray"] if images.ndim == 3 else None)
+    return CellSource(
+        path,
+        "idx",
+        [ImageSource(path.name, path, "idx")],
+        _box_table(rows),
+        channel_names=["gray"] if images.ndim == 3 else None,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -507,8 +534,9 @@ def load_tiff(path: Path) -> np.ndarray:
     if arr.ndim == 2:
         return arr[..., None]
     if arr.ndim != 3:
-        raise InputError(f"{path}: expected a 2-D or 3-D (channels) image, found shape {arr.shape} "
-                         f"axes {axes}")
+        raise InputError(
+            f"{path}: expected a 2-D or 3-D (channels) image, found shape {arr.shape} axes {axes}"
+        )
     if axes.endswith("YX") or (not axes.endswith(("S", "C")) and arr.shape[0] < arr.shape[-1]):
         return np.moveaxis(arr, 0, -1)
     return arr
@@ -539,8 +567,9 @@ def _read_json(path: Path):
 
 def _box_table(rows: list[tuple]) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=list(BOX_TABLE_COLUMNS))
-    table = table.astype({"source": np.int64, "source_index": np.int64,
-                          **{c: np.float64 for c in BOX_COLUMNS}})
+    table = table.astype(
+        {"source": np.int64, "source_index": np.int64, **{c: np.float64 for c in BOX_COLUMNS}}
+    )
     table["label"] = table["label"].astype(object)
     return table
 
@@ -560,5 +589,6 @@ def _select(cells: CellSource, names: Sequence[str]) -> CellSource:
     skipped = [(new_index[i], r) for i, r in cells.skipped if i in new_index]
     # A row whose image could not be read belongs to no image; count it once, with the first.
     skipped += [(-1, r) for i, r in cells.skipped if i == -1 and first_kept]
-    return dataclasses.replace(cells, sources=[cells.sources[i] for i in keep],
-                               boxes=boxes.reset_index(drop=True), skipped=skipped)
+    return dataclasses.replace(
+        cells, sources=[cells.sources[i] for i in keep], boxes=boxes.reset_index(drop=True), skipped=skipped
+    )

@@ -41,71 +41,146 @@ EXPLORER_FILES = ("explorer.html", "explorer")  # written by infogan_cells.explo
 
 # (key, name, plain-language meaning, which way is better)
 AGREEMENT = [
-    ("accuracy", "Accuracy",
-     "Share of annotated cells grouped correctly when each category is paired with one annotation "
-     "(the pairing that gets the most cells right).", "higher; 100% = every cell matches"),
-    ("nmi", "NMI (normalised mutual information)",
-     "How much knowing a cell's category tells you about its annotation, whatever the category numbers. "
-     "0 = nothing, 1 = the categories reproduce the annotations exactly.", "higher; 0 to 1"),
-    ("ari", "ARI (adjusted Rand index)",
-     "Agreement between categories and annotations over all pairs of cells, corrected for chance. "
-     "0 = no better than random grouping, 1 = identical grouping.", "higher; about 0 to 1"),
+    (
+        "accuracy",
+        "Accuracy",
+        "Share of annotated cells grouped correctly when each category is paired with one annotation "
+        "(the pairing that gets the most cells right).",
+        "higher; 100% = every cell matches",
+    ),
+    (
+        "nmi",
+        "NMI (normalised mutual information)",
+        "How much knowing a cell's category tells you about its annotation, whatever the category numbers. "
+        "0 = nothing, 1 = the categories reproduce the annotations exactly.",
+        "higher; 0 to 1",
+    ),
+    (
+        "ari",
+        "ARI (adjusted Rand index)",
+        "Agreement between categories and annotations over all pairs of cells, corrected for chance. "
+        "0 = no better than random grouping, 1 = identical grouping.",
+        "higher; about 0 to 1",
+    ),
 ]
-BASELINES = [("kmeans_pixels", "k-means on pixels"), ("kmeans_morphology", "k-means on morphology"),
-             ("best_feature", "best single feature")]
+BASELINES = [
+    ("kmeans_pixels", "k-means on pixels"),
+    ("kmeans_morphology", "k-means on morphology"),
+    ("best_feature", "best single feature"),
+]
 QUALITY = [
-    ("fd_morphology", "Fréchet distance, morphology",
-     "Distance between real and synthetic cells in measured shape and intensity features (area, "
-     "eccentricity, mean intensity, ...). 0 = the two populations have the same averages and spreads.",
-     "lower"),
-    ("kid_morphology", "Kernel distance (KID), morphology",
-     "Like the Fréchet distance on the same features, but unbiased for small numbers of cells; "
-     "values near 0 mean no detectable difference.", "lower"),
-    ("fd_encoder", "Fréchet distance, learned features",
-     "The same comparison in the features of a small network trained on the real crops; it sees "
-     "texture and detail that the morphology features miss.", "lower"),
-    ("kid_encoder", "Kernel distance (KID), learned features",
-     "Small-sample version of the previous line.", "lower"),
-    ("knn_precision", "Realism (k-NN precision)",
-     "Share of synthetic cells that look like some real cell (fall inside the real cells' cloud). "
-     "Low = many implausible cells.", "higher"),
-    ("knn_recall", "Coverage (k-NN recall)",
-     "Share of real cells that some synthetic cell resembles. Low = the generator misses kinds of "
-     "cells (for example a rare stage).", "higher"),
-    ("memorisation_ratio", "Memorisation ratio",
-     "How close synthetic cells sit to the training cells, relative to new real cells held out from "
-     "training. About 1 = no copying; well below 1 = the generator may be reproducing training cells.",
-     "about 1; below 1 is a warning"),
-    ("tstr_accuracy", "Train on synthetic, test on real",
-     "Accuracy on held-out real cells of a classifier trained only on synthetic cells (labelled through "
-     "the category map). Close to the next line = the synthetic data teach as much as real data.",
-     "higher"),
-    ("trtr_accuracy", "Train on real, test on real",
-     "The same classifier trained on real cells: the ceiling for the previous line.", "higher"),
-    ("tstr_balanced_accuracy", "Train on synthetic, test on real: balanced accuracy",
-     "The average over annotated classes of the share of that class's held-out real cells the classifier "
-     "trained on synthetic cells gets right. Unlike plain accuracy, a classifier that always answers the "
-     "commonest class scores only 1/K for K classes, however imbalanced the cells.", "higher; 1/K = chance"),
-    ("trtr_balanced_accuracy", "Labelled real only: balanced accuracy",
-     "The same classifier trained on the annotated real cells (of the training split) instead.",
-     "higher; 1/K = chance"),
-    ("mixed_balanced_accuracy", "Labelled real + synthetic: balanced accuracy",
-     "The same classifier trained on the annotated real cells and the synthetic cells together (half of "
-     "each class's examples from each); measured when only some cells carry annotations. Above the "
-     "previous line = the synthetic cells add something to the few annotated ones.", "higher; 1/K = chance"),
+    (
+        "fd_morphology",
+        "Fréchet distance, morphology",
+        "Distance between real and synthetic cells in measured shape and intensity features (area, "
+        "eccentricity, mean intensity, ...). 0 = the two populations have the same averages and spreads.",
+        "lower",
+    ),
+    (
+        "kid_morphology",
+        "Kernel distance (KID), morphology",
+        "Like the Fréchet distance on the same features, but unbiased for small numbers of cells; "
+        "values near 0 mean no detectable difference.",
+        "lower",
+    ),
+    (
+        "fd_encoder",
+        "Fréchet distance, learned features",
+        "The same comparison in the features of a small network trained on the real crops; it sees "
+        "texture and detail that the morphology features miss.",
+        "lower",
+    ),
+    (
+        "kid_encoder",
+        "Kernel distance (KID), learned features",
+        "Small-sample version of the previous line.",
+        "lower",
+    ),
+    (
+        "knn_precision",
+        "Realism (k-NN precision)",
+        "Share of synthetic cells that look like some real cell (fall inside the real cells' cloud). "
+        "Low = many implausible cells.",
+        "higher",
+    ),
+    (
+        "knn_recall",
+        "Coverage (k-NN recall)",
+        "Share of real cells that some synthetic cell resembles. Low = the generator misses kinds of "
+        "cells (for example a rare stage).",
+        "higher",
+    ),
+    (
+        "memorisation_ratio",
+        "Memorisation ratio",
+        "How close synthetic cells sit to the training cells, relative to new real cells held out from "
+        "training. About 1 = no copying; well below 1 = the generator may be reproducing training cells.",
+        "about 1; below 1 is a warning",
+    ),
+    (
+        "tstr_accuracy",
+        "Train on synthetic, test on real",
+        "Accuracy on held-out real cells of a classifier trained only on synthetic cells (labelled through "
+        "the category map). Close to the next line = the synthetic data teach as much as real data.",
+        "higher",
+    ),
+    (
+        "trtr_accuracy",
+        "Train on real, test on real",
+        "The same classifier trained on real cells: the ceiling for the previous line.",
+        "higher",
+    ),
+    (
+        "tstr_balanced_accuracy",
+        "Train on synthetic, test on real: balanced accuracy",
+        "The average over annotated classes of the share of that class's held-out real cells the classifier "
+        "trained on synthetic cells gets right. Unlike plain accuracy, a classifier that always answers the "
+        "commonest class scores only 1/K for K classes, however imbalanced the cells.",
+        "higher; 1/K = chance",
+    ),
+    (
+        "trtr_balanced_accuracy",
+        "Labelled real only: balanced accuracy",
+        "The same classifier trained on the annotated real cells (of the training split) instead.",
+        "higher; 1/K = chance",
+    ),
+    (
+        "mixed_balanced_accuracy",
+        "Labelled real + synthetic: balanced accuracy",
+        "The same classifier trained on the annotated real cells and the synthetic cells together (half of "
+        "each class's examples from each); measured when only some cells carry annotations. Above the "
+        "previous line = the synthetic cells add something to the few annotated ones.",
+        "higher; 1/K = chance",
+    ),
 ]
 CURRENT = ' class="current"'
 # Where an older or nested metrics.json keeps a quality measure (the flat key is the contract)
 QUALITY_PATHS = {
-    "fd_morphology": [("morphology", "frechet")], "kid_morphology": [("morphology", "kid")],
-    "fd_encoder": [("encoder", "frechet")], "kid_encoder": [("encoder", "kid")],
-    "knn_precision": [("encoder", "precision")], "knn_recall": [("encoder", "recall")],
+    "fd_morphology": [("morphology", "frechet")],
+    "kid_morphology": [("morphology", "kid")],
+    "fd_encoder": [("encoder", "frechet")],
+    "kid_encoder": [("encoder", "kid")],
+    "knn_precision": [("encoder", "precision")],
+    "knn_recall": [("encoder", "recall")],
     "memorisation_ratio": [("memorisation", "encoder", "ratio"), ("memorisation", "pixels", "ratio")],
-    "tstr_accuracy": [("classifier", "tstr_accuracy")], "trtr_accuracy": [("classifier", "trtr_accuracy")],
-    **{f"{k}_balanced_accuracy": [("classifier", f"{k}_balanced_accuracy")] for k in ("tstr", "trtr", "mixed")},
+    "tstr_accuracy": [("classifier", "tstr_accuracy")],
+    "trtr_accuracy": [("classifier", "trtr_accuracy")],
+    **{
+        f"{k}_balanced_accuracy": [("classifier", f"{k}_balanced_accuracy")]
+        for k in ("tstr", "trtr", "mixed")
+    },
 }
-PERCENT = {"accuracy", "purity", "knn_precision", "knn_recall", "tstr_accuracy", "trtr_accuracy",
-           "tstr_balanced_accuracy", "trtr_balanced_accuracy", "mixed_balanced_accuracy"}
+PERCENT = {
+    "accuracy",
+    "purity",
+    "knn_precision",
+    "knn_recall",
+    "tstr_accuracy",
+    "trtr_accuracy",
+    "tstr_balanced_accuracy",
+    "trtr_balanced_accuracy",
+    "mixed_balanced_accuracy",
+}
 
 
 # --------------------------------------------------------------------------------------
@@ -159,9 +234,11 @@ class Analysis:
 
     @property
     def has_labels(self) -> bool:
-        return (number(self.metrics.get("accuracy")) is not None
-                or any(c.majority_label for c in self.categories)
-                or (self.root / "contingency.csv").exists())
+        return (
+            number(self.metrics.get("accuracy")) is not None
+            or any(c.majority_label for c in self.categories)
+            or (self.root / "contingency.csv").exists()
+        )
 
 
 def number(value: object) -> float | None:
@@ -224,9 +301,12 @@ def read_assignments(path: Path) -> dict | None:
     if not counts:
         return None
     n_conf = sum(conf_n.values())
-    return {"n": sum(counts.values()), "counts": counts,
-            "mean_confidence": sum(conf_sum.values()) / n_conf if n_conf else None,
-            "confidence_by_category": {k: conf_sum[k] / conf_n[k] for k in conf_n}}
+    return {
+        "n": sum(counts.values()),
+        "counts": counts,
+        "mean_confidence": sum(conf_sum.values()) / n_conf if n_conf else None,
+        "confidence_by_category": {k: conf_sum[k] / conf_n[k] for k in conf_n},
+    }
 
 
 def _sorted_indices(*groups: Iterable[int]) -> list[int]:
@@ -244,12 +324,19 @@ def read_analysis(path: str | os.PathLike) -> Analysis:
         raise InputError(f"{root}: analysis folder not found")
     metrics = read_json(root / "metrics.json")
     cats_json = _dict(metrics.get("categories"))
-    cat_map = {int(k): row for row in read_csv(root / "category_map.csv")
-               if (k := number(row.get("category"))) is not None}
+    cat_map = {
+        int(k): row
+        for row in read_csv(root / "category_map.csv")
+        if (k := number(row.get("category"))) is not None
+    }
     n = number(metrics.get("n_categories"))
     from_json = [int(k) for k in cats_json if number(k) is not None]
-    indices = _sorted_indices(range(int(n)) if n is not None else [], from_json, cat_map,
-                              _file_indices(root / "samples", "cat*.png", r"cat(\d+)\.png"))
+    indices = _sorted_indices(
+        range(int(n)) if n is not None else [],
+        from_json,
+        cat_map,
+        _file_indices(root / "samples", "cat*.png", r"cat(\d+)\.png"),
+    )
     assignments = read_assignments(root / "assignments.csv")
     categories = []
     for k in indices:
@@ -261,15 +348,22 @@ def read_analysis(path: str | os.PathLike) -> Analysis:
         name = row.get("label") or None
         label = info.get("majority_label") if info else (None if _placeholder(name) else name)
         counts = _dict(info.get("label_counts"))
-        categories.append(Category(
-            index=k, size=None if size is None else int(size),
-            purity=number(info.get("purity", row.get("purity"))),
-            majority_label=str(label) if label else None, name=str(name) if name else None,
-            label_counts={str(lab): int(number(c)) for lab, c in counts.items() if number(c) is not None},
-            mean_confidence=(assignments or {}).get("confidence_by_category", {}).get(k)))
+        categories.append(
+            Category(
+                index=k,
+                size=None if size is None else int(size),
+                purity=number(info.get("purity", row.get("purity"))),
+                majority_label=str(label) if label else None,
+                name=str(name) if name else None,
+                label_counts={str(lab): int(number(c)) for lab, c in counts.items() if number(c) is not None},
+                mean_confidence=(assignments or {}).get("confidence_by_category", {}).get(k),
+            )
+        )
     codes_json = _dict(metrics.get("codes"))
-    codes = _sorted_indices([int(m.group(1)) for key in codes_json if (m := re.fullmatch(r"c(\d+)", key))],
-                            _file_indices(root / "traversals", "cat*_code*.png", r"cat\d+_code(\d+)\.png"))
+    codes = _sorted_indices(
+        [int(m.group(1)) for key in codes_json if (m := re.fullmatch(r"c(\d+)", key))],
+        _file_indices(root / "traversals", "cat*_code*.png", r"cat\d+_code(\d+)\.png"),
+    )
     return Analysis(root, metrics, categories, codes, assignments)
 
 
@@ -322,14 +416,18 @@ def href(rel: str) -> str:
     return esc(urllib.parse.quote(rel, safe="/.#_-"))
 
 
-def page(title: str, body: str, *, nav: str = "", css: str = "report.css", scripts: Sequence[str] = ()) -> str:
+def page(
+    title: str, body: str, *, nav: str = "", css: str = "report.css", scripts: Sequence[str] = ()
+) -> str:
     tags = "".join(f'<script src="{href(s)}"></script>\n' for s in scripts)
-    return (f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f'<link rel="icon" href="data:,">\n<link rel="stylesheet" href="{href(css)}">\n'
-            f"<title>{esc(title)}</title>\n</head>\n<body>\n<header>\n{nav}\n<h1>{esc(title)}</h1>\n"
-            f"</header>\n<main>\n{body}\n</main>\n<footer>Written by infogan-cells. Every page "
-            f"here opens from disk; nothing is loaded from the internet.</footer>\n{tags}</body>\n</html>\n")
+    return (
+        f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f'<link rel="icon" href="data:,">\n<link rel="stylesheet" href="{href(css)}">\n'
+        f"<title>{esc(title)}</title>\n</head>\n<body>\n<header>\n{nav}\n<h1>{esc(title)}</h1>\n"
+        f"</header>\n<main>\n{body}\n</main>\n<footer>Written by infogan-cells. Every page "
+        f"here opens from disk; nothing is loaded from the internet.</footer>\n{tags}</body>\n</html>\n"
+    )
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[str]], *, raw: bool = False, cls: str = "") -> str:
@@ -348,8 +446,10 @@ def figure(root: Path, rel: str, alt: str, caption: str, *, cells: bool = True) 
     if not (root / rel).is_file():
         return f'<p class="missing">Not available: {esc(rel)} was not written by the analysis.</p>'
     cls = ' class="cells"' if cells else ""
-    return (f'<figure{cls}><img src="{href("../" + rel)}" alt="{esc(alt)}" loading="eager">'
-            f"<figcaption>{esc(caption)}</figcaption></figure>")
+    return (
+        f'<figure{cls}><img src="{href("../" + rel)}" alt="{esc(alt)}" loading="eager">'
+        f"<figcaption>{esc(caption)}</figcaption></figure>"
+    )
 
 
 def _num_td(value: object, key: str = "") -> str:
@@ -379,29 +479,46 @@ def code_line(analysis: Analysis, j: int) -> str:
 
 def _index_body(a: Analysis, explorer: bool) -> str:
     m = a.metrics
-    parts = [f'<p class="lead">An InfoGAN learned, without being told any labels, to sort the cells of '
-             f"<b>{esc(a.root.name)}</b> into {len(a.categories)} categories and to vary them along "
-             f"{len(a.codes)} continuous codes. These pages show what it learned and how good its "
-             "synthetic cells are. Each measure has a one-line explanation; "
-             "&ldquo;n/a&rdquo; means the analysis could not compute it (for example, no annotations).</p>"]
-    cards = [("real crops analysed", fmt(m.get("n_crops"))), ("categories", str(len(a.categories))),
-             ("continuous codes", str(len(a.codes))), ("annotations", "yes" if a.has_labels else "none")]
-    parts.append('<div class="cards">' + "".join(
-        f'<div class="card"><div class="value">{esc(v)}</div><div class="name">{esc(n)}</div></div>'
-        for n, v in cards) + "</div>")
+    parts = [
+        f'<p class="lead">An InfoGAN learned, without being told any labels, to sort the cells of '
+        f"<b>{esc(a.root.name)}</b> into {len(a.categories)} categories and to vary them along "
+        f"{len(a.codes)} continuous codes. These pages show what it learned and how good its "
+        "synthetic cells are. Each measure has a one-line explanation; "
+        "&ldquo;n/a&rdquo; means the analysis could not compute it (for example, no annotations).</p>"
+    ]
+    cards = [
+        ("real crops analysed", fmt(m.get("n_crops"))),
+        ("categories", str(len(a.categories))),
+        ("continuous codes", str(len(a.codes))),
+        ("annotations", "yes" if a.has_labels else "none"),
+    ]
+    parts.append(
+        '<div class="cards">'
+        + "".join(
+            f'<div class="card"><div class="value">{esc(v)}</div><div class="name">{esc(n)}</div></div>'
+            for n, v in cards
+        )
+        + "</div>"
+    )
     if explorer:
-        parts.append('<p><a href="explorer.html"><b>Open the cell explorer</b></a>: pick a category, move '
-                     "the sliders and watch the generated cell change.</p>")
+        parts.append(
+            '<p><a href="explorer.html"><b>Open the cell explorer</b></a>: pick a category, move '
+            "the sliders and watch the generated cell change.</p>"
+        )
 
     parts.append("<h2>Do the categories match the annotations?</h2>")
     if not a.has_labels:
-        parts.append('<p class="missing">This data set has no annotations, so agreement cannot be '
-                     "measured; look at the category pages instead.</p>")
-    parts.append('<p class="explain">The InfoGAN is compared with k-means clustering into the same number of '
-                 "groups, on raw pixels and on morphology features, and with the best one-number rule: each "
-                 "measured shape and intensity feature alone split into the same number of groups, the one "
-                 "that agrees best with the annotations kept (chosen with the annotations, so an optimistic "
-                 "bound). If the InfoGAN does not beat them, its categories add little.</p>")
+        parts.append(
+            '<p class="missing">This data set has no annotations, so agreement cannot be '
+            "measured; look at the category pages instead.</p>"
+        )
+    parts.append(
+        '<p class="explain">The InfoGAN is compared with k-means clustering into the same number of '
+        "groups, on raw pixels and on morphology features, and with the best one-number rule: each "
+        "measured shape and intensity feature alone split into the same number of groups, the one "
+        "that agrees best with the annotations kept (chosen with the annotations, so an optimistic "
+        "bound). If the InfoGAN does not beat them, its categories add little.</p>"
+    )
     base = _dict(m.get("baselines"))
     rows = []
     for key, name, what, better in AGREEMENT:
@@ -410,21 +527,27 @@ def _index_body(a: Analysis, explorer: bool) -> str:
             vals.append(_num_td(_dict(base.get(bkey)).get(key), key))
         rows.append([esc(name), *vals, f'<span class="what">{esc(what)} Better: {esc(better)}.</span>'])
     feature = _dict(base.get("best_feature")).get("feature")
-    names = [n if k != "best_feature" or not feature else f"{n}: {feature} (chosen with the annotations)"
-             for k, n in BASELINES]
+    names = [
+        n if k != "best_feature" or not feature else f"{n}: {feature} (chosen with the annotations)"
+        for k, n in BASELINES
+    ]
     parts.append(table(["Measure", "InfoGAN", *names, "What it means"], rows, raw=True))
     ours, rule = number(m.get("nmi")), number(_dict(base.get("best_feature")).get("nmi"))
     if ours is not None and rule is not None:
         verdict = "beat" if ours > rule else "do not beat"
-        parts.append(f"<p><b>The InfoGAN's categories {verdict} the best one-number rule</b> ({esc(feature)}): "
-                     f"NMI {esc(fmt(ours))} against {esc(fmt(rule))}.</p>")
+        parts.append(
+            f"<p><b>The InfoGAN's categories {verdict} the best one-number rule</b> ({esc(feature)}): "
+            f"NMI {esc(fmt(ours))} against {esc(fmt(rule))}.</p>"
+        )
 
     parts.append("<h2>What do the continuous codes control?</h2>")
-    parts.append('<p class="explain">Each continuous code was moved from its lowest to its highest value '
-                 "while everything else stayed fixed, and shape features were measured on the generated "
-                 "cells. ρ is the Spearman rank correlation between the code and the feature: +1 or −1 = "
-                 "the feature follows the code perfectly, 0 = unrelated. The traversal pictures on each "
-                 "category page show the same thing visually.</p>")
+    parts.append(
+        '<p class="explain">Each continuous code was moved from its lowest to its highest value '
+        "while everything else stayed fixed, and shape features were measured on the generated "
+        "cells. ρ is the Spearman rank correlation between the code and the feature: +1 or −1 = "
+        "the feature follows the code perfectly, 0 = unrelated. The traversal pictures on each "
+        "category page show the same thing visually.</p>"
+    )
     if a.codes:
         rows = []
         for j in a.codes:
@@ -433,49 +556,89 @@ def _index_body(a: Analysis, explorer: bool) -> str:
             detail = ""
             if others:
                 ranked = sorted(others.items(), key=lambda kv: -abs(number(kv[1]) or 0))
-                detail = ("<details><summary>all features</summary>" + table(
-                    ["feature", "ρ"], [[str(f), fmt(r)] for f, r in ranked]) + "</details>")
-            rows.append([esc(code_line(a, j)), esc(feature or "n/a"), _num_td(rho), esc(_strength(rho)) + detail])
+                detail = (
+                    "<details><summary>all features</summary>"
+                    + table(["feature", "ρ"], [[str(f), fmt(r)] for f, r in ranked])
+                    + "</details>"
+                )
+            rows.append(
+                [esc(code_line(a, j)), esc(feature or "n/a"), _num_td(rho), esc(_strength(rho)) + detail]
+            )
         parts.append(table(["Code", "Closest feature", "ρ", "Strength"], rows, raw=True))
     else:
         parts.append('<p class="missing">No continuous codes were measured.</p>')
 
     parts.append("<h2>How realistic are the synthetic cells?</h2>")
     q = _dict(m.get("quality"))
-    parts.append(table(["Measure", "Value", "What it means", "Better"],
-                       [[esc(name), _num_td(quality_value(q, key), key), f'<span class="what">{esc(what)}</span>',
-                         esc(better)] for key, name, what, better in QUALITY], raw=True))
+    parts.append(
+        table(
+            ["Measure", "Value", "What it means", "Better"],
+            [
+                [
+                    esc(name),
+                    _num_td(quality_value(q, key), key),
+                    f'<span class="what">{esc(what)}</span>',
+                    esc(better),
+                ]
+                for key, name, what, better in QUALITY
+            ],
+            raw=True,
+        )
+    )
     if q.get("holdout_seen_in_training"):
-        parts.append('<p class="missing">The held-out real cells were also in the training set '
-                     "(train.holdout_fraction was 0): the memorisation ratio and train-on-synthetic-test-on-real are "
-                     "measured on cells the generator was trained on. Train with train.holdout_fraction above 0 "
-                     "for a true hold-out.</p>")
+        parts.append(
+            '<p class="missing">The held-out real cells were also in the training set '
+            "(train.holdout_fraction was 0): the memorisation ratio and train-on-synthetic-test-on-real are "
+            "measured on cells the generator was trained on. Train with train.holdout_fraction above 0 "
+            "for a true hold-out.</p>"
+        )
 
     parts.append("<h2>Categories</h2>")
-    parts.append('<p class="explain">Size = real crops assigned to the category. Purity = share of them '
-                 "that carry the category's majority annotation. Confidence = how sure the network was, on "
-                 "average, when it assigned them (1 = certain).</p>")
+    parts.append(
+        '<p class="explain">Size = real crops assigned to the category. Purity = share of them '
+        "that carry the category's majority annotation. Confidence = how sure the network was, on "
+        "average, when it assigned them (1 = certain).</p>"
+    )
     if a.categories:
         total = sum(c.size or 0 for c in a.categories) or None
         rows = []
         for c in a.categories:
-            thumb = (f'<img class="thumb" src="{href(f"../samples/{c.slug}.png")}" alt="samples of '
-                     f'category {c.index}">' if (a.root / "samples" / f"{c.slug}.png").is_file() else
-                     '<span class="missing">no image</span>')
+            thumb = (
+                f'<img class="thumb" src="{href(f"../samples/{c.slug}.png")}" alt="samples of '
+                f'category {c.index}">'
+                if (a.root / "samples" / f"{c.slug}.png").is_file()
+                else '<span class="missing">no image</span>'
+            )
             share = fmt(c.size / total, "purity") if total and c.size is not None else "n/a"
-            rows.append([f'<a href="{href(c.page)}">{esc(c.title)}</a>', thumb, _num_td(c.size),
-                         esc(share), esc(c.majority_label or "n/a"), _num_td(c.purity, "purity"),
-                         _num_td(c.mean_confidence)])
-        parts.append(table(["Category", "Samples", "Size", "Share", "Majority annotation", "Purity",
-                            "Confidence"], rows, raw=True))
+            rows.append(
+                [
+                    f'<a href="{href(c.page)}">{esc(c.title)}</a>',
+                    thumb,
+                    _num_td(c.size),
+                    esc(share),
+                    esc(c.majority_label or "n/a"),
+                    _num_td(c.purity, "purity"),
+                    _num_td(c.mean_confidence),
+                ]
+            )
+        parts.append(
+            table(
+                ["Category", "Samples", "Size", "Share", "Majority annotation", "Purity", "Confidence"],
+                rows,
+                raw=True,
+            )
+        )
     else:
         parts.append('<p class="missing">No categories were found in this analysis.</p>')
 
     files = ["metrics.json", "category_map.csv", "assignments.csv", "codes.csv", "contingency.csv"]
     present = [f for f in files if (a.root / f).is_file()]
     parts.append("<h2>Data files</h2>")
-    parts.append("<ul>" + "".join(f'<li><a href="{href("../" + f)}">{esc(f)}</a></li>' for f in present)
-                 + "</ul>" if present else '<p class="missing">No data files found.</p>')
+    parts.append(
+        "<ul>" + "".join(f'<li><a href="{href("../" + f)}">{esc(f)}</a></li>' for f in present) + "</ul>"
+        if present
+        else '<p class="missing">No data files found.</p>'
+    )
     return "\n".join(parts)
 
 
@@ -486,52 +649,101 @@ def _category_nav(a: Analysis, current: Category) -> str:
         links.append(f'<a href="{href(a.categories[pos - 1].page)}">previous</a>')
     if pos < len(a.categories) - 1:
         links.append(f'<a href="{href(a.categories[pos + 1].page)}">next</a>')
-    cats = "".join(f'<a href="{href(c.page)}"{CURRENT if c is current else ""}>{c.index}</a>'
-                   for c in a.categories)
+    cats = "".join(
+        f'<a href="{href(c.page)}"{CURRENT if c is current else ""}>{c.index}</a>' for c in a.categories
+    )
     return f'<nav>{"".join(links)}</nav>\n<nav class="categories">Categories: {cats}</nav>'
 
 
 def _category_body(a: Analysis, c: Category) -> str:
     r = a.root
-    parts = ['<div class="cards">' + "".join(
-        f'<div class="card"><div class="value">{esc(v)}</div><div class="name">{esc(n)}</div></div>'
-        for n, v in [("real crops", fmt(c.size)), ("majority annotation", c.majority_label or "n/a"),
-                     ("purity", fmt(c.purity, "purity")), ("mean confidence", fmt(c.mean_confidence))])
-        + "</div>"]
+    parts = [
+        '<div class="cards">'
+        + "".join(
+            f'<div class="card"><div class="value">{esc(v)}</div><div class="name">{esc(n)}</div></div>'
+            for n, v in [
+                ("real crops", fmt(c.size)),
+                ("majority annotation", c.majority_label or "n/a"),
+                ("purity", fmt(c.purity, "purity")),
+                ("mean confidence", fmt(c.mean_confidence)),
+            ]
+        )
+        + "</div>"
+    ]
     if c.label_counts:
         total = sum(c.label_counts.values()) or 1
-        parts.append(table(["Annotation", "Cells", "Share"],
-                           [[lab, str(n), fmt(n / total, "purity")]
-                            for lab, n in sorted(c.label_counts.items(), key=lambda kv: -kv[1])]))
+        parts.append(
+            table(
+                ["Annotation", "Cells", "Share"],
+                [
+                    [lab, str(n), fmt(n / total, "purity")]
+                    for lab, n in sorted(c.label_counts.items(), key=lambda kv: -kv[1])
+                ],
+            )
+        )
     parts.append("<h2>Generated cells</h2>")
-    parts.append(figure(r, f"samples/{c.slug}.png", f"generated cells of category {c.index}",
-                        "Cells the generator makes for this category, each from different random noise. "
-                        "They should look alike in what defines the category and differ in the rest."))
+    parts.append(
+        figure(
+            r,
+            f"samples/{c.slug}.png",
+            f"generated cells of category {c.index}",
+            "Cells the generator makes for this category, each from different random noise. "
+            "They should look alike in what defines the category and differ in the rest.",
+        )
+    )
     parts.append("<h2>Nearest real cells</h2>")
-    parts.append(figure(r, f"nearest/{c.slug}.png", f"real crops nearest to category {c.index}",
-                        "Real crops that the network assigns to this category most confidently: what the "
-                        "category corresponds to in your data."))
+    parts.append(
+        figure(
+            r,
+            f"nearest/{c.slug}.png",
+            f"real crops nearest to category {c.index}",
+            "Real crops that the network assigns to this category most confidently: what the "
+            "category corresponds to in your data.",
+        )
+    )
     parts.append("<h2>Traversals: what each continuous code changes</h2>")
     if not a.codes:
         parts.append('<p class="missing">No continuous codes were measured.</p>')
     for j in a.codes:
         parts.append(f"<h3>{esc(code_line(a, j))}</h3>")
-        strip = figure(r, f"traversals/{c.slug}_code{j}.png", f"traversal of code c{j}",
-                       f"Each row is one cell; left to right, code c{j} goes from its lowest to its highest "
-                       "value with everything else fixed.")
-        gif = figure(r, f"traversals/{c.slug}_code{j}.gif", f"animated traversal of code c{j}",
-                     "The same traversal as an animation.")
+        strip = figure(
+            r,
+            f"traversals/{c.slug}_code{j}.png",
+            f"traversal of code c{j}",
+            f"Each row is one cell; left to right, code c{j} goes from its lowest to its highest "
+            "value with everything else fixed.",
+        )
+        gif = figure(
+            r,
+            f"traversals/{c.slug}_code{j}.gif",
+            f"animated traversal of code c{j}",
+            "The same traversal as an animation.",
+        )
         parts.append(f'<div class="pair">{strip}{gif}</div>')
     parts.append("<h2>Annotation composition</h2>")
     if a.has_labels:
-        parts.append(figure(r, f"composition/{c.slug}.png", f"annotations in category {c.index}",
-                            "Which annotations the real cells of this category carry.", cells=False))
+        parts.append(
+            figure(
+                r,
+                f"composition/{c.slug}.png",
+                f"annotations in category {c.index}",
+                "Which annotations the real cells of this category carry.",
+                cells=False,
+            )
+        )
     else:
         parts.append('<p class="missing">No annotations in this data set.</p>')
     parts.append("<h2>Morphology: real versus synthetic</h2>")
-    parts.append(figure(r, f"morphology/{c.slug}.png", f"morphology histograms of category {c.index}",
-                        "Histograms of shape and intensity features for the real cells of this category and "
-                        "for generated ones. Overlapping histograms = realistic synthetic cells.", cells=False))
+    parts.append(
+        figure(
+            r,
+            f"morphology/{c.slug}.png",
+            f"morphology histograms of category {c.index}",
+            "Histograms of shape and intensity features for the real cells of this category and "
+            "for generated ones. Overlapping histograms = realistic synthetic cells.",
+            cells=False,
+        )
+    )
     return "\n".join(parts)
 
 
@@ -564,8 +776,13 @@ def replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_report(out_dir: str | os.PathLike, *, run_dir: str | os.PathLike | None = None,
-                 device: str = "cpu", **explorer_kwargs) -> Path:
+def write_report(
+    out_dir: str | os.PathLike,
+    *,
+    run_dir: str | os.PathLike | None = None,
+    device: str = "cpu",
+    **explorer_kwargs,
+) -> Path:
     """Write ``out_dir/report/`` from the analysis files in ``out_dir``; return its ``index.html``.
 
     With ``run_dir`` the cell explorer is rendered too (:func:`infogan_cells.explorer.write_explorer`,

@@ -45,12 +45,15 @@ from infogan_cells.report import (
 
 log = logging.getLogger(__name__)
 
-CRITERION = ("information score = mean Q confidence on the real crops x evenness of category usage "
-             "(entropy of the category shares / log n_categories); ties: lower morphology Fréchet distance")
+CRITERION = (
+    "information score = mean Q confidence on the real crops x evenness of category usage "
+    "(entropy of the category shares / log n_categories); ties: lower morphology Fréchet distance"
+)
 
 
-def information_score(mean_confidence: float | None, counts: Sequence[int], n_categories: int
-                      ) -> tuple[float | None, float]:
+def information_score(
+    mean_confidence: float | None, counts: Sequence[int], n_categories: int
+) -> tuple[float | None, float]:
     """(score, usage evenness) of a seed from Q's mean confidence on the real crops and the number of
     crops assigned to each category (see the module docstring); score is None without a confidence."""
     n = sum(counts)
@@ -65,12 +68,23 @@ def seed_summary(path: Path) -> dict:
     a = read_analysis(path)
     asg = a.assignments
     n_cat = len(a.categories) or (max(asg["counts"]) + 1 if asg else 0)
-    entry: dict = {"name": path.name, "path": str(path), "n_categories": n_cat, "mean_confidence": None,
-                   "usage_evenness": None, "categories_used": None, "score": None}
+    entry: dict = {
+        "name": path.name,
+        "path": str(path),
+        "n_categories": n_cat,
+        "mean_confidence": None,
+        "usage_evenness": None,
+        "categories_used": None,
+        "score": None,
+    }
     if asg:
         score, evenness = information_score(asg["mean_confidence"], list(asg["counts"].values()), n_cat)
-        entry.update(mean_confidence=asg["mean_confidence"], usage_evenness=evenness,
-                     categories_used=sum(1 for c in asg["counts"].values() if c > 0), score=score)
+        entry.update(
+            mean_confidence=asg["mean_confidence"],
+            usage_evenness=evenness,
+            categories_used=sum(1 for c in asg["counts"].values() if c > 0),
+            score=score,
+        )
     for key, *_ in AGREEMENT:
         entry[key] = number(a.metrics.get(key))
     quality = a.metrics.get("quality")
@@ -97,8 +111,10 @@ def compare_seeds(analyses: Sequence[str | os.PathLike], out: str | os.PathLike)
         if not p.is_dir():
             raise InputError(f"{p}: analysis folder not found")
         if p.name in names:
-            raise InputError(f"{p}: two analyses are named {p.name!r} (also {names[p.name]}); the folder "
-                             "name identifies the seed")
+            raise InputError(
+                f"{p}: two analyses are named {p.name!r} (also {names[p.name]}); the folder "
+                "name identifies the seed"
+            )
         names[p.name] = p
     out = Path(out)
     entries = [seed_summary(p) for p in paths]
@@ -114,8 +130,13 @@ def compare_seeds(analyses: Sequence[str | os.PathLike], out: str | os.PathLike)
         basis = "first seed given (nothing was measured)"
     for e in entries:
         e["report"] = os.path.relpath(e["report"], out) if e["report"] else None
-    result = {"criterion": CRITERION, "basis": basis, "chosen": chosen["name"], "chosen_path": chosen["path"],
-              "seeds": [entries[i] for i in order]}
+    result = {
+        "criterion": CRITERION,
+        "basis": basis,
+        "chosen": chosen["name"],
+        "chosen_path": chosen["path"],
+        "seeds": [entries[i] for i in order],
+    }
     log.info("compare-seeds: chose %s of %d (%s)", chosen["name"], len(entries), basis)
     copy_assets(out)
     write_json_atomic(out / "seeds.json", result)
@@ -125,19 +146,21 @@ def compare_seeds(analyses: Sequence[str | os.PathLike], out: str | os.PathLike)
 
 def _body(result: dict) -> str:
     seeds = result["seeds"]
-    parts = [f'<p class="lead">{len(seeds)} networks were trained that differ only in their random seed. '
-             f"The one chosen for synthesis is <b>{esc(result['chosen'])}</b> "
-             f"(decided by: {esc(result['basis'])}).</p>",
-             "<h2>How the seed is chosen</h2>",
-             '<p class="explain">Without looking at any annotation, each seed gets an <b>information '
-             "score</b>: how confidently its network assigns the real cells to categories (mean "
-             "confidence, 1 = certain), times how evenly it spreads them over its categories (evenness, "
-             "1 = all categories equally used, 0 = everything in one). It is high when the categories are "
-             "both distinct and used. Confidence alone would favour a network that puts every cell in one "
-             "category; evenness alone would favour random sorting. Ties go to the lower morphology "
-             "Fréchet distance (synthetic cells closer to real ones). Annotations are shown below for "
-             "checking, but never used for the choice, so the choice works the same on unannotated "
-             "data.</p>"]
+    parts = [
+        f'<p class="lead">{len(seeds)} networks were trained that differ only in their random seed. '
+        f"The one chosen for synthesis is <b>{esc(result['chosen'])}</b> "
+        f"(decided by: {esc(result['basis'])}).</p>",
+        "<h2>How the seed is chosen</h2>",
+        '<p class="explain">Without looking at any annotation, each seed gets an <b>information '
+        "score</b>: how confidently its network assigns the real cells to categories (mean "
+        "confidence, 1 = certain), times how evenly it spreads them over its categories (evenness, "
+        "1 = all categories equally used, 0 = everything in one). It is high when the categories are "
+        "both distinct and used. Confidence alone would favour a network that puts every cell in one "
+        "category; evenness alone would favour random sorting. Ties go to the lower morphology "
+        "Fréchet distance (synthetic cells closer to real ones). Annotations are shown below for "
+        "checking, but never used for the choice, so the choice works the same on unannotated "
+        "data.</p>",
+    ]
     labelled = any(e[k] is not None for e in seeds for k, *_ in AGREEMENT)
     header = ["Rank", "Seed", "Information score", "Mean confidence", "Evenness", "Categories used"]
     if labelled:
@@ -147,23 +170,39 @@ def _body(result: dict) -> str:
     for e in seeds:
         mark = " ★" if e["name"] == result["chosen"] else ""
         used = f"{e['categories_used']} of {e['n_categories']}" if e["categories_used"] is not None else "n/a"
-        row = [esc(e["rank"]), esc(e["name"] + mark), esc(fmt(e["score"])), esc(fmt(e["mean_confidence"])),
-               esc(fmt(e["usage_evenness"])), esc(used)]
+        row = [
+            esc(e["rank"]),
+            esc(e["name"] + mark),
+            esc(fmt(e["score"])),
+            esc(fmt(e["mean_confidence"])),
+            esc(fmt(e["usage_evenness"])),
+            esc(used),
+        ]
         if labelled:
             row += [esc(fmt(e[k], k)) for k, *_ in AGREEMENT]
-        row += [esc(fmt(e["fd_morphology"])), esc(fmt(e["knn_precision"], "knn_precision")),
-                esc(fmt(e["knn_recall"], "knn_recall"))]
-        row.append(f'<a href="{href(e["report"])}">report</a>' if e["report"] else
-                   '<span class="missing">no report</span>')
+        row += [
+            esc(fmt(e["fd_morphology"])),
+            esc(fmt(e["knn_precision"], "knn_precision")),
+            esc(fmt(e["knn_recall"], "knn_recall")),
+        ]
+        row.append(
+            f'<a href="{href(e["report"])}">report</a>'
+            if e["report"]
+            else '<span class="missing">no report</span>'
+        )
         rows.append(row)
     parts.append("<h2>Seeds</h2>")
     parts.append(table(header, rows, raw=True))
     if not labelled:
         parts.append('<p class="explain">No annotations: accuracy, NMI and ARI cannot be shown.</p>')
     else:
-        parts.append('<p class="explain">Accuracy, NMI and ARI compare categories with the annotations '
-                     "(see any report for their meaning); they are shown to check the choice, not to make "
-                     "it.</p>")
-    parts.append('<p class="explain">Realism and coverage: k-NN precision and recall of the synthetic cells '
-                 "in learned features. The full comparison is in <a href=\"seeds.json\">seeds.json</a>.</p>")
+        parts.append(
+            '<p class="explain">Accuracy, NMI and ARI compare categories with the annotations '
+            "(see any report for their meaning); they are shown to check the choice, not to make "
+            "it.</p>"
+        )
+    parts.append(
+        '<p class="explain">Realism and coverage: k-NN precision and recall of the synthetic cells '
+        'in learned features. The full comparison is in <a href="seeds.json">seeds.json</a>.</p>'
+    )
     return "\n".join(parts)

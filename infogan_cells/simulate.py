@@ -55,17 +55,23 @@ CATEGORIES = (RBC, *SimulateConfig.STAGES, LEUKOCYTE)
 
 # Radius of a cell relative to an uninfected red blood cell (low, high): P. vivax enlarges the
 # cells it infects as the parasite grows; a neutrophil is about twice an erythrocyte's diameter.
-_ENLARGEMENT = {RBC: (1.0, 1.0), "ring": (1.0, 1.08), "trophozoite": (1.08, 1.22),
-                "schizont": (1.2, 1.38), "gametocyte": (1.32, 1.5), LEUKOCYTE: (1.65, 2.0)}
+_ENLARGEMENT = {
+    RBC: (1.0, 1.0),
+    "ring": (1.0, 1.08),
+    "trophozoite": (1.08, 1.22),
+    "schizont": (1.2, 1.38),
+    "gametocyte": (1.32, 1.5),
+    LEUKOCYTE: (1.65, 2.0),
+}
 
 # Optical density (absorbance, R G B) of one unit of each stain; per image they are rescaled.
 _OD = {
     "rbc_pink": (0.08, 0.36, 0.24),
     "rbc_lavender": (0.28, 0.38, 0.10),
-    "cytoplasm": (0.85, 0.95, 0.28),   # parasite cytoplasm: Giemsa blue-purple
-    "chromatin": (0.95, 2.2, 0.75),    # red-purple
-    "haemozoin": (1.35, 1.6, 2.0),     # brown-black pigment
-    "nucleus": (1.25, 1.7, 0.55),      # leukocyte nucleus: dark purple
+    "cytoplasm": (0.85, 0.95, 0.28),  # parasite cytoplasm: Giemsa blue-purple
+    "chromatin": (0.95, 2.2, 0.75),  # red-purple
+    "haemozoin": (1.35, 1.6, 2.0),  # brown-black pigment
+    "nucleus": (1.25, 1.7, 0.55),  # leukocyte nucleus: dark purple
     "wbc_cytoplasm": (0.13, 0.22, 0.08),
     "platelet": (0.6, 1.0, 0.35),
     "plasma": (0.015, 0.035, 0.025),
@@ -104,24 +110,41 @@ def simulate_smears(out_dir: str | os.PathLike, config: SimulateConfig) -> Path:
         checksum = hashlib.md5(data, usedforsecurity=False).hexdigest()
         with atomic_path(image_dir / name) as tmp:
             tmp.write_bytes(data)
-        entries.append({
-            "image": {"checksum": checksum, "pathname": f"/images/{name}",
-                      "shape": {"r": image.shape[0], "c": image.shape[1], "channels": 3}},
-            "objects": [{"bounding_box": {"minimum": {"r": b[0], "c": b[1]},
-                                          "maximum": {"r": b[2], "c": b[3]}},
-                         "category": cat} for cat, b in objects],
-        })
+        entries.append(
+            {
+                "image": {
+                    "checksum": checksum,
+                    "pathname": f"/images/{name}",
+                    "shape": {"r": image.shape[0], "c": image.shape[1], "channels": 3},
+                },
+                "objects": [
+                    {
+                        "bounding_box": {
+                            "minimum": {"r": b[0], "c": b[1]},
+                            "maximum": {"r": b[2], "c": b[3]},
+                        },
+                        "category": cat,
+                    }
+                    for cat, b in objects
+                ],
+            }
+        )
         counts.update(cat for cat, _ in objects)
         log.debug("%s: %d cells", name, len(objects))
     path = out_dir / "annotations.json"
     write_json_atomic(path, entries)
-    log.info("simulated %d smears in %s: %s", config.n_images, out_dir,
-             ", ".join(f"{counts[c]} {c}" for c in CATEGORIES))
+    log.info(
+        "simulated %d smears in %s: %s",
+        config.n_images,
+        out_dir,
+        ", ".join(f"{counts[c]} {c}" for c in CATEGORIES),
+    )
     return path
 
 
-def render_smear(config: SimulateConfig, rng: np.random.Generator
-                 ) -> tuple[np.ndarray, list[tuple[str, tuple[int, int, int, int]]]]:
+def render_smear(
+    config: SimulateConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, list[tuple[str, tuple[int, int, int, int]]]]:
     """Render one smear.
 
     Returns
@@ -222,8 +245,9 @@ def _sample_cells(config: SimulateConfig, rng: np.random.Generator) -> tuple[np.
     return cats[:m], radii[:m]
 
 
-def _place_cells(shape: tuple[int, int], cats: np.ndarray, radii: np.ndarray,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _place_cells(
+    shape: tuple[int, int], cats: np.ndarray, radii: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Centres (n, 2) float (row, col) and a (n,) bool of the cells that found a place.
 
     In random order, so that parasitised (larger) cells are not placed first and clumped
@@ -264,8 +288,9 @@ def _place_cells(shape: tuple[int, int], cats: np.ndarray, radii: np.ndarray,
 # Drawing: every cell is drawn into a local patch of the optical density image
 
 
-def _spots(dr: np.ndarray, dc: np.ndarray, pos: np.ndarray, sigma: np.ndarray | float,
-           amp: np.ndarray | float = 1.0) -> np.ndarray:
+def _spots(
+    dr: np.ndarray, dc: np.ndarray, pos: np.ndarray, sigma: np.ndarray | float, amp: np.ndarray | float = 1.0
+) -> np.ndarray:
     """Sum of Gaussian spots at ``pos`` (k, 2) (row, col offsets) on the patch grid: (h, w) float32."""
     if len(pos) == 0:
         return np.zeros(np.broadcast_shapes(dr.shape, dc.shape), np.float32)
@@ -275,9 +300,17 @@ def _spots(dr: np.ndarray, dc: np.ndarray, pos: np.ndarray, sigma: np.ndarray | 
     return (amp * np.exp(-d2 / (2 * sigma**2))).sum(0).astype(np.float32)
 
 
-def _blob(dr: np.ndarray, dc: np.ndarray, radius: float, rng: np.random.Generator, *,
-          centre: tuple[float, float] = (0.0, 0.0), ecc: float = 0.0, wobble: float = 0.0,
-          harmonics: int = 4) -> tuple[np.ndarray, np.ndarray]:
+def _blob(
+    dr: np.ndarray,
+    dc: np.ndarray,
+    radius: float,
+    rng: np.random.Generator,
+    *,
+    centre: tuple[float, float] = (0.0, 0.0),
+    ecc: float = 0.0,
+    wobble: float = 0.0,
+    harmonics: int = 4,
+) -> tuple[np.ndarray, np.ndarray]:
     """A soft irregular ellipse: (alpha, rho), both (h, w) float32.
 
     ``alpha`` is 1 inside and 0 outside with a one-pixel ramp; ``rho`` is the normalised
@@ -311,8 +344,9 @@ def _in_disk(rng: np.random.Generator, n: int, radius: float, centre=(0.0, 0.0))
     return np.stack([centre[0] + r * np.sin(t), centre[1] + r * np.cos(t)], axis=1)
 
 
-def _draw_cell(od: np.ndarray, cat: str, radius: float, centre: np.ndarray, stains: dict,
-               rng: np.random.Generator) -> tuple[int, int, int, int] | None:
+def _draw_cell(
+    od: np.ndarray, cat: str, radius: float, centre: np.ndarray, stains: dict, rng: np.random.Generator
+) -> tuple[int, int, int, int] | None:
     """Add one cell's optical density into ``od`` (in place); return its bbox (None if unseen)."""
     reach = int(np.ceil(1.45 * radius)) + 2
     r0, c0 = (max(0, int(np.floor(x)) - reach) for x in centre)
@@ -341,16 +375,22 @@ def _erythrocyte(dr, dc, radius, stage, stains, rng):
     wobble = rng.uniform(0.05, 0.09) if irregular else rng.uniform(0.0, 0.03)
     alpha, rho = _blob(dr, dc, radius, rng, ecc=ecc, wobble=wobble)
     # Biconcave disc: a thinner centre (the pallor) and a slightly thicker rim.
-    pallor_depth = {RBC: (0.35, 0.7), "ring": (0.3, 0.65), "trophozoite": (0.2, 0.45),
-                    "schizont": (0.1, 0.3), "gametocyte": (0.0, 0.15)}[stage]
+    pallor_depth = {
+        RBC: (0.35, 0.7),
+        "ring": (0.3, 0.65),
+        "trophozoite": (0.2, 0.45),
+        "schizont": (0.1, 0.3),
+        "gametocyte": (0.0, 0.15),
+    }[stage]
     offset = _in_disk(rng, 1, 0.15 * radius)[0]
     d_pallor = np.hypot(dr - offset[0], dc - offset[1]) / (radius * rng.uniform(0.4, 0.55))
     rim = np.exp(-(((rho - 0.88) / 0.12) ** 2))
     thickness = 1 - rng.uniform(*pallor_depth) * np.exp(-(d_pallor**2)) + 0.15 * rim
     layers = [(alpha * thickness * rng.uniform(0.85, 1.15), stains["rbc"])]
     if stage != RBC:
-        layers += [(alpha * density, stains[name])
-                   for density, name in _PARASITES[stage](dr, dc, radius, rng)]
+        layers += [
+            (alpha * density, stains[name]) for density, name in _PARASITES[stage](dr, dc, radius, rng)
+        ]
     return alpha, layers
 
 
@@ -379,8 +419,11 @@ def _trophozoite(dr, dc, radius, rng):
     chromatin = _spots(dr, dc, _in_disk(rng, n_chromatin, 0.6 * size, centre), max(1.0, 0.1 * radius), 1.0)
     grains = _in_disk(rng, rng.integers(1, 5), 0.7 * size, centre)
     pigment = _spots(dr, dc, grains, max(0.6, 0.04 * radius), 0.7)
-    return [(0.95 * body * (1 - vacuole), "cytoplasm"), (chromatin, "chromatin"),
-            (body * pigment, "haemozoin")]
+    return [
+        (0.95 * body * (1 - vacuole), "cytoplasm"),
+        (chromatin, "chromatin"),
+        (body * pigment, "haemozoin"),
+    ]
 
 
 def _schizont(dr, dc, radius, rng):

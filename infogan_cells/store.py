@@ -34,8 +34,17 @@ FORMAT = "infogan-cells/crops"
 FORMAT_VERSION = 1
 
 #: Columns every crop store has, in this order; more (QC values) may follow.
-REQUIRED_OBS = ("source_image", "source_index", "min_row", "min_col", "max_row", "max_col", "label",
-                "qc_pass", "qc_reason")
+REQUIRED_OBS = (
+    "source_image",
+    "source_index",
+    "min_row",
+    "min_col",
+    "max_row",
+    "max_col",
+    "label",
+    "qc_pass",
+    "qc_reason",
+)
 
 
 @dataclasses.dataclass
@@ -57,9 +66,17 @@ class CropSet:
         return self.obs["label"].to_numpy(dtype=str)
 
 
-def write_crop_store(path: str | Path, images: np.ndarray, obs: pd.DataFrame,
-                     channel_names: Sequence[str], *, summary: Mapping | None = None,
-                     config: str = "", csv: bool = True, compression: int | None = 4) -> None:
+def write_crop_store(
+    path: str | Path,
+    images: np.ndarray,
+    obs: pd.DataFrame,
+    channel_names: Sequence[str],
+    *,
+    summary: Mapping | None = None,
+    config: str = "",
+    csv: bool = True,
+    compression: int | None = 4,
+) -> None:
     """Write ``images`` (N, H, W, C) uint8 and ``obs`` to ``path`` atomically (and ``crops.csv`` beside it).
 
     ``obs`` must have :data:`REQUIRED_OBS` columns and N rows. ``compression`` is the gzip
@@ -87,10 +104,14 @@ def write_crop_store(path: str | Path, images: np.ndarray, obs: pd.DataFrame,
             # one crop per chunk: a shuffled reader (CropDataset) decompresses one crop per item;
             # gzip's 32 KiB window makes bigger chunks hardly smaller (docs/benchmarks.md)
             gzip = bool(n) and compression is not None
-            ds = f.create_dataset("images", data=images, chunks=(1, h, w, c) if n else None,
-                                  compression="gzip" if gzip else None,
-                                  compression_opts=compression if gzip else None,
-                                  shuffle=False)  # a no-op on one-byte pixels
+            ds = f.create_dataset(
+                "images",
+                data=images,
+                chunks=(1, h, w, c) if n else None,
+                compression="gzip" if gzip else None,
+                compression_opts=compression if gzip else None,
+                shuffle=False,
+            )  # a no-op on one-byte pixels
             ds.attrs["axes"] = "NYXC"
             ds.attrs["channel_names"] = list(map(str, channel_names))
             grp = write_dataframe(f, "obs", obs)
@@ -117,8 +138,10 @@ def read_crop_store(path: str | Path, *, load_images: bool = True) -> CropSet:
         raise InputError(f"{path}: not a readable HDF5 file ({err})") from None
     with f:
         if f.attrs.get("format") != FORMAT:
-            raise InputError(f"{path}: not an infogan-cells crop store (no format='{FORMAT}' attribute; "
-                             "make one with `infogan-cells crop`)")
+            raise InputError(
+                f"{path}: not an infogan-cells crop store (no format='{FORMAT}' attribute; "
+                "make one with `infogan-cells crop`)"
+            )
         if "images" not in f or "obs" not in f:
             raise InputError(f"{path}: crop store lacks /images or /obs")
         ds = f["images"]

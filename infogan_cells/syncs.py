@@ -21,8 +21,23 @@ class HostSyncCounter(TorchFunctionMode):
     ``with HostSyncCounter() as c: ...`` then ``c.calls`` (name -> count) and ``c.total``.
     """
 
-    SYNCING = frozenset({"item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__",
-                         "bincount", "nonzero", "unique", "masked_select", "multinomial"})
+    SYNCING = frozenset(
+        {
+            "item",
+            "tolist",
+            "numpy",
+            "cpu",
+            "__bool__",
+            "__int__",
+            "__float__",
+            "__index__",
+            "bincount",
+            "nonzero",
+            "unique",
+            "masked_select",
+            "multinomial",
+        }
+    )
 
     def __init__(self) -> None:
         super().__init__()

@@ -106,17 +106,22 @@ def read_category_map(path: str | Path, n_categories: int) -> pd.DataFrame:
         raise InputError(f"{path}: cannot read the category map ({err})") from None
     missing = {"category", "label"} - set(table.columns)
     if missing:
-        raise InputError(f"{path}: the category map lacks column(s) {', '.join(sorted(missing))} "
-                         "(expected category,label,purity)")
+        raise InputError(
+            f"{path}: the category map lacks column(s) {', '.join(sorted(missing))} "
+            "(expected category,label,purity)"
+        )
     if not pd.api.types.is_integer_dtype(table["category"]):
         raise InputError(f"{path}: column 'category' must hold integers")
     bad = table.loc[(table["category"] < 0) | (table["category"] >= n_categories), "category"]
     if len(bad):
-        raise InputError(f"{path}: category {int(bad.iloc[0])} is out of range (the generator has "
-                         f"{n_categories} categories)")
+        raise InputError(
+            f"{path}: category {int(bad.iloc[0])} is out of range (the generator has "
+            f"{n_categories} categories)"
+        )
     if table["category"].duplicated().any():
-        raise InputError(f"{path}: category {int(table['category'][table['category'].duplicated()].iloc[0])} "
-                         "appears twice")
+        raise InputError(
+            f"{path}: category {int(table['category'][table['category'].duplicated()].iloc[0])} appears twice"
+        )
     table["purity"] = pd.to_numeric(table["purity"], errors="coerce") if "purity" in table.columns else np.nan
     return table.set_index("category").sort_index()[["label", "purity"]]
 
@@ -160,12 +165,19 @@ class Plan:
         index = np.asarray(index, dtype=np.int64)
         point = index // len(self.categories) if self.proportions is None else index
         values = np.linspace(-self.continuous_range, self.continuous_range, self.grid_steps)
-        digits = [(point // self.grid_steps ** j) % self.grid_steps for j in range(n_continuous)]
+        digits = [(point // self.grid_steps**j) % self.grid_steps for j in range(n_continuous)]
         return np.stack([values[d] for d in digits], axis=1).astype(np.float32)
 
 
-def make_plan(spec: LatentSpec, meta: dict, config: SynthConfig, *, per_category: bool,
-              category_map: pd.DataFrame | None, source: str = "category map") -> Plan:
+def make_plan(
+    spec: LatentSpec,
+    meta: dict,
+    config: SynthConfig,
+    *,
+    per_category: bool,
+    category_map: pd.DataFrame | None,
+    source: str = "category map",
+) -> Plan:
     """Resolve the categories, their mix and their names; :class:`InputError` for an unknown label."""
     if not spec.categorical:
         raise InputError("the generator has no categorical code: there are no categories to label")
@@ -178,26 +190,33 @@ def make_plan(spec: LatentSpec, meta: dict, config: SynthConfig, *, per_category
     categories = np.arange(k)
     if config.labels:
         if category_map is None:
-            raise InputError(f"synthesis.labels {config.labels!r}: label names need a category map "
-                             f"({CATEGORY_MAP_NAME} from the analysis; pass --category-map)")
+            raise InputError(
+                f"synthesis.labels {config.labels!r}: label names need a category map "
+                f"({CATEGORY_MAP_NAME} from the analysis; pass --category-map)"
+            )
         known = sorted(set(category_map["label"]))
         unknown = [name for name in config.labels if name not in known]
         if unknown:
-            raise InputError(f"synthesis.labels: unknown label name {unknown[0]!r} in {source} "
-                             f"(known: {', '.join(known)})")
-        categories = np.array(sorted(int(c) for c, label in category_map["label"].items()
-                                     if label in config.labels))
+            raise InputError(
+                f"synthesis.labels: unknown label name {unknown[0]!r} in {source} (known: {', '.join(known)})"
+            )
+        categories = np.array(
+            sorted(int(c) for c, label in category_map["label"].items() if label in config.labels)
+        )
     proportions = None
     if not per_category:
         if config.proportions == "prior":
             prior = meta.get("category_prior")
             if prior is None:
-                raise InputError("synthesis.proportions='prior': the network file has no learned "
-                                 "category_prior (train with train.prior=learned, or use uniform)")
+                raise InputError(
+                    "synthesis.proportions='prior': the network file has no learned "
+                    "category_prior (train with train.prior=learned, or use uniform)"
+                )
             prior = np.asarray(prior[0] if np.ndim(prior) == 2 else prior, dtype=np.float64)
             if prior.shape != (k,) or not np.all(prior >= 0) or prior[categories].sum() <= 0:
-                raise InputError(f"the network file's category_prior {prior.tolist()} does not fit "
-                                 f"{k} categories")
+                raise InputError(
+                    f"the network file's category_prior {prior.tolist()} does not fit {k} categories"
+                )
             p = prior[categories]
         else:
             p = np.ones(len(categories))
@@ -227,12 +246,15 @@ def _check_shard(shard: Sequence[int]) -> tuple[int, int]:
 # Making images
 
 
-def sample_latents(spec: LatentSpec, plan: Plan, config: SynthConfig, index: np.ndarray,
-                   draw: int = 0) -> Latent:
+def sample_latents(
+    spec: LatentSpec, plan: Plan, config: SynthConfig, index: np.ndarray, draw: int = 0
+) -> Latent:
     """The latent samples of global indices ``index``: z and codes from seed ``config.seed + k``
     (``+ draw * DRAW_STRIDE``), the first categorical code from :meth:`Plan.category`, grid codes
     from :meth:`Plan.grid`."""
-    latent = sample_latent_by_seed(spec, config.seed + index + draw * DRAW_STRIDE, truncation=config.truncation)
+    latent = sample_latent_by_seed(
+        spec, config.seed + index + draw * DRAW_STRIDE, truncation=config.truncation
+    )
     latent.cat[:, 0] = torch.from_numpy(plan.category(index))
     grid = plan.grid(index, spec.n_continuous)
     if grid is not None:
@@ -259,8 +281,9 @@ def _passes(index: np.ndarray, micro_batch: int, *, pack: bool = False) -> list[
     return [np.flatnonzero(rank == r) for r in range(int(rank.max()) + 1 if len(rank) else 0)]
 
 
-def _aligned(net, x: torch.Tensor, index: np.ndarray, micro_batch: int, *, pack: bool = False
-             ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+def _aligned(
+    net, x: torch.Tensor, index: np.ndarray, micro_batch: int, *, pack: bool = False
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """``net``'s outputs for inputs ``x`` (B, ...) of the increasing global indices ``index``, one
     pass of ``micro_batch`` rows at a time (:func:`_passes`): sample ``k`` at row ``k % micro_batch``,
     zeros in the rows not asked for, so a sample's output never depends on the batch it was asked
@@ -270,7 +293,7 @@ def _aligned(net, x: torch.Tensor, index: np.ndarray, micro_batch: int, *, pack:
         whole = len(part) == M and part[-1] - part[0] == M - 1 and index[part[0]] % M == 0
         if whole:
             with torch.no_grad():
-                yield part, net(x[int(part[0]):int(part[-1]) + 1])
+                yield part, net(x[int(part[0]) : int(part[-1]) + 1])
             continue
         at = torch.from_numpy(index[part] % M).to(x.device)
         rows = torch.zeros(M, *x.shape[1:], dtype=x.dtype, device=x.device)
@@ -289,8 +312,9 @@ def _in_order(parts: Iterator[tuple[np.ndarray, torch.Tensor]], n: int) -> torch
     return out
 
 
-def forward(G: Generator, x: torch.Tensor, index: np.ndarray, micro_batch: int,
-            device: torch.device) -> Iterator[torch.Tensor]:
+def forward(
+    G: Generator, x: torch.Tensor, index: np.ndarray, micro_batch: int, device: torch.device
+) -> Iterator[torch.Tensor]:
     """G's outputs (b, C, H, W) on ``device``, one micro-batch's share at a time, for the
     increasing global indices ``index`` with inputs ``x`` (B, D) (see :func:`_aligned`).
     The inputs go to the device once per call."""
@@ -307,27 +331,46 @@ def _quantise(images: torch.Tensor) -> torch.Tensor:
     return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)  # separate ops: no FMA
 
 
-def generate(G: Generator, x: torch.Tensor, index: np.ndarray, micro_batch: int,
-             device: torch.device) -> np.ndarray:
+def generate(
+    G: Generator, x: torch.Tensor, index: np.ndarray, micro_batch: int, device: torch.device
+) -> np.ndarray:
     """Images (B, H, W, C) uint8 of increasing global indices ``index`` (see :func:`forward`),
     quantised on the device and copied to the host once."""
     return _generate(G, x, index, micro_batch, device).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def _generate(G: Generator, x: torch.Tensor, index: np.ndarray, micro_batch: int,
-              device: torch.device, *, pack: bool = False) -> torch.Tensor:
+def _generate(
+    G: Generator,
+    x: torch.Tensor,
+    index: np.ndarray,
+    micro_batch: int,
+    device: torch.device,
+    *,
+    pack: bool = False,
+) -> torch.Tensor:
     """Quantised images (B, C, H, W) uint8 on ``device``, passes as :func:`_aligned`'s."""
+
     def quantised(rows: torch.Tensor) -> torch.Tensor:
         return _quantise(G(rows))
 
-    return _in_order(_aligned(quantised, x.to(device), np.asarray(index, dtype=np.int64), micro_batch,
-                              pack=pack), len(index))
+    return _in_order(
+        _aligned(quantised, x.to(device), np.asarray(index, dtype=np.int64), micro_batch, pack=pack),
+        len(index),
+    )
 
 
-def confidence(D: Discriminator, images: torch.Tensor, index: np.ndarray, category: np.ndarray,
-               micro_batch: int, *, pack: bool = False) -> np.ndarray:
+def confidence(
+    D: Discriminator,
+    images: torch.Tensor,
+    index: np.ndarray,
+    category: np.ndarray,
+    micro_batch: int,
+    *,
+    pack: bool = False,
+) -> np.ndarray:
     """Q's probability (B,) float32 of category ``category[i]`` for the uint8 images (B, C, H, W)
     of increasing global indices ``index``, each in its row as the generator made it."""
+
     def q(x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(D.q_head(D.trunk(to_float(x))).cat_logits[0].float(), dim=1)
 
@@ -354,8 +397,16 @@ class _Generating:
     feeds the device.
     """
 
-    def __init__(self, G: Generator, D: Discriminator, spec: LatentSpec, plan: Plan, config: SynthConfig,
-                 device: torch.device, workers: int):
+    def __init__(
+        self,
+        G: Generator,
+        D: Discriminator,
+        spec: LatentSpec,
+        plan: Plan,
+        config: SynthConfig,
+        device: torch.device,
+        workers: int,
+    ):
         self.G, self.D, self.spec, self.plan, self.config, self.device = G, D, spec, plan, config, device
         self.workers = workers
 
@@ -371,7 +422,9 @@ class _Generating:
         for draw in range(MAX_DRAWS if threshold > 0 else 1):
             latent = sample_latents(self.spec, self.plan, self.config, index[pending], draw)
             # redraws are sparse: pack them into as few passes as their rows allow
-            images = _generate(self.G, to_input(self.spec, latent), index[pending], M, self.device, pack=draw > 0)
+            images = _generate(
+                self.G, to_input(self.spec, latent), index[pending], M, self.device, pack=draw > 0
+            )
             if score:
                 p = confidence(self.D, images, index[pending], category[pending], M, pack=draw > 0)
             else:  # not asked for: no discriminator pass (it would cost half the generator's time)
@@ -390,17 +443,27 @@ class _Generating:
                 break
         if len(pending):
             k, c = int(index[pending[0]]), int(category[pending[0]])
-            raise InputError(f"synthesis.min_confidence {threshold}: sample {k} (category {c}, {self.plan.names[c]!r}) "
-                             f"found no draw that Q gives its category with at least that probability in "
-                             f"{MAX_DRAWS} draws (best {best[pending[0]]:.3f}; best of the {len(pending)} such "
-                             f"sample(s) in samples {a}..{b - 1}: {best[pending].max():.3f}); "
-                             "lower synthesis.min_confidence")
+            raise InputError(
+                f"synthesis.min_confidence {threshold}: sample {k} (category {c}, {self.plan.names[c]!r}) "
+                f"found no draw that Q gives its category with at least that probability in "
+                f"{MAX_DRAWS} draws (best {best[pending[0]]:.3f}; best of the {len(pending)} such "
+                f"sample(s) in samples {a}..{b - 1}: {best[pending].max():.3f}); "
+                "lower synthesis.min_confidence"
+            )
         order = np.argsort(np.concatenate(kept["row"]), kind="stable")
         cols = {name: np.concatenate(v)[order] for name, v in kept.items() if name != "row"}
-        return Batch(offset=offset, images=cols["images"], index=index, seed=cols["seed"],
-                     category=category, label=np.array([self.plan.names[c] for c in category], dtype=object),
-                     z=cols["z"].astype(np.float32), categorical=cols["cat"],
-                     continuous=cols["cont"].astype(np.float32), confidence=cols["confidence"].astype(np.float32))
+        return Batch(
+            offset=offset,
+            images=cols["images"],
+            index=index,
+            seed=cols["seed"],
+            category=category,
+            label=np.array([self.plan.names[c] for c in category], dtype=object),
+            z=cols["z"].astype(np.float32),
+            categorical=cols["cat"],
+            continuous=cols["cont"].astype(np.float32),
+            confidence=cols["confidence"].astype(np.float32),
+        )
 
     def batches(self, start: int, stop: int) -> Iterator[Batch]:
         steps = list(_steps(start, stop, self.config.batch_size, self.config.micro_batch))
@@ -409,13 +472,15 @@ class _Generating:
                 threads = torch.get_num_threads()
                 stack.callback(torch.set_num_threads, threads)
                 torch.set_num_threads(1)  # and in every worker: MKL and OpenMP count per thread
-                pool = stack.enter_context(ThreadPoolExecutor(self.workers, initializer=torch.set_num_threads,
-                                                              initargs=(1,)))
+                pool = stack.enter_context(
+                    ThreadPoolExecutor(self.workers, initializer=torch.set_num_threads, initargs=(1,))
+                )
             else:
                 if self.device.type == "cuda":
                     # cudnn picks algorithms by shape alone, and only deterministic ones
-                    stack.enter_context(torch.backends.cudnn.flags(enabled=True, benchmark=False,
-                                                                   deterministic=True))
+                    stack.enter_context(
+                        torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True)
+                    )
                 pool = stack.enter_context(ThreadPoolExecutor(1))
             pending: collections.deque = collections.deque()
             for a, b in steps:
@@ -437,9 +502,18 @@ def _remove_stale_temporaries(folder: Path, pattern: str) -> None:
         stale.unlink(missing_ok=True)
 
 
-def synthesise(run_dir: str | Path, out_path: str | Path, config: SynthConfig, *, shard: tuple[int, int] = (0, 1),
-               tiff_dir: str | Path | None = None, per_category: bool = False, overwrite: bool = False,
-               device: str = "auto", category_map: str | Path | None = None) -> Path:
+def synthesise(
+    run_dir: str | Path,
+    out_path: str | Path,
+    config: SynthConfig,
+    *,
+    shard: tuple[int, int] = (0, 1),
+    tiff_dir: str | Path | None = None,
+    per_category: bool = False,
+    overwrite: bool = False,
+    device: str = "auto",
+    category_map: str | Path | None = None,
+) -> Path:
     """Make shard ``shard = (i, n)`` of the synthetic data set into ``out_path`` (HDF5).
 
     ``config.n`` is the size of the whole data set (of each category with ``per_category``);
@@ -465,7 +539,9 @@ def synthesise(run_dir: str | Path, out_path: str | Path, config: SynthConfig, *
         if getattr(config, key) < 1:
             raise InputError(f"synthesis.{key}: {getattr(config, key)} must be >= 1")
     if not 0 <= config.min_confidence < 1:
-        raise ConfigError(f"config key 'synthesis.min_confidence': {config.min_confidence!r} must be in [0, 1)")
+        raise ConfigError(
+            f"config key 'synthesis.min_confidence': {config.min_confidence!r} must be in [0, 1)"
+        )
     shard = _check_shard(shard)
     if out_path.exists() and not overwrite:
         raise InputError(f"{out_path}: already exists (pass --overwrite to replace it)")
@@ -482,7 +558,9 @@ def synthesise(run_dir: str | Path, out_path: str | Path, config: SynthConfig, *
     channels = G.channels
     channel_names = [str(c) for c in meta.get("channel_names") or [f"channel_{i}" for i in range(channels)]]
     if len(channel_names) != channels:
-        raise InputError(f"{model_file}: {len(channel_names)} channel names for a {channels}-channel generator")
+        raise InputError(
+            f"{model_file}: {len(channel_names)} channel names for a {channels}-channel generator"
+        )
     image_shape = (G.img_size, G.img_size, channels)
     attrs = {
         "format": FORMAT,
@@ -496,9 +574,16 @@ def synthesise(run_dir: str | Path, out_path: str | Path, config: SynthConfig, *
         "config": to_dict(config),
         "per_category": bool(per_category),
         "latent_spec": dataclasses.asdict(spec),
-        "category_map": None if cmap is None else
-        [{"category": int(c), "label": str(r.label), "purity": None if pd.isna(r.purity) else float(r.purity)}
-         for c, r in cmap.iterrows()],
+        "category_map": None
+        if cmap is None
+        else [
+            {
+                "category": int(c),
+                "label": str(r.label),
+                "purity": None if pd.isna(r.purity) else float(r.purity),
+            }
+            for c, r in cmap.iterrows()
+        ],
         "category_names": plan.names,
         "categories": plan.categories.tolist(),
         "proportions": None if plan.proportions is None else plan.proportions.tolist(),
@@ -522,29 +607,68 @@ def synthesise(run_dir: str | Path, out_path: str | Path, config: SynthConfig, *
     try:
         if tiff_dir is not None and not stacks_after:
             index = np.arange(start, stop, dtype=np.int64)
-            writers.append(TiffStackWriter(tiff_dir, stack_plans(index, config.seed + index, plan.category(index),
-                                                                 plan.names),
-                                           image_shape=image_shape, channel_names=channel_names, info=info,
-                                           suffix=suffix, overwrite=overwrite, pixel_size_um=attrs["pixel_size_um"]))
+            writers.append(
+                TiffStackWriter(
+                    tiff_dir,
+                    stack_plans(index, config.seed + index, plan.category(index), plan.names),
+                    image_shape=image_shape,
+                    channel_names=channel_names,
+                    info=info,
+                    suffix=suffix,
+                    overwrite=overwrite,
+                    pixel_size_um=attrs["pixel_size_um"],
+                )
+            )
         if tiff_dir is not None and config.tiff_per_image:
-            writers.append(TiffImageWriter(tiff_dir, image_shape=image_shape, info=info, overwrite=overwrite,
-                                           pixel_size_um=attrs["pixel_size_um"]))
-        writers.append(HDF5Writer(out_path, n=n, image_shape=image_shape, channel_names=channel_names,
-                                  z_dim=spec.z_dim, n_codes=len(spec.categorical), n_continuous=spec.n_continuous,
-                                  attrs=attrs, compression=config.compression, overwrite=overwrite))
+            writers.append(
+                TiffImageWriter(
+                    tiff_dir,
+                    image_shape=image_shape,
+                    info=info,
+                    overwrite=overwrite,
+                    pixel_size_um=attrs["pixel_size_um"],
+                )
+            )
+        writers.append(
+            HDF5Writer(
+                out_path,
+                n=n,
+                image_shape=image_shape,
+                channel_names=channel_names,
+                z_dim=spec.z_dim,
+                n_codes=len(spec.categorical),
+                n_continuous=spec.n_continuous,
+                attrs=attrs,
+                compression=config.compression,
+                overwrite=overwrite,
+            )
+        )
     except BaseException:
         for w in writers:
             w.abort()
         raise
 
     workers = max(1, torch.get_num_threads()) if dev.type == "cpu" else 1
-    log.info("synthesising samples %d..%d of %d (shard %d/%d) on %s with %d worker(s) into %s",
-             start, stop, plan.n_total, shard[0], shard[1], dev, workers, out_path)
+    log.info(
+        "synthesising samples %d..%d of %d (shard %d/%d) on %s with %d worker(s) into %s",
+        start,
+        stop,
+        plan.n_total,
+        shard[0],
+        shard[1],
+        dev,
+        workers,
+        out_path,
+    )
     t0, done, last = time.perf_counter(), 0, 0.0
     # closing(): on an error, stop the workers and restore torch's thread count at once
-    with BackgroundWriter(MultiWriter(writers)) as writer, \
-            contextlib.closing(_Generating(G, D, spec, plan, config, dev, workers).batches(start, stop)) as batches, \
-            progress(stop - start, "synthesise", unit="img") as bar:
+    with (
+        BackgroundWriter(MultiWriter(writers)) as writer,
+        contextlib.closing(
+            _Generating(G, D, spec, plan, config, dev, workers).batches(start, stop)
+        ) as batches,
+        progress(stop - start, "synthesise", unit="img") as bar,
+    ):
         for batch in batches:
             writer.write(batch)
             bar.update(len(batch))
@@ -562,10 +686,14 @@ def synthesise(run_dir: str | Path, out_path: str | Path, config: SynthConfig, *
     return out_path
 
 
-def stack_plans(index: np.ndarray, seed: np.ndarray, category: np.ndarray, names: Sequence[str]) -> list[StackPlan]:
+def stack_plans(
+    index: np.ndarray, seed: np.ndarray, category: np.ndarray, names: Sequence[str]
+) -> list[StackPlan]:
     """One :class:`StackPlan` per category present, pages in index order."""
-    return [StackPlan(int(c), names[int(c)], index[category == c], seed[category == c])
-            for c in np.unique(category)]
+    return [
+        StackPlan(int(c), names[int(c)], index[category == c], seed[category == c])
+        for c in np.unique(category)
+    ]
 
 
 # --------------------------------------------------------------------------------------
@@ -585,8 +713,13 @@ def _shard_attrs(path: Path) -> dict:
     return attrs
 
 
-def gather(shards: Sequence[str | Path], out_path: str | Path, *, tiff_dir: str | Path | None = None,
-           overwrite: bool = False) -> Path:
+def gather(
+    shards: Sequence[str | Path],
+    out_path: str | Path,
+    *,
+    tiff_dir: str | Path | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Join shard files into ``out_path``: HDF5 virtual datasets over the shards, nothing copied.
 
     The shards must all come from one data set (same model, config and shard count) and be
@@ -609,18 +742,26 @@ def gather(shards: Sequence[str | Path], out_path: str | Path, *, tiff_dir: str 
     for p, a in attrs.items():
         for key in same:
             if str(a.get(key)) != str(first.get(key)):
-                raise InputError(f"{p}: {key} differs from {first_path}'s: the shards are not from one data set")
+                raise InputError(
+                    f"{p}: {key} differs from {first_path}'s: the shards are not from one data set"
+                )
     count = int(first["shard_count"])
     order = sorted(shards, key=lambda p: int(attrs[p]["shard_index"]))
     indices = [int(attrs[p]["shard_index"]) for p in order]
     if indices != list(range(count)):
         missing = sorted(set(range(count)) - set(indices))
         dup = sorted({i for i in indices if indices.count(i) > 1})
-        raise InputError(f"gather: expected shards 0..{count - 1} once each; "
-                         + (f"missing {missing}" if missing else f"repeated {dup}"))
+        raise InputError(
+            f"gather: expected shards 0..{count - 1} once each; "
+            + (f"missing {missing}" if missing else f"repeated {dup}")
+        )
     master = {k: v for k, v in first.items() if k != "shard_index"}
-    master.update(kind="master", start=0, stop=int(first["n_total"]),
-                  shard_files=[relative_source(p, out_path.parent) for p in order])
+    master.update(
+        kind="master",
+        start=0,
+        stop=int(first["n_total"]),
+        shard_files=[relative_source(p, out_path.parent) for p in order],
+    )
     if tiff_dir is not None:
         # the stacks first, so the master's presence means the whole job finished
         write_tiff_stacks(order, tiff_dir, overwrite=overwrite)
@@ -639,8 +780,14 @@ def crop_pixel_size(meta: dict) -> float | None:
         return None
 
 
-def write_tiff_stacks(sources: Sequence[str | Path], tiff_dir: str | Path, *, suffix: str = "",
-                      overwrite: bool = False, block: int = 1024) -> list[Path]:
+def write_tiff_stacks(
+    sources: Sequence[str | Path],
+    tiff_dir: str | Path,
+    *,
+    suffix: str = "",
+    overwrite: bool = False,
+    block: int = 1024,
+) -> list[Path]:
     """Write one TIFF stack per category from synthetic HDF5 files (shards in order, or one file),
     reading each once, ``block`` images at a time."""
     load_hdf5_plugins()
@@ -653,14 +800,25 @@ def write_tiff_stacks(sources: Sequence[str | Path], tiff_dir: str | Path, *, su
             names = json.loads(f.attrs["category_names"])
             channel_names = [str(c) for c in f["images"].attrs["channel_names"]]
             image_shape = f["images"].shape[1:]
-            info = {"format": FORMAT + "-tiff", "model_sha256": str(f.attrs["model_sha256"]),
-                    "package_version": __version__}
+            info = {
+                "format": FORMAT + "-tiff",
+                "model_sha256": str(f.attrs["model_sha256"]),
+                "package_version": __version__,
+            }
             pixel_size = json.loads(str(f.attrs.get("pixel_size_um", "null")))
     cols = {c: np.concatenate(v) for c, v in obs.items()}
     plans = stack_plans(cols["index"], cols["seed"], cols["category"], names)
     offset = 0
-    with TiffStackWriter(tiff_dir, plans, image_shape=image_shape, channel_names=channel_names, info=info,
-                         suffix=suffix, overwrite=overwrite, pixel_size_um=pixel_size) as writer:
+    with TiffStackWriter(
+        tiff_dir,
+        plans,
+        image_shape=image_shape,
+        channel_names=channel_names,
+        info=info,
+        suffix=suffix,
+        overwrite=overwrite,
+        pixel_size_um=pixel_size,
+    ) as writer:
         for path in sources:
             with h5py.File(path, "r") as f:
                 images, n = f["images"], f["images"].shape[0]
@@ -668,9 +826,18 @@ def write_tiff_stacks(sources: Sequence[str | Path], tiff_dir: str | Path, *, su
                     b = min(n, a + block)
                     rows = slice(offset + a, offset + b)
                     empty = np.zeros((b - a, 0), np.float32)
-                    writer.write(Batch(offset=offset + a, images=images[a:b], index=cols["index"][rows],
-                                       seed=cols["seed"][rows], category=cols["category"][rows],
-                                       label=np.array([names[c] for c in cols["category"][rows]], dtype=object),
-                                       z=empty, categorical=empty, continuous=empty))
+                    writer.write(
+                        Batch(
+                            offset=offset + a,
+                            images=images[a:b],
+                            index=cols["index"][rows],
+                            seed=cols["seed"][rows],
+                            category=cols["category"][rows],
+                            label=np.array([names[c] for c in cols["category"][rows]], dtype=object),
+                            z=empty,
+                            categorical=empty,
+                            continuous=empty,
+                        )
+                    )
             offset += n
     return writer.paths

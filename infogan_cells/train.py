@@ -64,8 +64,15 @@ from infogan_cells.losses import DiscriminatorLoss, GeneratorLoss, InfoLoss, Pai
 from infogan_cells.networks import Discriminator, Generator, QOutput, init_weights
 from infogan_cells.store import holdout_split, read_crop_store
 
-__all__ = ["train", "InfoGANStep", "build_networks", "build_optimizers", "q_of_features", "load_crops",
-           "recalibrate_batchnorm"]
+__all__ = [
+    "train",
+    "InfoGANStep",
+    "build_networks",
+    "build_optimizers",
+    "q_of_features",
+    "load_crops",
+    "recalibrate_batchnorm",
+]
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +103,9 @@ class Crops:
         return int(self.images.shape[-1])
 
 
-def load_crops(crops_path: str | Path, config: TrainConfig, device: torch.device,
-               generator: torch.Generator) -> Crops:
+def load_crops(
+    crops_path: str | Path, config: TrainConfig, device: torch.device, generator: torch.Generator
+) -> Crops:
     """Read a crop store onto ``device``; choose the supervised subset with ``generator`` (CPU).
 
     The images go straight from the file into one preallocated (N, C, H, W) uint8 tensor on
@@ -113,24 +121,34 @@ def load_crops(crops_path: str | Path, config: TrainConfig, device: torch.device
         if (~keep).any():
             log.info("%s: training on %d of %d crops (the rest failed QC)", crops_path, keep.sum(), len(keep))
     if not keep.any():
-        raise InputError(f"{crops_path}: crop store holds no crops to train on "
-                         f"({len(cs)} crops, {int((~keep).sum())} failed QC)")
+        raise InputError(
+            f"{crops_path}: crop store holds no crops to train on "
+            f"({len(cs)} crops, {int((~keep).sum())} failed QC)"
+        )
     holdout = np.zeros(0, np.int64)
     if config.holdout_fraction > 0:  # the same split the analysis makes of the crops that passed QC
         if keep.sum() < 4:
-            raise InputError(f"{crops_path}: {int(keep.sum())} crops cannot be split for train.holdout_fraction="
-                             f"{config.holdout_fraction} (at least 2 to train on and 2 to hold out)")
+            raise InputError(
+                f"{crops_path}: {int(keep.sum())} crops cannot be split for train.holdout_fraction="
+                f"{config.holdout_fraction} (at least 2 to train on and 2 to hold out)"
+            )
         hold, _ = holdout_split(int(keep.sum()), config.holdout_fraction)
         holdout = np.flatnonzero(keep)[hold]
         keep[holdout] = False
-        log.info("%s: %d crops held out of training (train.holdout_fraction=%g)", crops_path, len(holdout),
-                 config.holdout_fraction)
+        log.info(
+            "%s: %d crops held out of training (train.holdout_fraction=%g)",
+            crops_path,
+            len(holdout),
+            config.holdout_fraction,
+        )
     with h5py.File(crops_path, "r") as f:
         n_all, h, w, c = f["images"].shape
     n = int(keep.sum())
     if h != w or h < 8 or h & (h - 1):
-        raise InputError(f"{crops_path}: crops are {h}x{w} px; training needs square crops whose side is a "
-                         "power of two (32, 64, 128); re-crop with crop.size")
+        raise InputError(
+            f"{crops_path}: crops are {h}x{w} px; training needs square crops whose side is a "
+            "power of two (32, 64, 128); re-crop with crop.size"
+        )
     labels = cs.labels[keep]
     label_names = sorted({str(lab) for lab in labels if lab})
     targets = None
@@ -139,19 +157,28 @@ def load_crops(crops_path: str | Path, config: TrainConfig, device: torch.device
     partly = 0 < int((labels != "").sum()) < len(labels)
     if fraction == 0 and config.partial_labels and partly and spec.categorical:
         fraction = 1.0
-        log.info("%s: %d of %d crops carry labels (%s): they supervise Q's categories (train.partial_labels; "
-                 "false trains without them)", crops_path, int((labels != "").sum()), len(labels),
-                 ", ".join(label_names))
+        log.info(
+            "%s: %d of %d crops carry labels (%s): they supervise Q's categories (train.partial_labels; "
+            "false trains without them)",
+            crops_path,
+            int((labels != "").sum()),
+            len(labels),
+            ", ".join(label_names),
+        )
     if fraction > 0:
         key = "train.supervised_fraction" if config.supervised_fraction > 0 else "train.partial_labels"
         if not label_names:
-            raise InputError(f"{crops_path}: supervised_fraction={config.supervised_fraction} but no crop has a "
-                             "label (the obs 'label' column is empty)")
+            raise InputError(
+                f"{crops_path}: supervised_fraction={config.supervised_fraction} but no crop has a "
+                "label (the obs 'label' column is empty)"
+            )
         k = spec.categorical[0] if spec.categorical else 0
         if len(label_names) > k:
-            raise ConfigError(f"config key 'train.latent.categorical': the first code has {k} categories but the "
-                              f"crops have {len(label_names)} labels ({', '.join(label_names)}); semi-supervision "
-                              f"({key}) needs at least one category per label")
+            raise ConfigError(
+                f"config key 'train.latent.categorical': the first code has {k} categories but the "
+                f"crops have {len(label_names)} labels ({', '.join(label_names)}); semi-supervision "
+                f"({key}) needs at least one category per label"
+            )
         t = np.full(n, -1, np.int64)
         for i, name in enumerate(label_names):
             idx = np.flatnonzero(labels == name)
@@ -160,8 +187,11 @@ def load_crops(crops_path: str | Path, config: TrainConfig, device: torch.device
             pick = torch.randperm(len(idx), generator=generator)[:m].numpy()
             t[idx[pick]] = i
         targets = torch.from_numpy(t).to(device)
-        log.info("semi-supervised: %d labelled crops supervise Q (%s)", int((t >= 0).sum()),
-                 ", ".join(f"{i}={name}" for i, name in enumerate(label_names)))
+        log.info(
+            "semi-supervised: %d labelled crops supervise Q (%s)",
+            int((t >= 0).sum()),
+            ", ".join(f"{i}={name}" for i, name in enumerate(label_names)),
+        )
     tensor = _read_images(crops_path, keep, (n, c, h, w), device)
     names = cs.channel_names or [f"channel_{i}" for i in range(c)]
     return Crops(tensor, targets, names, label_names if targets is not None else [], holdout.tolist())
@@ -189,16 +219,19 @@ def free_memory(device: torch.device) -> int | None:
     return None
 
 
-def _read_images(path: Path, keep: np.ndarray, shape: tuple[int, int, int, int],
-                 device: torch.device) -> torch.Tensor:
+def _read_images(
+    path: Path, keep: np.ndarray, shape: tuple[int, int, int, int], device: torch.device
+) -> torch.Tensor:
     """The kept rows of the store's (N, H, W, C) images as one (n, C, H, W) uint8 tensor on
     ``device``, filled block by block (no second copy of the set anywhere)."""
     need = int(np.prod(shape))
     free = free_memory(device)
     if free is not None and need > free:
-        raise InputError(f"{path}: the crops need {need / 2**30:.2f} GiB on {device} and only "
-                         f"{free / 2**30:.2f} GiB is free; train on fewer or smaller crops, or on a device "
-                         "with more memory")
+        raise InputError(
+            f"{path}: the crops need {need / 2**30:.2f} GiB on {device} and only "
+            f"{free / 2**30:.2f} GiB is free; train on fewer or smaller crops, or on a device "
+            "with more memory"
+        )
     out = torch.empty(shape, dtype=torch.uint8, device=device)
     with h5py.File(path, "r") as f:
         ds = f["images"]
@@ -207,34 +240,42 @@ def _read_images(path: Path, keep: np.ndarray, shape: tuple[int, int, int, int],
         block = max(chunk, LOAD_BLOCK_BYTES // per_image // chunk * chunk)
         row = 0
         for a in range(0, len(keep), block):
-            sel = keep[a:a + block]
+            sel = keep[a : a + block]
             if not sel.any():
                 continue
-            arr = ds[a:a + len(sel)]
+            arr = ds[a : a + len(sel)]
             if not sel.all():
                 arr = arr[sel]
             part = torch.from_numpy(arr).permute(0, 3, 1, 2)  # a view: (m, C, H, W)
-            out[row:row + len(arr)].copy_(part)
+            out[row : row + len(arr)].copy_(part)
             row += len(arr)
     if row != shape[0]:
         raise InputError(f"{path}: read {row} crops, expected {shape[0]}")
     return out
 
 
-def build_networks(spec: LatentSpec, img_size: int, channels: int, config: TrainConfig,
-                   generator: torch.Generator) -> tuple[Generator, Discriminator]:
+def build_networks(
+    spec: LatentSpec, img_size: int, channels: int, config: TrainConfig, generator: torch.Generator
+) -> tuple[Generator, Discriminator]:
     """G and D+Q, initialised from ``generator`` (torch's global RNG is left as it was)."""
     with torch.random.fork_rng(devices=[]):  # module constructors draw default inits from it
         G = Generator(spec, img_size=img_size, channels=channels, width=config.g_channels)
-        D = Discriminator(spec, img_size=img_size, channels=channels, width=config.d_channels,
-                          spectral_norm=config.spectral_norm, q_overcluster=config.q_overcluster)
+        D = Discriminator(
+            spec,
+            img_size=img_size,
+            channels=channels,
+            width=config.d_channels,
+            spectral_norm=config.spectral_norm,
+            q_overcluster=config.q_overcluster,
+        )
     init_weights(G, generator=generator)
     init_weights(D, generator=generator)
     return G, D
 
 
-def build_optimizers(G: Generator, D: Discriminator, config: TrainConfig, device: torch.device
-                     ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+def build_optimizers(
+    G: Generator, D: Discriminator, config: TrainConfig, device: torch.device
+) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
     """Adam for G, and Adam for all of D: trunk, D head and Q head.
 
     Q sits in D's optimiser with the trunk, so whether the information loss trains the trunk is
@@ -243,8 +284,10 @@ def build_optimizers(G: Generator, D: Discriminator, config: TrainConfig, device
     kw: dict[str, Any] = {"betas": (config.beta1, config.beta2)}
     if device.type in ("cuda", "cpu"):
         kw["fused"] = True  # one kernel for all parameters (CUDA; also implemented for CPU)
-    return (torch.optim.Adam(G.parameters(), lr=config.lr_g, **kw),
-            torch.optim.Adam(D.parameters(), lr=config.lr_d, **kw))
+    return (
+        torch.optim.Adam(G.parameters(), lr=config.lr_g, **kw),
+        torch.optim.Adam(D.parameters(), lr=config.lr_d, **kw),
+    )
 
 
 def q_of_features(D: Discriminator, h: torch.Tensor, train_trunk: bool) -> QOutput:
@@ -264,8 +307,16 @@ class InfoGANStep:
     Returns the named scalars (detached 0-dim tensors; nothing is synced to the host).
     """
 
-    def __init__(self, G: torch.nn.Module, D: torch.nn.Module, opt_G: torch.optim.Optimizer,
-                 opt_D: torch.optim.Optimizer, spec: LatentSpec, config: TrainConfig, device: torch.device):
+    def __init__(
+        self,
+        G: torch.nn.Module,
+        D: torch.nn.Module,
+        opt_G: torch.optim.Optimizer,
+        opt_D: torch.optim.Optimizer,
+        spec: LatentSpec,
+        config: TrainConfig,
+        device: torch.device,
+    ):
         self.G, self.D, self.opt_G, self.opt_D = G, D, opt_G, opt_D
         self.spec, self.config, self.device = spec, config, device
         self.d_loss = DiscriminatorLoss(config.loss)
@@ -283,15 +334,20 @@ class InfoGANStep:
         elif config.compile:
             log.info("compile: ignored on %s (CUDA only)", device)
 
-    def __call__(self, real: torch.Tensor, latent: Latent,
-                 supervised: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 want_q_real: bool = False, generator: torch.Generator | None = None
-                 ) -> tuple[dict[str, torch.Tensor], QOutput | None]:
+    def __call__(
+        self,
+        real: torch.Tensor,
+        latent: Latent,
+        supervised: tuple[torch.Tensor, torch.Tensor] | None = None,
+        want_q_real: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> tuple[dict[str, torch.Tensor], QOutput | None]:
         """``real`` (B, C, H, W) float in [-1, 1]; ``supervised`` (images, categories) a batch of labelled
         real crops for Q's supervised loss; ``generator`` draws the differentiable augmentation."""
         cfg, D, trunk = self.config, self.D, self.trunk
         real = real.contiguous(memory_format=self.memory_format)
         if is_identity(cfg.diff_augment):
+
             def T(x: torch.Tensor) -> torch.Tensor:
                 return x
         else:
@@ -300,6 +356,7 @@ class InfoGANStep:
 
             def T(x: torch.Tensor) -> torch.Tensor:
                 return augment_batch(x, cfg.diff_augment, generator)
+
         prec, pair = self.precision, cfg.lambda_pair_mi > 0
         with autocast(self.device, prec):
             # G's output in fp32 before augmentation: DiffAugment's resampling is then the same
@@ -330,7 +387,10 @@ class InfoGANStep:
             d_total = d_total + terms["Loss/Q/pair_mi"]
             if q_real.over_logits is not None:
                 over = self.pair_loss(q_real.over_logits, q_view2.over_logits)
-                terms["Loss/Q/pair_mi_over"], terms["MI/Q/pair_over"] = over["Loss/Q/pair_mi"], over["MI/Q/pair"]
+                terms["Loss/Q/pair_mi_over"], terms["MI/Q/pair_over"] = (
+                    over["Loss/Q/pair_mi"],
+                    over["MI/Q/pair"],
+                )
                 d_total = d_total + terms["Loss/Q/pair_mi_over"]
         self.opt_D.zero_grad(set_to_none=True)
         d_total.backward()
@@ -354,8 +414,9 @@ class InfoGANStep:
         terms = {k: v.detach() for k, v in terms.items()}
         if not want_q_real:
             return terms, None
-        return terms, QOutput([t.detach() for t in q_real.cat_logits], q_real.cont_mu.detach(),
-                              q_real.cont_log_sigma.detach())
+        return terms, QOutput(
+            [t.detach() for t in q_real.cat_logits], q_real.cont_mu.detach(), q_real.cont_log_sigma.detach()
+        )
 
 
 @torch.no_grad()
@@ -369,8 +430,13 @@ def ema_update(G_ema: torch.nn.Module, G: torch.nn.Module, beta: float) -> None:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(D: Discriminator, images: torch.Tensor, batch_size: int, generator: torch.Generator,
-                          max_images: int = 16384) -> None:
+def recalibrate_batchnorm(
+    D: Discriminator,
+    images: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+    max_images: int = 16384,
+) -> None:
     """Set D's BatchNorm running statistics to those of real crops (uint8 (N, C, H, W) on D's device).
 
     During training they average real and generated batches, the last forward of each step being
@@ -390,7 +456,7 @@ def recalibrate_batchnorm(D: Discriminator, images: torch.Tensor, batch_size: in
     order = torch.randperm(len(images), generator=generator)[:max_images].to(images.device)
     step = max(2, batch_size)
     for i in range(0, len(order) - 1, step):  # BatchNorm needs 2+ images
-        idx = order[i:i + step]
+        idx = order[i : i + step]
         if len(idx) >= 2:
             D.trunk(to_float(images[idx]))
     for m, mom in zip(bns, momenta, strict=True):
@@ -425,8 +491,10 @@ def _save_resume(path: Path, state: dict) -> None:
 
 def _check_same_run(path: Path, found: dict, want: dict) -> None:
     if found.get("seed") != want["seed"] or found.get("train_config") != want["train_config"]:
-        raise InputError(f"{path}: belongs to a run with a different training config or seed; "
-                         "use a new run directory (or delete this one) to train with these settings")
+        raise InputError(
+            f"{path}: belongs to a run with a different training config or seed; "
+            "use a new run directory (or delete this one) to train with these settings"
+        )
 
 
 def _write_stats(path: Path, records: list[dict]) -> None:
@@ -443,8 +511,10 @@ def _grid_latent(spec: LatentSpec, seed: int) -> tuple[Latent, int]:
         if spec.categorical:
             lat.cat[:, 0] = torch.arange(n_rows).repeat_interleave(GRID_STEPS)
         return lat, GRID_STEPS
-    panels = [latent_grid(spec, n_steps=GRID_STEPS, code=j, generator=torch.Generator().manual_seed(seed))
-              for j in range(spec.n_continuous)]
+    panels = [
+        latent_grid(spec, n_steps=GRID_STEPS, code=j, generator=torch.Generator().manual_seed(seed))
+        for j in range(spec.n_continuous)
+    ]
     n_rows = len(panels[0]) // GRID_STEPS
 
     def rows(t: torch.Tensor) -> torch.Tensor:
@@ -454,8 +524,16 @@ def _grid_latent(spec: LatentSpec, seed: int) -> tuple[Latent, int]:
     return lat, GRID_STEPS * spec.n_continuous
 
 
-def _snapshot(run_dir: Path, G: Generator, grid: Latent, n_cols: int, spec: LatentSpec, cur_nimg: int,
-              records: list[dict], device: torch.device) -> None:
+def _snapshot(
+    run_dir: Path,
+    G: Generator,
+    grid: Latent,
+    n_cols: int,
+    spec: LatentSpec,
+    cur_nimg: int,
+    records: list[dict],
+    device: torch.device,
+) -> None:
     from infogan_cells import plots
 
     was_training = G.training
@@ -479,15 +557,21 @@ def _device_flags(device: torch.device, tf32: bool):
     if device.type != "cuda":
         yield
         return
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-           torch.backends.cudnn.benchmark)
+    old = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+    )
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(tf32)
     torch.backends.cudnn.benchmark = True
     try:
         yield
     finally:
-        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-         torch.backends.cudnn.benchmark) = old
+        (
+            torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32,
+            torch.backends.cudnn.benchmark,
+        ) = old
 
 
 def _augment_real(images: torch.Tensor, augment: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
@@ -501,8 +585,9 @@ class _Batches:
     """Draws each step's inputs on the training device: a real batch (augmented), a class-balanced
     batch of labelled crops when semi-supervised, and a latent batch; no host sync."""
 
-    def __init__(self, crops: Crops, config: TrainConfig, data_gen: torch.Generator,
-                 latent_gen: torch.Generator):
+    def __init__(
+        self, crops: Crops, config: TrainConfig, data_gen: torch.Generator, latent_gen: torch.Generator
+    ):
         self.crops, self.config, self.data_gen, self.latent_gen = crops, config, data_gen, latent_gen
         self.n = crops.images.shape[0]
         self.dev = crops.images.device
@@ -525,8 +610,9 @@ class _Batches:
         return real, (_augment_real(self.crops.images[j], cfg.augment, g), self.crops.targets[j])
 
     def latent(self, cat_probs: list[torch.Tensor] | None) -> Latent:
-        return sample_latent(self.config.latent, self.config.batch_size, generator=self.latent_gen,
-                             cat_probs=cat_probs)
+        return sample_latent(
+            self.config.latent, self.config.batch_size, generator=self.latent_gen, cat_probs=cat_probs
+        )
 
 
 @torch.no_grad()
@@ -547,8 +633,16 @@ def _check_config(config: TrainConfig) -> None:
 # The training loop
 
 
-def train(crops_path: str | Path, run_dir: str | Path, config: TrainConfig, *, seed: int,
-          device: str = "auto", progress: bool = False, resolved_config: Any = None) -> Path:
+def train(
+    crops_path: str | Path,
+    run_dir: str | Path,
+    config: TrainConfig,
+    *,
+    seed: int,
+    device: str = "auto",
+    progress: bool = False,
+    resolved_config: Any = None,
+) -> Path:
     """Train an InfoGAN on the crops in ``crops_path``; write (or resume, or find) ``run_dir``.
 
     ``seed`` fixes the initial weights, batches, latents and augmentations; ``resolved_config``
@@ -571,8 +665,12 @@ def train(crops_path: str | Path, run_dir: str | Path, config: TrainConfig, *, s
         _check_same_run(final_path, meta, ident)
         log.info("%s: already trained (%d images); nothing to do", run_dir, meta.get("images_seen", 0))
         return run_dir
-    log.info("training on %s in %s%s", dev, precision,
-             f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else "")
+    log.info(
+        "training on %s in %s%s",
+        dev,
+        precision,
+        f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else "",
+    )
     s_init, s_latent, s_data, s_grid, s_sup = (int(s) for s in np.random.SeedSequence(seed).generate_state(5))
     latent_gen = torch.Generator(device=dev).manual_seed(s_latent)  # latents are drawn on the device
     data_gen = torch.Generator(device=dev).manual_seed(s_data)  # batch indices and augmentation
@@ -580,8 +678,15 @@ def train(crops_path: str | Path, run_dir: str | Path, config: TrainConfig, *, s
     # --- data
     crops = load_crops(crops_path, config, dev, torch.Generator().manual_seed(s_sup))
     n_crops, channels, img_size = crops.images.shape[0], crops.images.shape[1], crops.img_size
-    log.info("%s: %d crops of %dx%d px, %d channel(s) on %s", crops_path, n_crops, img_size, img_size,
-             channels, dev)
+    log.info(
+        "%s: %d crops of %dx%d px, %d channel(s) on %s",
+        crops_path,
+        n_crops,
+        img_size,
+        img_size,
+        channels,
+        dev,
+    )
 
     # --- networks and optimisers
     G, D = build_networks(spec, img_size, channels, config, torch.Generator().manual_seed(s_init))
@@ -603,8 +708,9 @@ def train(crops_path: str | Path, run_dir: str | Path, config: TrainConfig, *, s
         try:
             state = torch.load(resume_path, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise InputError(f"{resume_path}: unreadable resume state ({type(err).__name__}); delete it to "
-                             "start over") from None
+            raise InputError(
+                f"{resume_path}: unreadable resume state ({type(err).__name__}); delete it to start over"
+            ) from None
         if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
             raise InputError(f"{resume_path}: not an infogan-cells resume state")
         _check_same_run(resume_path, state, ident)
@@ -618,8 +724,12 @@ def train(crops_path: str | Path, run_dir: str | Path, config: TrainConfig, *, s
             latent_gen.set_state(state["latent_rng"])
             data_gen.set_state(state["data_rng"])
         else:
-            log.warning("%s: saved on %s, resuming on %s: batches after the resume differ from an "
-                        "uninterrupted run", resume_path, state["device_type"], dev.type)
+            log.warning(
+                "%s: saved on %s, resuming on %s: batches after the resume differ from an uninterrupted run",
+                resume_path,
+                state["device_type"],
+                dev.type,
+            )
             latent_gen.manual_seed(s_latent + state["cur_nimg"])
             data_gen.manual_seed(s_data + state["cur_nimg"])
         prior = [p.to(dev) for p in state["prior"]]
@@ -680,39 +790,72 @@ def train(crops_path: str | Path, run_dir: str | Path, config: TrainConfig, *, s
                 now = time.perf_counter()
                 dt = now - t_tick
                 seconds += dt
-                rec = {"images_seen": cur_nimg, "kimg": cur_nimg / 1000, "seconds": round(seconds, 3),
-                       "images_per_s": round(tick_steps * B / max(dt, 1e-9), 2), **rec}
+                rec = {
+                    "images_seen": cur_nimg,
+                    "kimg": cur_nimg / 1000,
+                    "seconds": round(seconds, 3),
+                    "images_per_s": round(tick_steps * B / max(dt, 1e-9), 2),
+                    **rec,
+                }
                 if dev.type == "cuda":
                     rec["gpu_max_memory_mb"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
                 if want_q_real:
-                    rec["category_prior"] = [round(v, 5) for v in effective_prior(prior, config.prior_floor)[0].tolist()]
+                    rec["category_prior"] = [
+                        round(v, 5) for v in effective_prior(prior, config.prior_floor)[0].tolist()
+                    ]
                 records.append(rec)
                 _write_stats(stats_path, records)
-                log.info("kimg %.1f  D %.3f  G %.3f  Q cat %.3f cont %.3f  %.0f img/s", rec["kimg"],
-                         rec["Loss/D/adv"], rec["Loss/G/adv"], rec["Loss/Q/cat"], rec["Loss/Q/cont"],
-                         rec["images_per_s"])
+                log.info(
+                    "kimg %.1f  D %.3f  G %.3f  Q cat %.3f cont %.3f  %.0f img/s",
+                    rec["kimg"],
+                    rec["Loss/D/adv"],
+                    rec["Loss/G/adv"],
+                    rec["Loss/Q/cat"],
+                    rec["Loss/Q/cont"],
+                    rec["images_per_s"],
+                )
                 if pbar is not None:
-                    pbar.set_postfix({"img/s": f"{rec['images_per_s']:.0f}", "D": f"{rec['Loss/D/adv']:.2f}",
-                                      "G": f"{rec['Loss/G/adv']:.2f}", "Q": f"{rec['Loss/Q/cat']:.2f}"})
+                    pbar.set_postfix(
+                        {
+                            "img/s": f"{rec['images_per_s']:.0f}",
+                            "D": f"{rec['Loss/D/adv']:.2f}",
+                            "G": f"{rec['Loss/G/adv']:.2f}",
+                            "Q": f"{rec['Loss/Q/cat']:.2f}",
+                        }
+                    )
                 tick_sums, tick_steps = {}, 0
                 t_tick = time.perf_counter()
             if crossed(config.snapshot_images) or done:
                 t0 = time.perf_counter()
-                _snapshot(run_dir, G_ema if G_ema is not None else G, grid, grid_cols, spec, cur_nimg, records, dev)
+                _snapshot(
+                    run_dir, G_ema if G_ema is not None else G, grid, grid_cols, spec, cur_nimg, records, dev
+                )
                 t_tick += time.perf_counter() - t0  # snapshot time is not training time
 
             # --- checkpoint
             if crossed(config.checkpoint_images) and not done:
                 t0 = time.perf_counter()
-                _save_resume(resume_path, {
-                    "format": RESUME_FORMAT, **ident, "device_type": dev.type,
-                    "cur_nimg": cur_nimg, "n_steps": n_steps, "seconds": seconds,
-                    "G": G.state_dict(), "D": D.state_dict(),
-                    "G_ema": G_ema.state_dict() if G_ema is not None else None,
-                    "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
-                    "latent_rng": latent_gen.get_state(), "data_rng": data_gen.get_state(),
-                    "prior": [p.cpu() for p in prior],
-                    "tick_sums": {k: v.cpu() for k, v in tick_sums.items()}, "tick_steps": tick_steps})
+                _save_resume(
+                    resume_path,
+                    {
+                        "format": RESUME_FORMAT,
+                        **ident,
+                        "device_type": dev.type,
+                        "cur_nimg": cur_nimg,
+                        "n_steps": n_steps,
+                        "seconds": seconds,
+                        "G": G.state_dict(),
+                        "D": D.state_dict(),
+                        "G_ema": G_ema.state_dict() if G_ema is not None else None,
+                        "opt_G": opt_G.state_dict(),
+                        "opt_D": opt_D.state_dict(),
+                        "latent_rng": latent_gen.get_state(),
+                        "data_rng": data_gen.get_state(),
+                        "prior": [p.cpu() for p in prior],
+                        "tick_sums": {k: v.cpu() for k, v in tick_sums.items()},
+                        "tick_steps": tick_steps,
+                    },
+                )
                 t_tick += time.perf_counter() - t0
     if pbar is not None:
         pbar.close()
@@ -720,14 +863,30 @@ def train(crops_path: str | Path, run_dir: str | Path, config: TrainConfig, *, s
     # --- checkpoint: the final network (D's BatchNorm statistics from real crops, for Q in eval mode)
     recalibrate_batchnorm(D, crops.images, config.batch_size, torch.Generator().manual_seed(s_grid))
     labels = crops.label_names
-    meta = {**ident, "channel_names": crops.channel_names, "img_size": img_size,
-            "category_prior": [p.tolist() for p in (effective_prior(prior, config.prior_floor)
-                                                    if config.prior == "learned" else
-                                                    [torch.full((k,), 1.0 / k) for k in spec.categorical])],
-            "category_labels": labels, "holdout": crops.holdout, "images_seen": cur_nimg, "config": config_text, "n_crops": n_crops,
-            "device": str(dev), "tf32": bool(config.tf32 and dev.type == "cuda"),
-            "precision": precision, "bf16": precision == "bf16", "torch": str(torch.__version__),
-            "seconds": round(seconds, 3)}
+    meta = {
+        **ident,
+        "channel_names": crops.channel_names,
+        "img_size": img_size,
+        "category_prior": [
+            p.tolist()
+            for p in (
+                effective_prior(prior, config.prior_floor)
+                if config.prior == "learned"
+                else [torch.full((k,), 1.0 / k) for k in spec.categorical]
+            )
+        ],
+        "category_labels": labels,
+        "holdout": crops.holdout,
+        "images_seen": cur_nimg,
+        "config": config_text,
+        "n_crops": n_crops,
+        "device": str(dev),
+        "tf32": bool(config.tf32 and dev.type == "cuda"),
+        "precision": precision,
+        "bf16": precision == "bf16",
+        "torch": str(torch.__version__),
+        "seconds": round(seconds, 3),
+    }
     save_network(final_path, G=G, D=D, G_ema=G_ema, meta=meta)
     resume_path.unlink(missing_ok=True)  # the finished network supersedes it
     log.info("%s: trained on %d images in %.0f s", final_path, cur_nimg, seconds)

@@ -24,9 +24,22 @@ from infogan_cells.writers import (
     load_hdf5_plugins,
 )
 
-_REQUIRED_ATTRS = ("format_version", "kind", "package_version", "model_file", "model_sha256", "config",
-                   "latent_spec", "category_map", "category_names", "categories", "n_total", "shard_count",
-                   "start", "stop")
+_REQUIRED_ATTRS = (
+    "format_version",
+    "kind",
+    "package_version",
+    "model_file",
+    "model_sha256",
+    "config",
+    "latent_spec",
+    "category_map",
+    "category_names",
+    "categories",
+    "n_total",
+    "shard_count",
+    "start",
+    "stop",
+)
 
 
 def validate_file(path: str | Path) -> list[str]:
@@ -41,8 +54,10 @@ def validate_file(path: str | Path) -> list[str]:
         return [f"It is not a readable HDF5 file ({err})."]
     with f:
         if f.attrs.get("format") != FORMAT:
-            return [f"The root attribute 'format' is {_show(f.attrs.get('format'))}, expected '{FORMAT}': "
-                    "this is not a synthetic data set file."]
+            return [
+                f"The root attribute 'format' is {_show(f.attrs.get('format'))}, expected '{FORMAT}': "
+                "this is not a synthetic data set file."
+            ]
         problems: list[str] = []
         attrs = _check_attrs(f, problems)
         if attrs is None:
@@ -93,8 +108,10 @@ def _check_attrs(f: h5py.File, problems: list[str]) -> dict | None:
         if not isinstance(c, int) or not 0 <= c < len(a["category_names"]):
             problems.append(f"The category map has an entry {row!r} that names no category of the generator.")
         elif row.get("label") != a["category_names"][c]:
-            problems.append(f"The category map labels category {c} {row.get('label')!r}, but "
-                            f"category_names says {a['category_names'][c]!r}.")
+            problems.append(
+                f"The category map labels category {c} {row.get('label')!r}, but "
+                f"category_names says {a['category_names'][c]!r}."
+            )
     n_total, count = int(a["n_total"]), int(a["shard_count"])
     start, stop = int(a["start"]), int(a["stop"])
     if a["kind"] == "shard":
@@ -102,9 +119,11 @@ def _check_attrs(f: h5py.File, problems: list[str]) -> dict | None:
         if i is None or not 0 <= int(i) < count:
             problems.append(f"The shard_index {_show(i)} is not in 0..{count - 1}.")
         elif (start, stop) != ((int(i) * n_total) // count, ((int(i) + 1) * n_total) // count):
-            problems.append(f"Shard {int(i)}/{count} of {n_total} samples should cover "
-                            f"{(int(i) * n_total) // count}..{((int(i) + 1) * n_total) // count}, "
-                            f"not {start}..{stop}.")
+            problems.append(
+                f"Shard {int(i)}/{count} of {n_total} samples should cover "
+                f"{(int(i) * n_total) // count}..{((int(i) + 1) * n_total) // count}, "
+                f"not {start}..{stop}."
+            )
     elif a["kind"] == "master":
         if (start, stop) != (0, n_total):
             problems.append(f"The master file should cover 0..{n_total}, not {start}..{stop}.")
@@ -120,7 +139,9 @@ def _check_images(f: h5py.File, path: Path, a: dict, problems: list[str]) -> int
         return None
     images = f["images"]
     if images.ndim != 4 or images.dtype != np.uint8:
-        problems.append(f"The dataset 'images' is {images.shape} {images.dtype}; expected (N, H, W, C) uint8.")
+        problems.append(
+            f"The dataset 'images' is {images.shape} {images.dtype}; expected (N, H, W, C) uint8."
+        )
         return None
     n, h, w, c = images.shape
     if images.attrs.get("axes") != "NYXC":
@@ -134,17 +155,22 @@ def _check_images(f: h5py.File, path: Path, a: dict, problems: list[str]) -> int
         if images.is_virtual:
             problems.append("The dataset 'images' of a shard should be stored in it, not virtual.")
         elif images.chunks is None or tuple(images.chunks[1:]) != (h, w, c):
-            problems.append(f"The dataset 'images' should be chunked by whole images (k, {h}, {w}, {c}), "
-                            f"not {images.chunks}.")
+            problems.append(
+                f"The dataset 'images' should be chunked by whole images (k, {h}, {w}, {c}), "
+                f"not {images.chunks}."
+            )
     elif a["kind"] == "master":
         if not images.is_virtual:
             problems.append("The dataset 'images' of a master file should be a virtual dataset.")
         else:
-            missing = sorted({m.file_name for m in images.virtual_sources()
-                              if not (path.parent / m.file_name).exists()})
+            missing = sorted(
+                {m.file_name for m in images.virtual_sources() if not (path.parent / m.file_name).exists()}
+            )
             if missing:
-                problems.append(f"Shard file(s) {', '.join(missing)} named by the master file are missing "
-                                f"(looked in {path.parent}).")
+                problems.append(
+                    f"Shard file(s) {', '.join(missing)} named by the master file are missing "
+                    f"(looked in {path.parent})."
+                )
                 return None
             _check_sources(f, path, images, a, problems)
     return n
@@ -162,8 +188,11 @@ def _check_sources(f: h5py.File, path: Path, images: h5py.Dataset, a: dict, prob
 
 def _check_columns(f: h5py.File, n: int, a: dict, problems: list[str]) -> None:
     spec, config = a["latent_spec"], a["config"]
-    widths = {"z": spec.get("z_dim"), "categorical": len(spec.get("categorical", [])),
-              "continuous": spec.get("n_continuous")}
+    widths = {
+        "z": spec.get("z_dim"),
+        "categorical": len(spec.get("categorical", [])),
+        "continuous": spec.get("n_continuous"),
+    }
     values = {}
     for name in OBS_COLUMNS:
         key = f"obs/{name}"
@@ -193,16 +222,23 @@ def _check_columns(f: h5py.File, n: int, a: dict, problems: list[str]) -> None:
         problems.append("obs/index is not the consecutive global indices start..stop.")
     threshold = float(config.get("min_confidence", 0.0))
     draw, offset = np.divmod(values["seed"] - int(config.get("seed", 0)) - index, DRAW_STRIDE)
-    if "seed" in config and threshold == 0 and not np.array_equal(values["seed"], int(config["seed"]) + index):
+    if (
+        "seed" in config
+        and threshold == 0
+        and not np.array_equal(values["seed"], int(config["seed"]) + index)
+    ):
         problems.append("obs/seed is not config.seed + obs/index for every sample.")
     elif "seed" in config and ((offset != 0) | (draw < 0) | (draw >= MAX_DRAWS)).any():
-        problems.append(f"obs/seed is not config.seed + obs/index + j * 2^32 (0 <= j < {MAX_DRAWS}) "
-                        "for every sample.")
+        problems.append(
+            f"obs/seed is not config.seed + obs/index + j * 2^32 (0 <= j < {MAX_DRAWS}) for every sample."
+        )
     conf = values["confidence"]
     scored = threshold > 0 or bool(config.get("score_confidence", False))
     if not scored and len(conf) and not np.isnan(conf).all():
-        problems.append("obs/confidence holds values although the set was not scored (min_confidence 0, "
-                        "score_confidence false): expected NaN.")
+        problems.append(
+            "obs/confidence holds values although the set was not scored (min_confidence 0, "
+            "score_confidence false): expected NaN."
+        )
     elif scored and len(conf) and not ((conf >= threshold) & (conf <= 1)).all():
         problems.append(f"obs/confidence holds values outside [{threshold}, 1] (synthesis.min_confidence).")
     names = a["category_names"]
@@ -211,6 +247,10 @@ def _check_columns(f: h5py.File, n: int, a: dict, problems: list[str]) -> None:
         problems.append(f"obs/category holds categories outside {a['categories']}.")
     elif len(cat) and list(values["label"]) != [names[c] for c in cat]:
         problems.append("obs/label does not match category_names[obs/category] everywhere.")
-    if "latent/categorical" in f and f["latent/categorical"].shape == (n, widths["categorical"]) \
-            and widths["categorical"] and not np.array_equal(f["latent/categorical"][:, 0], cat):
+    if (
+        "latent/categorical" in f
+        and f["latent/categorical"].shape == (n, widths["categorical"])
+        and widths["categorical"]
+        and not np.array_equal(f["latent/categorical"][:, 0], cat)
+    ):
         problems.append("latent/categorical[:, 0] differs from obs/category.")

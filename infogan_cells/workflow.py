@@ -26,8 +26,12 @@ def stage(smk: Any) -> Iterator[Config]:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path:
         handlers.append(logging.FileHandler(log_path, mode="w"))
-    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        handlers=handlers,
+        force=True,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     use_bars(False)  # jobs share the terminal and each has its log: progress as plain lines
     threads = max(1, int(getattr(smk, "threads", 1) or 1))
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))

@@ -97,8 +97,10 @@ def compression_options(name: str) -> dict:
         return {}
     if name == "blosc":
         if not load_hdf5_plugins():
-            raise InputError("compression 'blosc' needs the hdf5plugin package "
-                             "(pip install 'infogan-cells[blosc]'), or choose gzip or lzf")
+            raise InputError(
+                "compression 'blosc' needs the hdf5plugin package "
+                "(pip install 'infogan-cells[blosc]'), or choose gzip or lzf"
+            )
         import hdf5plugin
 
         return dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE))
@@ -203,9 +205,20 @@ class HDF5Writer(Writer):
     written under a temporary name and renamed on :meth:`commit`, once every row is written.
     """
 
-    def __init__(self, path: str | Path, *, n: int, image_shape: Sequence[int], channel_names: Sequence[str],
-                 z_dim: int, n_codes: int, n_continuous: int, attrs: Mapping[str, Any],
-                 compression: str = "gzip", overwrite: bool = False):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        n: int,
+        image_shape: Sequence[int],
+        channel_names: Sequence[str],
+        z_dim: int,
+        n_codes: int,
+        n_continuous: int,
+        attrs: Mapping[str, Any],
+        compression: str = "gzip",
+        overwrite: bool = False,
+    ):
         self.path = Path(path)
         self.n = int(n)
         self._files = _AtomicFiles()
@@ -218,9 +231,14 @@ class HDF5Writer(Writer):
             for key, value in attrs.items():
                 self._f.attrs[key] = _attr_value(value)
             k = chunk_images(image_shape, self.n)
-            images = self._f.create_dataset("images", shape=(self.n, *image_shape), dtype=np.uint8,
-                                            chunks=(k, *image_shape), **compression_options(compression),
-                                            maxshape=None if self.n else (None, *image_shape))  # empty shard
+            images = self._f.create_dataset(
+                "images",
+                shape=(self.n, *image_shape),
+                dtype=np.uint8,
+                chunks=(k, *image_shape),
+                **compression_options(compression),
+                maxshape=None if self.n else (None, *image_shape),
+            )  # empty shard
             images.attrs["axes"] = "NYXC"
             images.attrs["channel_names"] = [str(c) for c in channel_names]
             obs = self._f.create_group("obs")
@@ -243,13 +261,17 @@ class HDF5Writer(Writer):
         self._deflate = compression == "gzip" and self.n > 0
         self._partial: list[np.ndarray] = []
         self._partial_start = 0
-        self._pool = ThreadPoolExecutor(compression_threads(), thread_name_prefix="deflate") if self._deflate else None
+        self._pool = (
+            ThreadPoolExecutor(compression_threads(), thread_name_prefix="deflate") if self._deflate else None
+        )
         self._compressing: collections.deque = collections.deque()
 
     def write(self, batch: Batch) -> None:
         a, b = batch.offset, batch.offset + len(batch)
         if a != self._rows or b > self.n:
-            raise ValueError(f"{self.path}: batch rows {a}..{b} out of order (next row {self._rows} of {self.n})")
+            raise ValueError(
+                f"{self.path}: batch rows {a}..{b} out of order (next row {self._rows} of {self.n})"
+            )
         if self._deflate:
             self._deflate_rows(batch.images)
         else:
@@ -257,7 +279,7 @@ class HDF5Writer(Writer):
             # the generator's threads run between them
             step = self._chunk * max(1, 8 // max(1, self._chunk))
             for i in range(0, len(batch), step):
-                self._images[a + i:min(b, a + i + step)] = batch.images[i:i + step]
+                self._images[a + i : min(b, a + i + step)] = batch.images[i : i + step]
         f = self._f
         for name in OBS_COLUMNS:
             if getattr(batch, name) is not None:
@@ -278,10 +300,12 @@ class HDF5Writer(Writer):
         if start + len(images) >= self.n:  # the last chunk of the file: pad it (HDF5 stores it whole)
             n_whole = len(images)
         for i in range(0, n_whole, k):
-            block = images[i:i + k]
+            block = images[i : i + k]
             if len(block) < k:
                 block = np.concatenate([block, np.zeros((k - len(block), *block.shape[1:]), np.uint8)])
-            self._compressing.append((start + i, self._pool.submit(zlib.compress, block.tobytes(), GZIP_LEVEL)))
+            self._compressing.append(
+                (start + i, self._pool.submit(zlib.compress, block.tobytes(), GZIP_LEVEL))
+            )
         self._partial = [images[n_whole:]] if n_whole < len(images) else []
         self._partial_start = start + n_whole
         self._write_compressed(wait=len(self._compressing) > 2 * self._pool._max_workers)
@@ -320,8 +344,9 @@ def _attr_value(value: Any) -> Any:
     return value
 
 
-def write_master(shards: Sequence[Path], out_path: str | Path, attrs: Mapping[str, Any], *,
-                 overwrite: bool = False) -> None:
+def write_master(
+    shards: Sequence[Path], out_path: str | Path, attrs: Mapping[str, Any], *, overwrite: bool = False
+) -> None:
     """Join shard files (in order) into one file of HDF5 virtual datasets, atomically.
 
     Sources are named by paths relative to ``out_path``'s folder, so the folder can move.
@@ -332,17 +357,24 @@ def write_master(shards: Sequence[Path], out_path: str | Path, attrs: Mapping[st
         sizes = [f["images"].shape[0] for f in files]
         total = int(sum(sizes))
         rel = [relative_source(p, out_path.parent) for p in shards]
-        with atomic_path(out_path, overwrite=overwrite) as tmp, h5py.File(tmp, "w", libver=("v110", "latest")) as out:
+        with (
+            atomic_path(out_path, overwrite=overwrite) as tmp,
+            h5py.File(tmp, "w", libver=("v110", "latest")) as out,
+        ):
             for key, value in attrs.items():
                 out.attrs[key] = _attr_value(value)
             first = files[0]
-            for name in ["images", *(f"obs/{c}" for c in OBS_COLUMNS), *(f"latent/{c}" for c in LATENT_COLUMNS)]:
+            for name in [
+                "images",
+                *(f"obs/{c}" for c in OBS_COLUMNS),
+                *(f"latent/{c}" for c in LATENT_COLUMNS),
+            ]:
                 src = first[name]
                 layout = h5py.VirtualLayout(shape=(total, *src.shape[1:]), dtype=src.dtype)
                 row = 0
                 for f, path, n in zip(files, rel, sizes, strict=True):
                     if n:
-                        layout[row:row + n] = h5py.VirtualSource(path, name, shape=f[name].shape)
+                        layout[row : row + n] = h5py.VirtualSource(path, name, shape=f[name].shape)
                     row += n
                 out.create_virtual_dataset(name, layout)
                 for key, value in src.attrs.items():
@@ -418,9 +450,18 @@ class TiffStackWriter(Writer):
 
     CLASSIC_LIMIT = (1 << 32) - (1 << 26)
 
-    def __init__(self, tiff_dir: str | Path, stacks: Sequence[StackPlan], *, image_shape: Sequence[int],
-                 channel_names: Sequence[str], info: Mapping[str, Any], suffix: str = "",
-                 overwrite: bool = False, pixel_size_um: float | None = None):
+    def __init__(
+        self,
+        tiff_dir: str | Path,
+        stacks: Sequence[StackPlan],
+        *,
+        image_shape: Sequence[int],
+        channel_names: Sequence[str],
+        info: Mapping[str, Any],
+        suffix: str = "",
+        overwrite: bool = False,
+        pixel_size_um: float | None = None,
+    ):
         self.tiff_dir = Path(tiff_dir)
         self._files = _AtomicFiles()
         self._axes = "CYX"
@@ -445,30 +486,67 @@ class TiffStackWriter(Writer):
             self.abort()
             raise
 
-    def _create(self, tmp: Path, plan: StackPlan, page_shape: tuple[int, ...], channel_names: Sequence[str],
-                info: Mapping[str, Any], pixel_size_um: float | None) -> int:
+    def _create(
+        self,
+        tmp: Path,
+        plan: StackPlan,
+        page_shape: tuple[int, ...],
+        channel_names: Sequence[str],
+        info: Mapping[str, Any],
+        pixel_size_um: float | None,
+    ) -> int:
         import tifffile
 
         n = len(plan.index)
         shape = (n, *page_shape)
-        description = {**info, "category": int(plan.category), "label": plan.label, "pages": n,
-                       "first_index": int(plan.index[0]), "last_index": int(plan.index[-1]),
-                       "pixel_size_um": pixel_size_um}
+        description = {
+            **info,
+            "category": int(plan.category),
+            "label": plan.label,
+            "pages": n,
+            "first_index": int(plan.index[0]),
+            "last_index": int(plan.index[-1]),
+            "pixel_size_um": pixel_size_um,
+        }
         names = [str(ch) for ch in channel_names]
-        labels = [f"{plan.label} #{i} seed {s} {ch}"
-                  for i, s in zip(plan.index.tolist(), plan.seed.tolist(), strict=True) for ch in names]
-        metadata: dict[str, Any] = {"axes": "TCYX", "Name": stack_name(plan.category, plan.label),
-                                    "Description": json.dumps(description), "Channel": {"Name": names}}
+        labels = [
+            f"{plan.label} #{i} seed {s} {ch}"
+            for i, s in zip(plan.index.tolist(), plan.seed.tolist(), strict=True)
+            for ch in names
+        ]
+        metadata: dict[str, Any] = {
+            "axes": "TCYX",
+            "Name": stack_name(plan.category, plan.label),
+            "Description": json.dumps(description),
+            "Channel": {"Name": names},
+        }
         resolution = {}
         if pixel_size_um is not None:
-            metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeXUnit="µm",
-                            PhysicalSizeY=pixel_size_um, PhysicalSizeYUnit="µm")
-            resolution = {"resolution": (1e4 / pixel_size_um, 1e4 / pixel_size_um), "resolutionunit": "CENTIMETER"}
+            metadata.update(
+                PhysicalSizeX=pixel_size_um,
+                PhysicalSizeXUnit="µm",
+                PhysicalSizeY=pixel_size_um,
+                PhysicalSizeYUnit="µm",
+            )
+            resolution = {
+                "resolution": (1e4 / pixel_size_um, 1e4 / pixel_size_um),
+                "resolutionunit": "CENTIMETER",
+            }
         ij_tags = tifffile.imagej_metadata_tag({"Labels": labels, "Info": json.dumps(description)}, "<")
         big = n * self._page_bytes + 64 * n * page_shape[0] >= self.CLASSIC_LIMIT
-        offset, _ = tifffile.imwrite(tmp, shape=shape, dtype=np.uint8, photometric="minisblack", ome=True,
-                                     bigtiff=big, metadata=metadata, extratags=ij_tags, returnoffset=True,
-                                     byteorder="<", **resolution)
+        offset, _ = tifffile.imwrite(
+            tmp,
+            shape=shape,
+            dtype=np.uint8,
+            photometric="minisblack",
+            ome=True,
+            bigtiff=big,
+            metadata=metadata,
+            extratags=ij_tags,
+            returnoffset=True,
+            byteorder="<",
+            **resolution,
+        )
         return int(offset)
 
     def write(self, batch: Batch) -> None:
@@ -476,14 +554,18 @@ class TiffStackWriter(Writer):
             plan = self._stacks[c]
             page = self._done[c]
             if page >= len(plan.index) or plan.index[page] != k:
-                raise ValueError(f"{self.tiff_dir}: sample {k} (category {c}) is not the next page of its stack")
+                raise ValueError(
+                    f"{self.tiff_dir}: sample {k} (category {c}) is not the next page of its stack"
+                )
             fh = self._handles[c]
             fh.seek(self._offset[c] + page * self._page_bytes)
             fh.write(np.ascontiguousarray(_stored(batch.images[row], self._axes)).tobytes())
             self._done[c] = page + 1
 
     def commit(self) -> None:
-        missing = {c: len(p.index) - self._done[c] for c, p in self._stacks.items() if self._done[c] != len(p.index)}
+        missing = {
+            c: len(p.index) - self._done[c] for c, p in self._stacks.items() if self._done[c] != len(p.index)
+        }
         if missing:
             raise RuntimeError(f"{self.tiff_dir}: stacks incomplete (pages missing per category: {missing})")
         for fh in self._handles.values():
@@ -501,8 +583,10 @@ class TiffStackWriter(Writer):
 def _write_stack_csv(path: Path, plan: StackPlan) -> None:
     lines = ["page,index,seed,category,label"]
     label = '"' + plan.label.replace('"', '""') + '"'
-    lines += [f"{p},{i},{s},{plan.category},{label}"
-              for p, (i, s) in enumerate(zip(plan.index.tolist(), plan.seed.tolist(), strict=True))]
+    lines += [
+        f"{p},{i},{s},{plan.category},{label}"
+        for p, (i, s) in enumerate(zip(plan.index.tolist(), plan.seed.tolist(), strict=True))
+    ]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -519,14 +603,20 @@ class TiffImageWriter(Writer):
     rerun rewrites the same bytes. ``abort`` leaves the finished ones (they are correct).
     """
 
-    def __init__(self, tiff_dir: str | Path, *, image_shape: Sequence[int], info: Mapping[str, Any],
-                 overwrite: bool = False, pixel_size_um: float | None = None):
+    def __init__(
+        self,
+        tiff_dir: str | Path,
+        *,
+        image_shape: Sequence[int],
+        info: Mapping[str, Any],
+        overwrite: bool = False,
+        pixel_size_um: float | None = None,
+    ):
         self.tiff_dir = Path(tiff_dir)
         self._axes, self._photometric, _ = _tiff_layout(image_shape)
         self._info = {**info, "pixel_size_um": pixel_size_um}
         # ImageJ's calibration: pixels per micrometre and the unit in its description
-        self._scale = ({} if pixel_size_um is None else
-                       {"resolution": (1 / pixel_size_um, 1 / pixel_size_um)})
+        self._scale = {} if pixel_size_um is None else {"resolution": (1 / pixel_size_um, 1 / pixel_size_um)}
         self._unit = {} if pixel_size_um is None else {"unit": "micron"}
         self._overwrite = overwrite
         self.n_written = 0
@@ -536,12 +626,22 @@ class TiffImageWriter(Writer):
 
         for row in range(len(batch)):
             k, label = int(batch.index[row]), str(batch.label[row])
-            info = {**self._info, "index": k, "seed": int(batch.seed[row]),
-                    "category": int(batch.category[row]), "label": label}
+            info = {
+                **self._info,
+                "index": k,
+                "seed": int(batch.seed[row]),
+                "category": int(batch.category[row]),
+                "label": label,
+            }
             with atomic_path(image_tiff_path(self.tiff_dir, k, label), overwrite=self._overwrite) as tmp:
-                tifffile.imwrite(tmp, _stored(batch.images[row], self._axes), photometric=self._photometric,
-                                 imagej=True, metadata={"axes": self._axes, "Info": json.dumps(info), **self._unit},
-                                 **self._scale)
+                tifffile.imwrite(
+                    tmp,
+                    _stored(batch.images[row], self._axes),
+                    photometric=self._photometric,
+                    imagej=True,
+                    metadata={"axes": self._axes, "Info": json.dumps(info), **self._unit},
+                    **self._scale,
+                )
             self.n_written += 1
 
     def commit(self) -> None:

@@ -25,10 +25,21 @@ from typing import Any
 
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--allow-file-access-from-files", "--disable-extensions", "--mute-audio",
-         "--disable-dev-shm-usage", "--remote-debugging-pipe")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--allow-file-access-from-files",
+    "--disable-extensions",
+    "--mute-audio",
+    "--disable-dev-shm-usage",
+    "--remote-debugging-pipe",
+)
 
 
 def find_chromium() -> str | None:
@@ -63,13 +74,16 @@ class Browser:
             raise BrowserError("no Chromium found (install the Debian package 'chromium')")
         profile = tempfile.mkdtemp(prefix="chromium-profile-")
         cmd_r, cmd_w = os.pipe()  # we write commands, Chromium reads them on fd 3
-        ev_r, ev_w = os.pipe()    # Chromium writes on fd 4, we read
+        ev_r, ev_w = os.pipe()  # Chromium writes on fd 4, we read
         # The pipe ends arrive as stdin/stdout; the shell moves them onto 3 and 4 and then
         # becomes Chromium (portable, and no preexec_fn).
         script = 'exec "$0" "$@" 3<&0 4>&1 0</dev/null 1>/dev/null'
-        proc = subprocess.Popen(["sh", "-c", script, executable, *FLAGS, f"--user-data-dir={profile}",
-                                 "about:blank"],
-                                stdin=cmd_r, stdout=ev_w, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            ["sh", "-c", script, executable, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            stdin=cmd_r,
+            stdout=ev_w,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(cmd_r)
         os.close(ev_w)
         browser = cls(proc, cmd_w, ev_r, profile)
@@ -96,8 +110,9 @@ class Browser:
         msg, self._buf = self._buf.split(b"\0", 1)
         return json.loads(msg)
 
-    def send(self, method: str, params: dict | None = None, *, session: str | None = None,
-             timeout: float = 20.0) -> dict:
+    def send(
+        self, method: str, params: dict | None = None, *, session: str | None = None, timeout: float = 20.0
+    ) -> dict:
         """Send one command and return its result; events that arrive meanwhile are kept."""
         self._next_id += 1
         msg: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
@@ -187,9 +202,12 @@ class Page:
 
     def evaluate(self, expression: str, *, timeout: float = 20.0) -> Any:
         """Evaluate JavaScript in the page (promises are awaited) and return the value as JSON."""
-        reply = self.browser.send("Runtime.evaluate", {"expression": expression, "returnByValue": True,
-                                                       "awaitPromise": True},
-                                  session=self.session, timeout=timeout)
+        reply = self.browser.send(
+            "Runtime.evaluate",
+            {"expression": expression, "returnByValue": True, "awaitPromise": True},
+            session=self.session,
+            timeout=timeout,
+        )
         if "exceptionDetails" in reply:
             details = reply["exceptionDetails"]
             text = details.get("exception", {}).get("description") or details.get("text")
@@ -203,8 +221,10 @@ class Page:
         for ev in self.browser.events(self.session):
             p = ev.get("params", {})
             if ev["method"] == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
-                out.append("console: " + " ".join(str(a.get("value", a.get("description", "")))
-                                                  for a in p.get("args", [])))
+                out.append(
+                    "console: "
+                    + " ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", []))
+                )
             elif ev["method"] == "Runtime.exceptionThrown":
                 d = p.get("exceptionDetails", {})
                 out.append("exception: " + str(d.get("exception", {}).get("description") or d.get("text")))
@@ -217,9 +237,11 @@ class Page:
         """Save a PNG of the page (for looking at a page while debugging a test)."""
         import base64
 
-        self.browser.send("Emulation.setDeviceMetricsOverride", {"width": width, "height": height,
-                                                                 "deviceScaleFactor": 1, "mobile": False},
-                          session=self.session)
+        self.browser.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            session=self.session,
+        )
         data = self.browser.send("Page.captureScreenshot", {"format": "png"}, session=self.session)["data"]
         Path(path).write_bytes(base64.b64decode(data))
 

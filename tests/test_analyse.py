@@ -25,8 +25,16 @@ from infogan_cells.store import REQUIRED_OBS, write_crop_store
 
 SPEC = LatentSpec(z_dim=4, categorical=[3], n_continuous=2, continuous_range=1.0)
 LEVELS = (60, 130, 200)  # disk intensity of each category, grey levels on a black background
-TINY = AnalyseConfig(traversal_steps=3, traversal_samples=6, n_synthetic=30, holdout_fraction=0.3,
-                     encoder_epochs=1, nearest=4, k_nn=2, classifier_steps=20)
+TINY = AnalyseConfig(
+    traversal_steps=3,
+    traversal_samples=6,
+    n_synthetic=30,
+    holdout_fraction=0.3,
+    encoder_epochs=1,
+    nearest=4,
+    k_nn=2,
+    classifier_steps=20,
+)
 
 
 def _crops(levels, labels, size, seed=0):
@@ -34,7 +42,9 @@ def _crops(levels, labels, size, seed=0):
     images = np.zeros((len(levels), size, size, 3), np.uint8)
     for i, level in enumerate(levels):
         r = rng.uniform(size / 8, size / 4)
-        rr, cc = draw.disk((size / 2 + rng.uniform(-1, 1), size / 2 + rng.uniform(-1, 1)), r, shape=(size, size))
+        rr, cc = draw.disk(
+            (size / 2 + rng.uniform(-1, 1), size / 2 + rng.uniform(-1, 1)), r, shape=(size, size)
+        )
         images[i, rr, cc] = level
     obs = pd.DataFrame({c: [0] * len(levels) for c in REQUIRED_OBS})
     obs["source_image"] = "smear.png"
@@ -58,8 +68,12 @@ def _write_run(run_dir, *, img_size=16, meta=None):
     D = Discriminator(SPEC, img_size=img_size, channels=3, width=8)
     init_weights(G)
     init_weights(D)
-    meta = {"channel_names": ["ch0", "ch1", "ch2"], "img_size": img_size, "category_prior": [0.5, 0.25, 0.25],
-            **(meta or {})}
+    meta = {
+        "channel_names": ["ch0", "ch1", "ch2"],
+        "img_size": img_size,
+        "category_prior": [0.5, 0.25, 0.25],
+        **(meta or {}),
+    }
     save_network(run_dir / "network-final.pt", G=G, D=D, G_ema=None, meta=meta)
     return run_dir
 
@@ -72,13 +86,15 @@ class WiredGenerator(nn.Module):
         self.size = size
 
     def forward(self, x):
-        z, onehot, cont = x[:, :SPEC.z_dim], x[:, SPEC.z_dim:SPEC.z_dim + 3], x[:, -2:]
+        z, onehot, cont = x[:, : SPEC.z_dim], x[:, SPEC.z_dim : SPEC.z_dim + 3], x[:, -2:]
         level = onehot @ torch.tensor(LEVELS, dtype=x.dtype)
         radius = 5 + 2.5 * (cont[:, 0] + 1) + 0.2 * z[:, 0].clamp(-1, 1)
         col0 = (self.size - 1) / 2 + 2 * (cont[:, 1] + 1)
         rows = torch.arange(self.size, dtype=x.dtype)[None, :, None]
         cols = torch.arange(self.size, dtype=x.dtype)[None, None, :]
-        inside = ((rows - (self.size - 1) / 2) ** 2 + (cols - col0[:, None, None]) ** 2) <= radius[:, None, None] ** 2
+        inside = ((rows - (self.size - 1) / 2) ** 2 + (cols - col0[:, None, None]) ** 2) <= radius[
+            :, None, None
+        ] ** 2
         img = inside * (level[:, None, None] / 127.5) - 1
         return img[:, None].expand(-1, 3, -1, -1)
 
@@ -140,8 +156,12 @@ def test_analyse_known_result(tmp_path, monkeypatch, report_calls):
     labels = ["a"] * 10 + ["b"] * 10 + ["c"] * 10 + [""] * 6
     crops = _write_crops(tmp_path / "crops.h5", levels, labels, 32)
     meta = {"category_prior": [1 / 3] * 3}
-    monkeypatch.setattr(analyse_mod, "load_discriminator", lambda run, device: (WiredDiscriminator(32), SPEC, meta))
-    monkeypatch.setattr(analyse_mod, "load_generator", lambda run, ema, device: (WiredGenerator(32), SPEC, meta))
+    monkeypatch.setattr(
+        analyse_mod, "load_discriminator", lambda run, device: (WiredDiscriminator(32), SPEC, meta)
+    )
+    monkeypatch.setattr(
+        analyse_mod, "load_generator", lambda run, ema, device: (WiredGenerator(32), SPEC, meta)
+    )
     out = tmp_path / "analysis"
     metrics = analyse(tmp_path / "run", crops, out, TINY, device="cpu")
 
@@ -162,8 +182,12 @@ def test_analyse_known_result(tmp_path, monkeypatch, report_calls):
     best = max(sum(table.to_numpy()[k, p[k]] for k in range(3)) for p in itertools.permutations(range(3)))
     assert metrics["accuracy"] == pytest.approx(best / table.to_numpy().sum())
     cat0 = metrics["categories"]["0"]
-    assert cat0 == {"size": 13, "purity": pytest.approx(8 / 11), "majority_label": "a",
-                    "label_counts": {"a": 8, "c": 3}}
+    assert cat0 == {
+        "size": 13,
+        "purity": pytest.approx(8 / 11),
+        "majority_label": "a",
+        "label_counts": {"a": 8, "c": 3},
+    }
     cmap = pd.read_csv(out / "category_map.csv")
     assert list(cmap.columns) == ["category", "label", "purity", "size"]
     assert cmap.label.tolist() == ["a", "b", "c"] and cmap["size"].tolist() == [13, 14, 9]
@@ -231,8 +255,12 @@ def test_analyse_holds_out_the_crops_training_held_out(tmp_path, monkeypatch, re
     labels = ["a", "b", "c"] * 8
     crops = _write_crops(tmp_path / "crops.h5", levels, labels, 32)
     meta = {"category_prior": [1 / 3] * 3, "holdout": [0, 4, 8, 13, 20]}
-    monkeypatch.setattr(analyse_mod, "load_discriminator", lambda run, device: (WiredDiscriminator(32), SPEC, meta))
-    monkeypatch.setattr(analyse_mod, "load_generator", lambda run, ema, device: (WiredGenerator(32), SPEC, meta))
+    monkeypatch.setattr(
+        analyse_mod, "load_discriminator", lambda run, device: (WiredDiscriminator(32), SPEC, meta)
+    )
+    monkeypatch.setattr(
+        analyse_mod, "load_generator", lambda run, ema, device: (WiredGenerator(32), SPEC, meta)
+    )
     quality = analyse(tmp_path / "run", crops, tmp_path / "analysis", TINY, device="cpu")["quality"]
     assert quality["holdout_seen_in_training"] is False
     assert quality["n_holdout"] == 5 and quality["n_train"] == 19  # not TINY's 30%: the run's own split
@@ -279,8 +307,11 @@ def test_run_directory_without_a_model(tmp_path):
 def test_crops_that_do_not_fit_the_model(tmp_path, size, channels):
     run = _write_run(tmp_path / "run")
     crops = _write_crops(tmp_path / "crops.h5", [60] * 4, [""] * 4, size, channels)
-    with pytest.raises(InputError, match=rf"crops.h5: crops are {size}x{size} with {channels} channel.*takes 16x16 "
-                                         r"with 3 channel"):
+    with pytest.raises(
+        InputError,
+        match=rf"crops.h5: crops are {size}x{size} with {channels} channel.*takes 16x16 "
+        r"with 3 channel",
+    ):
         analyse(run, crops, tmp_path / "out", TINY, device="cpu")
 
 

@@ -38,9 +38,12 @@ def _image(path: Path, shape=(60, 80)) -> Path:
 
 def _bbbc041(root: Path, entries: list[tuple[str, list[tuple]]]) -> Path:
     """A BBBC041 JSON of (pathname, [(min_r, min_c, max_r, max_c), ...]) entries."""
+
     def obj(b: tuple) -> dict:
-        return {"bounding_box": {"minimum": {"r": b[0], "c": b[1]}, "maximum": {"r": b[2], "c": b[3]}},
-                "category": "red blood cell"}
+        return {
+            "bounding_box": {"minimum": {"r": b[0], "c": b[1]}, "maximum": {"r": b[2], "c": b[3]}},
+            "category": "red blood cell",
+        }
 
     data = [{"image": {"pathname": name}, "objects": [obj(b) for b in boxes]} for name, boxes in entries]
     root.mkdir(parents=True, exist_ok=True)
@@ -52,8 +55,9 @@ def _bbbc041(root: Path, entries: list[tuple[str, list[tuple]]]) -> Path:
 GOOD = [(10, 10, 30, 30), (35, 45, 55, 65)]
 
 
-def _crop_and_check(path: Path, tmp_path: Path, caplog, reason: str, n_skipped: int, n_crops: int,
-                    words: str) -> dict:
+def _crop_and_check(
+    path: Path, tmp_path: Path, caplog, reason: str, n_skipped: int, n_crops: int, words: str
+) -> dict:
     with caplog.at_level(logging.WARNING, logger="infogan_cells"):
         summary = crop(path, tmp_path / "out" / "crops.h5", InputConfig(), CFG)
     assert summary["skipped"] == {reason: n_skipped}
@@ -89,9 +93,14 @@ def test_missing_image_is_a_counted_skip(tmp_path, caplog):
     assert summary["skipped_images"] == {"missing_image": 1}
 
 
-@pytest.mark.parametrize(("box", "reason"), [((30, 10, 10, 30), "bad_box"),  # min_row > max_row
-                                             ((10, 10, 10, 30), "empty_box"),  # zero height
-                                             ((100, 200, 130, 230), "outside_image")])
+@pytest.mark.parametrize(
+    ("box", "reason"),
+    [
+        ((30, 10, 10, 30), "bad_box"),  # min_row > max_row
+        ((10, 10, 10, 30), "empty_box"),  # zero height
+        ((100, 200, 130, 230), "outside_image"),
+    ],
+)
 def test_bad_boxes_are_counted_skips(tmp_path, caplog, box, reason):
     _image(tmp_path / "images" / "a.png")
     path = _bbbc041(tmp_path, [("/images/a.png", [*GOOD, box])])
@@ -109,11 +118,13 @@ def test_unreadable_json_box_is_a_counted_skip(tmp_path, caplog):
 def test_unreadable_csv_row_is_a_counted_skip_naming_the_line(tmp_path, caplog):
     _image(tmp_path / "a.png")
     path = tmp_path / "boxes.csv"
-    path.write_text("image,min_row,min_col,max_row,max_col,label\n"
-                    "a.png,10,10,30,30,x\n"
-                    "a.png,ten,10,30,30,x\n"  # line 3
-                    "a.png,35,45,55,65,x\n"
-                    "a.png,1,2\n")  # line 5: too short
+    path.write_text(
+        "image,min_row,min_col,max_row,max_col,label\n"
+        "a.png,10,10,30,30,x\n"
+        "a.png,ten,10,30,30,x\n"  # line 3
+        "a.png,35,45,55,65,x\n"
+        "a.png,1,2\n"
+    )  # line 5: too short
 
     summary = _crop_and_check(path, tmp_path, caplog, "bad_row", 2, 2, "line 3")
 
@@ -124,11 +135,12 @@ def test_skips_with_no_image_are_counted_once_over_per_image_jobs(tmp_path):
     for name in ("a.png", "b.png"):
         _image(tmp_path / name)
     path = tmp_path / "boxes.csv"
-    path.write_text("image,min_row,min_col,max_row,max_col\n"
-                    "a.png,10,10,30,30\n,1,2,3,4\nb.png,10,10,30,30\n")
+    path.write_text("image,min_row,min_col,max_row,max_col\na.png,10,10,30,30\n,1,2,3,4\nb.png,10,10,30,30\n")
 
-    counts = [crop(path, tmp_path / f"{n}.h5", InputConfig(), CFG, images=[n])["skipped"]
-              for n in list_source_images(path)]
+    counts = [
+        crop(path, tmp_path / f"{n}.h5", InputConfig(), CFG, images=[n])["skipped"]
+        for n in list_source_images(path)
+    ]
 
     assert counts == [{"bad_row": 1}, {}]
 
@@ -244,8 +256,10 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "error" in line]
     assert status == 2
-    assert lines == [f"infogan-cells crop: error: {path}: image path '../../x.png' escapes the data root "
-                     f"{tmp_path / 'data'}"]
+    assert lines == [
+        f"infogan-cells crop: error: {path}: image path '../../x.png' escapes the data root "
+        f"{tmp_path / 'data'}"
+    ]
     assert "Traceback" not in err
     assert not (tmp_path / "c.h5").exists()
 
@@ -257,8 +271,13 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "infogan_cells", *args], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "infogan_cells", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def _refused(res: subprocess.CompletedProcess, command: str, *words: str) -> str:
@@ -278,12 +297,17 @@ def _nothing_written(folder: Path) -> None:
 
 def _png_header_only(path: Path, rows: int, cols: int) -> Path:
     """A PNG whose header claims ``rows`` x ``cols`` pixels (a decompression bomb)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", cols, rows, 8, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(bytes(100))) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", cols, rows, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(bytes(100)))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -372,7 +396,9 @@ def test_cli_float_npz_with_nan_skips_those_cells(tmp_path):
     images[4, 0, 10, 10] = np.inf
     np.savez(tmp_path / "cells.npz", images=images)
 
-    res = _cli("crop", "--input", str(tmp_path / "cells.npz"), "--size", "16", "--out", str(tmp_path / "c.h5"))
+    res = _cli(
+        "crop", "--input", str(tmp_path / "cells.npz"), "--size", "16", "--out", str(tmp_path / "c.h5")
+    )
 
     assert res.returncode == 0, res.stderr[-3000:]
     assert "cells.npz: cell 2, 4 holds NaN or infinite values, skipped (non_finite)" in res.stderr
@@ -438,8 +464,15 @@ def test_per_image_jobs_may_be_empty_but_their_gather_may_not(tmp_path):
 
     res = _cli("merge-crops", *parts, "--out", str(tmp_path / "out" / "all.h5"))
 
-    _refused(res, "merge-crops", str(path), "(2 partial stores)", "no crops from 2 image(s)",
-             "2 missing_image", "2 unreadable_image")
+    _refused(
+        res,
+        "merge-crops",
+        str(path),
+        "(2 partial stores)",
+        "no crops from 2 image(s)",
+        "2 missing_image",
+        "2 unreadable_image",
+    )
     _nothing_written(tmp_path / "out")
 
 
@@ -448,11 +481,16 @@ def test_all_crops_failing_qc_fails_and_says_keep_failed(tmp_path):
     for k in range(2):
         Image.fromarray(np.full((20, 20), 128, np.uint8)).save(tmp_path / "cells" / f"{k}.png")  # no cell
 
-    with pytest.raises(InputError, match=r"cells: no crops from 2 image\(s\): all 2 crop\(s\) failed QC "
-                                         r"\(cells 2; crop\.keep_failed keeps them\); nothing written"):
+    with pytest.raises(
+        InputError,
+        match=r"cells: no crops from 2 image\(s\): all 2 crop\(s\) failed QC "
+        r"\(cells 2; crop\.keep_failed keeps them\); nothing written",
+    ):
         crop(tmp_path / "cells", tmp_path / "out" / "c.h5", InputConfig(), CFG)
     _nothing_written(tmp_path / "out")
-    summary = crop(tmp_path / "cells", tmp_path / "c.h5", InputConfig(), CropConfig(size=16, keep_failed=True))
+    summary = crop(
+        tmp_path / "cells", tmp_path / "c.h5", InputConfig(), CropConfig(size=16, keep_failed=True)
+    )
     assert summary["n_crops"] == 2
 
 
@@ -464,5 +502,7 @@ def test_cli_train_out_naming_an_existing_file(tmp_path):
 
     for out in ("run", "run/inside"):
         res = _cli("train", "--crops", str(tmp_path / "c.h5"), "--out", str(tmp_path / out))
-        _refused(res, "train", f"{tmp_path / 'run'}: is a file; --out {tmp_path / out} must name a run directory")
+        _refused(
+            res, "train", f"{tmp_path / 'run'}: is a file; --out {tmp_path / out} must name a run directory"
+        )
     assert (tmp_path / "run").read_text() == "a file, not a folder"

@@ -45,8 +45,17 @@ def test_figures_that_cannot_tell_classes_apart_score_one_over_k_while_accuracy_
     train = np.setdiff1d(np.arange(40), hold)
     syn_labels = np.repeat(["rbc", "ring", "schizont"], 10).astype(str)
     syn_images = crops(30, np.repeat([60.0, 130.0, 200.0], 10), rng)
-    scores = classifier_scores(rng.normal(size=(40, 2)), labels, hold, train, rng.normal(size=(30, 2)),
-                               syn_labels, images=images, syn_images=syn_images, steps=20)
+    scores = classifier_scores(
+        rng.normal(size=(40, 2)),
+        labels,
+        hold,
+        train,
+        rng.normal(size=(30, 2)),
+        syn_labels,
+        images=images,
+        syn_images=syn_images,
+        steps=20,
+    )
     assert scores["n_test_classes"] == 3 and scores["labels_partial"] is False
     for name in ("tstr", "trtr"):
         assert scores[f"{name}_balanced_accuracy"] == pytest.approx(1 / 3)
@@ -63,8 +72,17 @@ def test_a_classifier_that_learns_scores_near_one_and_the_mixed_figure_appears_w
     hold, train = np.arange(0, 60, 3), np.setdiff1d(np.arange(60), np.arange(0, 60, 3))
     syn_labels = np.repeat(["rbc", "ring"], 20).astype(str)
     syn_images = crops(40, np.repeat([60.0, 190.0], 20), rng)
-    scores = classifier_scores(rng.normal(size=(60, 2)), labels, hold, train, rng.normal(size=(40, 2)),
-                               syn_labels, images=images, syn_images=syn_images, steps=60)
+    scores = classifier_scores(
+        rng.normal(size=(60, 2)),
+        labels,
+        hold,
+        train,
+        rng.normal(size=(40, 2)),
+        syn_labels,
+        images=images,
+        syn_images=syn_images,
+        steps=60,
+    )
     assert scores["labels_partial"] is True and scores["n_test"] == 20
     assert scores["n_real_train"] == int((labels[train] != "").sum())
     for name in ("tstr", "trtr", "mixed"):
@@ -79,10 +97,14 @@ def test_the_report_lists_the_balanced_figures(tmp_path):
 
     out = make_analysis(tmp_path / "seed0")
     metrics = json.loads((out / "metrics.json").read_text())
-    metrics["quality"].update(tstr_balanced_accuracy=0.5, trtr_balanced_accuracy=0.875, mixed_balanced_accuracy=None)
+    metrics["quality"].update(
+        tstr_balanced_accuracy=0.5, trtr_balanced_accuracy=0.875, mixed_balanced_accuracy=None
+    )
     (out / "metrics.json").write_text(json.dumps(metrics))
     text = write_report(out).read_text()
-    for name, value in (("Train on synthetic, test on real: balanced accuracy", "50.0%"),
-                        ("Labelled real only: balanced accuracy", "87.5%"),
-                        ("Labelled real + synthetic: balanced accuracy", "n/a")):
+    for name, value in (
+        ("Train on synthetic, test on real: balanced accuracy", "50.0%"),
+        ("Labelled real only: balanced accuracy", "87.5%"),
+        ("Labelled real + synthetic: balanced accuracy", "n/a"),
+    ):
         assert re.search(re.escape(name) + r"</td><td>(<span[^>]*>)?" + re.escape(value), text), name

@@ -13,8 +13,9 @@ from infogan_cells.baselines import best_single_feature, cluster_1d
 from infogan_cells.morphology import foreground_mask, intensity_features
 
 
-def cell(radius: float, *, inner: int, rim: int, spot: int | None = None, background: int = 230,
-         size: int = 32) -> np.ndarray:
+def cell(
+    radius: float, *, inner: int, rim: int, spot: int | None = None, background: int = 230, size: int = 32
+) -> np.ndarray:
     """A grey cell on a bright background: a 2-px rim of ``rim``, the inside ``inner``, and a
     3-px spot of ``spot`` at its centre (a parasite) when given."""
     img = np.full((size, size, 1), background, np.uint8)
@@ -47,19 +48,27 @@ def test_intensity_features_of_an_empty_crop_are_finite():
 def test_the_feature_that_carries_the_labels_is_chosen_and_scored():
     rng = np.random.default_rng(0)
     kinds = np.repeat(["infected", "uninfected"], [30, 70])  # imbalanced, as on real smears
-    features = pd.DataFrame({
-        "area": rng.normal(300, 20, 100),                                   # no signal
-        "dark_G": np.where(kinds == "infected", 60, 140) + rng.normal(0, 5, 100),  # all of it
-        "eccentricity": rng.uniform(0, 0.5, 100),
-        "constant": np.ones(100),                                           # cannot be split
-    })
+    features = pd.DataFrame(
+        {
+            "area": rng.normal(300, 20, 100),  # no signal
+            "dark_G": np.where(kinds == "infected", 60, 140) + rng.normal(0, 5, 100),  # all of it
+            "eccentricity": rng.uniform(0, 0.5, 100),
+            "constant": np.ones(100),  # cannot be split
+        }
+    )
     labels = kinds.copy()
     labels[::4] = ""  # unlabelled crops are clustered but not scored
     best = best_single_feature(features, labels, 2)
     assert best["feature"] == "dark_G" and best["chosen_by"] == "nmi"
     assert best["nmi"] == pytest.approx(1.0) and best["accuracy"] == pytest.approx(1.0)
-    assert set(best["candidates"]) == {"area", "log area", "dark_G", "log dark_G", "eccentricity",
-                                       "log eccentricity"}  # not the constant
+    assert set(best["candidates"]) == {
+        "area",
+        "log area",
+        "dark_G",
+        "log dark_G",
+        "eccentricity",
+        "log eccentricity",
+    }  # not the constant
     assert best["candidates"]["area"] < 0.2
 
 
@@ -89,9 +98,18 @@ def test_the_report_shows_the_rule_beside_the_infogan_and_says_which_wins(tmp_pa
     out = make_analysis(tmp_path / "seed0")  # the InfoGAN's NMI: 0.61
     metrics = json.loads((out / "metrics.json").read_text())
     for rule_nmi, verdict in ((0.9, "do not beat"), (0.4, "beat")):
-        metrics["baselines"]["best_feature"] = {"accuracy": 0.93, "nmi": rule_nmi, "ari": 0.7, "purity": 0.93,
-                                                "feature": "dark_G", "chosen_by": "nmi", "candidates": {}}
+        metrics["baselines"]["best_feature"] = {
+            "accuracy": 0.93,
+            "nmi": rule_nmi,
+            "ari": 0.7,
+            "purity": 0.93,
+            "feature": "dark_G",
+            "chosen_by": "nmi",
+            "candidates": {},
+        }
         (out / "metrics.json").write_text(json.dumps(metrics))
         text = write_report(out).read_text()
         assert "best single feature: dark_G (chosen with the annotations)" in text and "93.0%" in text
-        assert f"categories {verdict} the best one-number rule</b> (dark_G): NMI 0.61 against {rule_nmi}" in text
+        assert (
+            f"categories {verdict} the best one-number rule</b> (dark_G): NMI 0.61 against {rule_nmi}" in text
+        )

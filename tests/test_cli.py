@@ -19,8 +19,12 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 
 def test_every_option_has_help_text():
-    missing = [f"{name} {a.option_strings or a.dest}" for name, p in _subparsers(build_parser()).items()
-               for a in p._actions if not a.help]
+    missing = [
+        f"{name} {a.option_strings or a.dest}"
+        for name, p in _subparsers(build_parser()).items()
+        for a in p._actions
+        if not a.help
+    ]
     assert not missing
 
 
@@ -35,7 +39,9 @@ def test_top_level_help_is_plain_text(capsys):
 
 def test_config_options_only_where_a_config_acts(capsys):
     stages = _subparsers(build_parser())
-    with_config = {name for name, p in stages.items() if any("--config" in a.option_strings for a in p._actions)}
+    with_config = {
+        name for name, p in stages.items() if any("--config" in a.option_strings for a in p._actions)
+    }
     assert with_config == CONFIG_STAGES
     with pytest.raises(SystemExit) as exit_:
         main(["compare-seeds", "a", "--out", "b", "--config", "c.yaml"])
@@ -49,6 +55,18 @@ def test_config_and_set_act_on_a_stage(tmp_path, capsys):
     config.write_text(f"input:\n  path: {tmp_path / 'nowhere'}\n  format: folder\n")
     assert main(["list-images", "--config", str(config), "--set", f"input.path={tmp_path}"]) == 0
     assert capsys.readouterr().out.split() == []  # single-cell images: one job for the folder
-    assert main(["list-images", "--config", str(config), "--set", f"input.path={tmp_path}",
-                 "--set", "input.segment=true"]) == 0
+    assert (
+        main(
+            [
+                "list-images",
+                "--config",
+                str(config),
+                "--set",
+                f"input.path={tmp_path}",
+                "--set",
+                "input.segment=true",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.split() == ["a.png", "b.png"]  # whole images to segment: one job each

@@ -22,7 +22,12 @@ def test_relabelled_clustering_is_perfect():
     y = np.array(["a", "a", "b", "b", "c", "c"])
     pred = np.array([2, 2, 0, 0, 1, 1])
     assert hungarian_mapping(y, pred) == {2: "a", 0: "b", 1: "c"}
-    assert agreement(y, pred) == {"acc": 1.0, "nmi": pytest.approx(1.0), "ari": pytest.approx(1.0), "purity": 1.0}
+    assert agreement(y, pred) == {
+        "acc": 1.0,
+        "nmi": pytest.approx(1.0),
+        "ari": pytest.approx(1.0),
+        "purity": 1.0,
+    }
 
 
 def test_hungarian_is_one_to_one_and_purity_many_to_one():

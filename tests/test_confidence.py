@@ -71,8 +71,9 @@ def test_every_kept_sample_reaches_the_threshold(run_dir, filtered, unfiltered):
     assert (data["obs/confidence"] >= CONFIG.min_confidence).all()
     assert (plain["obs/confidence"] < CONFIG.min_confidence).sum() >= 5  # the filter had work to do
     # the stored confidence is Q's probability of the stored pixels (up to float rounding)
-    np.testing.assert_allclose(q_probability(run_dir, data["images"], data["obs/category"]),
-                               data["obs/confidence"], atol=1e-5)
+    np.testing.assert_allclose(
+        q_probability(run_dir, data["images"], data["obs/category"]), data["obs/confidence"], atol=1e-5
+    )
     np.testing.assert_array_equal(data["obs/category"], plain["obs/category"])  # categories from the index
     assert validate_file(filtered) == []
 
@@ -81,8 +82,9 @@ def test_the_unfiltered_set_still_records_q_confidence(run_dir, unfiltered):
     data = read_all(unfiltered)
     assert data["obs/confidence"].dtype == np.float32
     np.testing.assert_array_equal(data["obs/seed"], np.arange(40))  # the first draw of every sample
-    np.testing.assert_allclose(q_probability(run_dir, data["images"], data["obs/category"]),
-                               data["obs/confidence"], atol=1e-5)
+    np.testing.assert_allclose(
+        q_probability(run_dir, data["images"], data["obs/category"]), data["obs/confidence"], atol=1e-5
+    )
 
 
 def test_a_sample_whose_first_draw_passes_is_the_unfiltered_sample(filtered, unfiltered):
@@ -106,15 +108,21 @@ def test_the_kept_seed_makes_the_sample_again(run_dir, filtered):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as synthesis runs each pass
     try:
-        images = generate(G, to_input(spec, latent), data["obs/index"], CONFIG.micro_batch, torch.device("cpu"))
+        images = generate(
+            G, to_input(spec, latent), data["obs/index"], CONFIG.micro_batch, torch.device("cpu")
+        )
     finally:
         torch.set_num_threads(threads)
     np.testing.assert_array_equal(images, data["images"])
 
 
 def test_shards_and_batch_sizes_keep_the_same_samples(run_dir, filtered, tmp_path):
-    shards = [synthesise(run_dir, tmp_path / "shards" / f"{i}.h5", dataclasses.replace(CONFIG, batch_size=5),
-                         shard=(i, 3)) for i in range(3)]
+    shards = [
+        synthesise(
+            run_dir, tmp_path / "shards" / f"{i}.h5", dataclasses.replace(CONFIG, batch_size=5), shard=(i, 3)
+        )
+        for i in range(3)
+    ]
     master = gather(shards, tmp_path / "synth.h5")
     assert validate_file(master) == []
     assert_same(read_all(master), read_all(filtered))
@@ -137,13 +145,17 @@ def test_tiff_stacks_name_the_kept_seeds(run_dir, filtered, tmp_path):
     for c in (1, 2):
         rows = data["obs/category"] == c
         name = f"category_{c:02d}.shard-001-of-002"
-        np.testing.assert_array_equal(tifffile.imread(tmp_path / "tiff" / f"{name}.tif"),
-                                      np.moveaxis(data["images"][rows], -1, 1))
+        np.testing.assert_array_equal(
+            tifffile.imread(tmp_path / "tiff" / f"{name}.tif"), np.moveaxis(data["images"][rows], -1, 1)
+        )
         table = pd.read_csv(tmp_path / "tiff" / f"{name}.csv")
         np.testing.assert_array_equal(table["seed"], data["obs/seed"][rows])
     assert sorted(p.name for p in (tmp_path / "tiff").iterdir()) == [
-        "category_01.shard-001-of-002.csv", "category_01.shard-001-of-002.tif",
-        "category_02.shard-001-of-002.csv", "category_02.shard-001-of-002.tif"]
+        "category_01.shard-001-of-002.csv",
+        "category_01.shard-001-of-002.tif",
+        "category_02.shard-001-of-002.csv",
+        "category_02.shard-001-of-002.tif",
+    ]
 
 
 def test_validate_finds_a_sample_below_the_threshold(filtered, tmp_path):
@@ -171,8 +183,19 @@ def test_min_confidence_outside_zero_to_one_is_refused(run_dir, tmp_path, value)
 
 
 def test_the_cli_refuses_min_confidence_one_in_one_line(run_dir, tmp_path, capsys):
-    code = main(["synthesise", "--run", str(run_dir), "--out", str(tmp_path / "out.h5"), "--n", "4",
-                 "--set", "synthesis.min_confidence=1"])
+    code = main(
+        [
+            "synthesise",
+            "--run",
+            str(run_dir),
+            "--out",
+            str(tmp_path / "out.h5"),
+            "--n",
+            "4",
+            "--set",
+            "synthesis.min_confidence=1",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "synthesis.min_confidence" in err and len(err.splitlines()) == 1
     assert "Traceback" not in err and list(tmp_path.iterdir()) == []
@@ -181,8 +204,11 @@ def test_the_cli_refuses_min_confidence_one_in_one_line(run_dir, tmp_path, capsy
 def test_a_threshold_no_draw_reaches_stops_with_the_best_seen_and_writes_nothing(run_dir, tmp_path):
     # category 2's samples reach about 0.89 at best, category 1's 0.64: no sample reaches 0.95
     config = dataclasses.replace(CONFIG, min_confidence=0.95, tiff_per_image=True)
-    with pytest.raises(InputError, match=r"synthesis\.min_confidence 0\.95: sample \d+ .* in 100 draws "
-                                         r"\(best 0\.[0-8]\d\d"):
+    with pytest.raises(
+        InputError,
+        match=r"synthesis\.min_confidence 0\.95: sample \d+ .* in 100 draws "
+        r"\(best 0\.[0-8]\d\d",
+    ):
         synthesise(run_dir, tmp_path / "synth.h5", config, tiff_dir=tmp_path / "tiff")
     assert list(tmp_path.iterdir()) in ([], [tmp_path / "tiff"])
     assert not (tmp_path / "tiff").exists() or list((tmp_path / "tiff").rglob("*")) == []

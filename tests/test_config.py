@@ -47,18 +47,30 @@ def test_bad_values_are_named(override, message):
 # (tests/workflow/test_dag.py checks that the workflow refuses them before any job).
 CROSS_FIELD = [
     ({"train": {"batch_size": 1}}, r"'train\.batch_size': 1 must be >= 2"),
-    ({"train": {"q_overcluster": 5, "lambda_pair_mi": 0}},
-     r"'train\.q_overcluster': .* set train\.lambda_pair_mi above 0"),
-    ({"train": {"prior": "learned", "prior_floor": 0.5}},
-     r"'train\.prior_floor': 0\.5 x 10 categories exceeds 1 \(with train\.prior: learned"),
-    ({"train": {"diff_augment": {"rot90": False, "flip": False, "shift": 0}}},
-     r"'train\.lambda_pair_mi': needs diff_augment .* every train\.diff_augment transform is off"),
-    ({"train": {"prior": "learned", "latent": {"categorical": []}, "lambda_pair_mi": 0}},
-     r"'train\.prior': 'learned' needs a categorical code \(train\.latent\.categorical is empty\)"),
-    ({"train": {"latent": {"categorical": []}}},
-     r"'train\.lambda_pair_mi': needs a categorical code \(train\.latent\.categorical is empty\)"),
-    ({"train": {"supervised_fraction": 0.1, "latent": {"categorical": []}, "lambda_pair_mi": 0}},
-     r"'train\.supervised_fraction': semi-supervision needs a categorical code"),
+    (
+        {"train": {"q_overcluster": 5, "lambda_pair_mi": 0}},
+        r"'train\.q_overcluster': .* set train\.lambda_pair_mi above 0",
+    ),
+    (
+        {"train": {"prior": "learned", "prior_floor": 0.5}},
+        r"'train\.prior_floor': 0\.5 x 10 categories exceeds 1 \(with train\.prior: learned",
+    ),
+    (
+        {"train": {"diff_augment": {"rot90": False, "flip": False, "shift": 0}}},
+        r"'train\.lambda_pair_mi': needs diff_augment .* every train\.diff_augment transform is off",
+    ),
+    (
+        {"train": {"prior": "learned", "latent": {"categorical": []}, "lambda_pair_mi": 0}},
+        r"'train\.prior': 'learned' needs a categorical code \(train\.latent\.categorical is empty\)",
+    ),
+    (
+        {"train": {"latent": {"categorical": []}}},
+        r"'train\.lambda_pair_mi': needs a categorical code \(train\.latent\.categorical is empty\)",
+    ),
+    (
+        {"train": {"supervised_fraction": 0.1, "latent": {"categorical": []}, "lambda_pair_mi": 0}},
+        r"'train\.supervised_fraction': semi-supervision needs a categorical code",
+    ),
 ]
 
 
@@ -72,19 +84,24 @@ def test_cross_field_rules_are_refused_when_the_config_is_read(override, message
         load_config(path)
 
 
-@pytest.mark.parametrize("override", [
-    {"train": {"batch_size": 2}},
-    {"train": {"q_overcluster": 50}},  # with lambda_pair_mi at its default (1)
-    {"train": {"prior": "learned", "prior_floor": 0.1}},  # 10 categories x 0.1 = 1: allowed
-    {"train": {"diff_augment": {"rot90": False, "flip": False, "shift": 0}, "lambda_pair_mi": 0}},
-    {"train": {"diff_augment": {"rot90": False, "flip": False, "shift": 0, "brightness": 0.1}}},
-])
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"train": {"batch_size": 2}},
+        {"train": {"q_overcluster": 50}},  # with lambda_pair_mi at its default (1)
+        {"train": {"prior": "learned", "prior_floor": 0.1}},  # 10 categories x 0.1 = 1: allowed
+        {"train": {"diff_augment": {"rot90": False, "flip": False, "shift": 0}, "lambda_pair_mi": 0}},
+        {"train": {"diff_augment": {"rot90": False, "flip": False, "shift": 0, "brightness": 0.1}}},
+    ],
+)
 def test_cross_field_rules_allow_the_edge_cases(override):
     load_config(overrides=[override])
 
 
 def test_set_option_parses_yaml_values():
-    assert parse_set_option("train.latent.categorical=[4, 6]") == {"train": {"latent": {"categorical": [4, 6]}}}
+    assert parse_set_option("train.latent.categorical=[4, 6]") == {
+        "train": {"latent": {"categorical": [4, 6]}}
+    }
     with pytest.raises(ConfigError, match="expected key=value"):
         parse_set_option("train.batch_size")
 
@@ -118,7 +135,9 @@ def test_presets_load(repo_root):
 def test_schema_file_is_current(repo_root):
     """workflow/schemas/config.schema.json is generated: `infogan-cells schema --out ...`."""
     on_disk = json.loads((repo_root / "workflow" / "schemas" / "config.schema.json").read_text())
-    assert on_disk == json.loads(json.dumps(schema_of())), "regenerate with: infogan-cells schema --out workflow/schemas/config.schema.json"
+    assert on_disk == json.loads(json.dumps(schema_of())), (
+        "regenerate with: infogan-cells schema --out workflow/schemas/config.schema.json"
+    )
 
 
 def test_schema_describes_every_key():
@@ -133,7 +152,9 @@ def test_schema_describes_every_key():
 def test_cli_reports_a_bad_key_in_one_line(tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text("crop:\n  size: -3\n")
-    assert main(["crop", "--config", str(path), "--input", str(tmp_path), "--out", str(tmp_path / "x.h5")]) == 2
+    assert (
+        main(["crop", "--config", str(path), "--input", str(tmp_path), "--out", str(tmp_path / "x.h5")]) == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("infogan-cells crop: error:")
     assert "crop.size" in err[-1]

@@ -57,9 +57,15 @@ def _smear_input(root: Path, n_images: int = 3, *, extra: dict | None = None) ->
             r, c = 20 + 30 * (j % 3), 22 + 45 * (j // 3) + rng.integers(-2, 3)
             rr, cc = disk((r, c), radius, shape=image.shape[:2])
             image[rr, cc] = (80 + 20 * j, 50, 110)
-            objects.append({"bounding_box": {"minimum": {"r": int(r - radius), "c": int(c - radius)},
-                                             "maximum": {"r": int(r + radius + 1), "c": int(c + radius + 1)}},
-                            "category": "ring" if j == 1 else "red blood cell"})
+            objects.append(
+                {
+                    "bounding_box": {
+                        "minimum": {"r": int(r - radius), "c": int(c - radius)},
+                        "maximum": {"r": int(r + radius + 1), "c": int(c + radius + 1)},
+                    },
+                    "category": "ring" if j == 1 else "red blood cell",
+                }
+            )
         (root / "images").mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(root / "images" / f"s{k}.png")
         entries.append({"image": {"pathname": f"/images/s{k}.png"}, "objects": objects})
@@ -185,13 +191,17 @@ def test_crop_round_trip_through_the_store(tmp_path):
     table = pd.read_csv(out.with_suffix(".csv"), index_col="crop_index", keep_default_na=False)
     assert table["label"].tolist() == stored.obs["label"].tolist()
     montages = sorted(p.name for p in out.parent.glob("*.png"))
-    assert montages == ["crops_montage_red_blood_cell.png", "crops_montage_rejected.png",
-                        "crops_montage_ring.png"]
+    assert montages == [
+        "crops_montage_red_blood_cell.png",
+        "crops_montage_rejected.png",
+        "crops_montage_ring.png",
+    ]
     # the same crops as normalising the image and cutting it directly (the stage normalises 8-bit
     # crops after resizing them, with the image's lookup table: rounding differs by < one step)
     image = normalise(np.asarray(Image.open(tmp_path / "in" / "images" / "s0.png")))
-    boxes = stored.obs.loc[stored.obs["source_image"] == "images/s0.png", ["min_row", "min_col", "max_row",
-                                                                          "max_col"]].to_numpy(float)
+    boxes = stored.obs.loc[
+        stored.obs["source_image"] == "images/s0.png", ["min_row", "min_col", "max_row", "max_col"]
+    ].to_numpy(float)
     direct = crop_cells(image, boxes, size=32, background=image[0, 0])
     np.testing.assert_allclose(stored.images[:2], direct, atol=2)
     assert np.abs(stored.images[:2].astype(int) - direct).mean() < 0.15
@@ -217,7 +227,10 @@ def test_per_image_jobs_then_merge_equal_one_job(tmp_path):
         assert merged[key] == whole[key], key
     assert not list((tmp_path / "parts").glob("*.png"))
     assert sorted(p.name for p in (tmp_path / "montages").iterdir()) == [
-        "merged_montage_red_blood_cell.png", "merged_montage_rejected.png", "merged_montage_ring.png"]
+        "merged_montage_red_blood_cell.png",
+        "merged_montage_rejected.png",
+        "merged_montage_ring.png",
+    ]
 
 
 def test_keep_failed_keeps_flagged_crops(tmp_path):
@@ -239,13 +252,16 @@ def test_edge_box_is_clipped_flagged_and_kept(tmp_path):
     image, _ = _two_disks()
     Image.fromarray(image).save(tmp_path / "e.png")
     path = tmp_path / "b.csv"
-    path.write_text("image,min_row,min_col,max_row,max_col,label\n"
-                    "e.png,25,35,56,66,in\n"  # the first disk
-                    "e.png,-4,100,26,130,edge\n"  # 4 of its 30 rows above the image
-                    "e.png,-25,-25,5,5,corner\n")  # a ninth inside
+    path.write_text(
+        "image,min_row,min_col,max_row,max_col,label\n"
+        "e.png,25,35,56,66,in\n"  # the first disk
+        "e.png,-4,100,26,130,edge\n"  # 4 of its 30 rows above the image
+        "e.png,-25,-25,5,5,corner\n"
+    )  # a ninth inside
 
-    summary = crop(path, tmp_path / "c.h5", InputConfig(), CropConfig(size=32, qc_cell_count=False,
-                                                                       keep_failed=True))
+    summary = crop(
+        path, tmp_path / "c.h5", InputConfig(), CropConfig(size=32, qc_cell_count=False, keep_failed=True)
+    )
 
     obs = read_crop_store(tmp_path / "c.h5").obs.set_index("label")
     assert obs["qc_clipped"].to_dict() == {"in": False, "edge": True, "corner": True}
@@ -285,8 +301,9 @@ def test_sixteen_bit_tiff_cells_keep_every_channel(tmp_path):
         rr, cc = disk((12, 10), 6)
         cell[:, rr, cc] += np.array([1000, 30000, 5000], np.uint16)[:, None]
         (tmp_path / "in" / label).mkdir(parents=True, exist_ok=True)
-        tifffile.imwrite(tmp_path / "in" / label / f"c{k}.tif", cell, photometric="minisblack",
-                         metadata={"axes": "CYX"})
+        tifffile.imwrite(
+            tmp_path / "in" / label / f"c{k}.tif", cell, photometric="minisblack", metadata={"axes": "CYX"}
+        )
 
     summary = crop(tmp_path / "in", tmp_path / "c.h5", InputConfig(), CropConfig(size=32))
 
@@ -305,8 +322,9 @@ def test_idx_digits_crop_to_one_grey_channel(tmp_path):
         images[k, rr, cc] = 255
     path = tmp_path / "train-images-idx3-ubyte"
     path.write_bytes(bytes([0, 0, 8, 3]) + np.array(images.shape, ">i4").tobytes() + images.tobytes())
-    (tmp_path / "train-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 1]) + np.array([4], ">i4").tobytes()
-                                                       + bytes([7, 1, 7, 0]))
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(
+        bytes([0, 0, 8, 1]) + np.array([4], ">i4").tobytes() + bytes([7, 1, 7, 0])
+    )
 
     summary = crop(path, tmp_path / "c.h5", InputConfig(), CropConfig(size=32))
 
@@ -315,7 +333,11 @@ def test_idx_digits_crop_to_one_grey_channel(tmp_path):
     assert stored.channel_names == ["gray"] and stored.obs["label"].tolist() == ["7", "1", "7", "0"]
     assert (stored.obs["qc_n_cells"] == 1).all()
     assert sorted(p.name for p in tmp_path.glob("c_montage_*.png")) == [
-        "c_montage_0.png", "c_montage_1.png", "c_montage_7.png", "c_montage_rejected.png"]
+        "c_montage_0.png",
+        "c_montage_1.png",
+        "c_montage_7.png",
+        "c_montage_rejected.png",
+    ]
 
 
 def test_segmented_whole_images(tmp_path, monkeypatch):
@@ -326,8 +348,9 @@ def test_segmented_whole_images(tmp_path, monkeypatch):
     (tmp_path / "in").mkdir()
     Image.fromarray(image).save(tmp_path / "in" / "smear.png")
     fake = types.ModuleType("infogan_cells.segment")
-    fake.segment_cells = lambda array: pd.DataFrame(boxes, columns=["min_row", "min_col", "max_row",
-                                                                    "max_col"])
+    fake.segment_cells = lambda array: pd.DataFrame(
+        boxes, columns=["min_row", "min_col", "max_row", "max_col"]
+    )
     monkeypatch.setitem(sys.modules, "infogan_cells.segment", fake)
 
     summary = crop(tmp_path / "in", tmp_path / "c.h5", InputConfig(segment=True), CropConfig(size=32))
@@ -346,10 +369,36 @@ def test_cli_crop_and_merge(tmp_path, capsys):
     assert main(["list-images", "--input", str(path)]) == 0
     assert capsys.readouterr().out.split() == names
     for k, name in enumerate(names):
-        assert main(["crop", "--input", str(path), "--images", name, "--size", "32",
-                     "--out", str(tmp_path / f"p{k}.h5")]) == 0
-    assert main(["merge-crops", str(tmp_path / "p0.h5"), str(tmp_path / "p1.h5"), "--set", "crop.size=32",
-                 "--out", str(tmp_path / "all.h5")]) == 0
+        assert (
+            main(
+                [
+                    "crop",
+                    "--input",
+                    str(path),
+                    "--images",
+                    name,
+                    "--size",
+                    "32",
+                    "--out",
+                    str(tmp_path / f"p{k}.h5"),
+                ]
+            )
+            == 0
+        )
+    assert (
+        main(
+            [
+                "merge-crops",
+                str(tmp_path / "p0.h5"),
+                str(tmp_path / "p1.h5"),
+                "--set",
+                "crop.size=32",
+                "--out",
+                str(tmp_path / "all.h5"),
+            ]
+        )
+        == 0
+    )
 
     stored = read_crop_store(tmp_path / "all.h5")
     assert len(stored) == 5 and stored.summary["size_qc"] == "applied"
@@ -399,8 +448,12 @@ def test_iml_edge_boxes_are_clipped_and_flagged(shared_data, tmp_path):
     assert summary["n_clipped"] == obs["qc_clipped"].sum() > 0
     clipped = obs[obs["qc_clipped"]]
     assert clipped["qc_pass"].all() and (clipped["qc_inside"] > 0.9).all()
-    assert ((clipped["min_row"] < 0) | (clipped["min_col"] < 0) | (clipped["max_row"] > 960)
-            | (clipped["max_col"] > 1280)).all()
+    assert (
+        (clipped["min_row"] < 0)
+        | (clipped["min_col"] < 0)
+        | (clipped["max_row"] > 960)
+        | (clipped["max_col"] > 1280)
+    ).all()
     labelled = truth.merge(obs, on=["source_image", "source_index"])
     assert (labelled["category"] == labelled["label"]).all()
 

@@ -29,14 +29,20 @@ def files(tmp_path_factory) -> dict[str, Path]:
     """A shard pair, their master file and the same set in one file."""
     folder = tmp_path_factory.mktemp("synth")
     g = torch.Generator().manual_seed(0)
-    G, D = Generator(SPEC, img_size=8, channels=2, width=4), Discriminator(SPEC, img_size=8, channels=2, width=4)
+    G, D = (
+        Generator(SPEC, img_size=8, channels=2, width=4),
+        Discriminator(SPEC, img_size=8, channels=2, width=4),
+    )
     with torch.no_grad():
         for p in [*G.parameters(), *D.parameters()]:
             p.copy_(0.3 * torch.randn(p.shape, generator=g))
     save_network(folder / "run" / "network-final.pt", G=G, D=D, meta={"channel_names": ["dna", "actin"]})
     shards = [synthesise(folder / "run", folder / f"shard{i}.h5", CONFIG, shard=(i, 2)) for i in range(2)]
-    return {"shard": shards[1], "master": gather(shards, folder / "synth.h5"),
-            "whole": synthesise(folder / "run", folder / "whole.h5", CONFIG)}
+    return {
+        "shard": shards[1],
+        "master": gather(shards, folder / "synth.h5"),
+        "whole": synthesise(folder / "run", folder / "whole.h5", CONFIG),
+    }
 
 
 @pytest.mark.parametrize("which", ["shard", "master"])
@@ -48,7 +54,9 @@ def test_items_are_float_images_and_category_labels(files, which):
     image, label = ds[5]
     assert image.shape == (2, 8, 8) and image.dtype == torch.float32
     assert 0 <= image.min() and image.max() <= 1
-    np.testing.assert_array_equal((image * 255).round().numpy().astype(np.uint8), images[5].transpose(2, 0, 1))
+    np.testing.assert_array_equal(
+        (image * 255).round().numpy().astype(np.uint8), images[5].transpose(2, 0, 1)
+    )
     assert isinstance(label, int) and label == category[5]
     assert ds[-1][1] == category[-1]
     with pytest.raises(IndexError):
@@ -128,10 +136,19 @@ def crops(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("crops") / "crops.h5"
     images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
     n = len(images)
-    obs = pd.DataFrame({"source_image": ["a.png"] * n, "source_index": np.arange(n), "min_row": np.zeros(n, int),
-                        "min_col": np.zeros(n, int), "max_row": np.full(n, 8), "max_col": np.full(n, 8),
-                        "label": ["ring", "rbc", "", "ring", "rbc", "ring"],
-                        "qc_pass": [True, True, True, False, True, True], "qc_reason": ["", "", "", "blur", "", ""]})
+    obs = pd.DataFrame(
+        {
+            "source_image": ["a.png"] * n,
+            "source_index": np.arange(n),
+            "min_row": np.zeros(n, int),
+            "min_col": np.zeros(n, int),
+            "max_row": np.full(n, 8),
+            "max_col": np.full(n, 8),
+            "label": ["ring", "rbc", "", "ring", "rbc", "ring"],
+            "qc_pass": [True, True, True, False, True, True],
+            "qc_reason": ["", "", "", "blur", "", ""],
+        }
+    )
     write_crop_store(path, images, obs, ["r", "g", "b"], csv=False)
     return path
 
@@ -142,11 +159,15 @@ def test_crop_items_are_float_images_and_label_targets(crops):
         images = f["images"][:]
     assert len(ds) == 5  # the crop that failed QC is not an item
     np.testing.assert_array_equal(ds.crop_index, [0, 1, 2, 4, 5])
-    assert ds.classes == ["rbc", "ring"] and ds.channel_names == ["r", "g", "b"] and ds.image_shape == (8, 8, 3)
+    assert (
+        ds.classes == ["rbc", "ring"] and ds.channel_names == ["r", "g", "b"] and ds.image_shape == (8, 8, 3)
+    )
     assert [ds[i][1] for i in range(len(ds))] == [1, 0, -1, 0, 1]  # -1: label unknown
     image, _ = ds[3]
     assert image.shape == (3, 8, 8) and image.dtype == torch.float32
-    np.testing.assert_array_equal((image * 255).round().numpy().astype(np.uint8), images[4].transpose(2, 0, 1))
+    np.testing.assert_array_equal(
+        (image * 255).round().numpy().astype(np.uint8), images[4].transpose(2, 0, 1)
+    )
     assert ds[-1][1] == ds[4][1]
     with pytest.raises(IndexError):
         ds[5]
@@ -157,7 +178,9 @@ def test_crop_items_are_float_images_and_label_targets(crops):
 
 def test_crop_transforms_and_categories_as_targets(crops):
     categories = pd.Series([2, 0, 1], index=pd.Index([5, 0, 2], name="crop_index"), name="category")
-    ds = CropDataset(crops, target=categories, transform=lambda x: x[:1], target_transform=lambda t: f"cat{t}")
+    ds = CropDataset(
+        crops, target=categories, transform=lambda x: x[:1], target_transform=lambda t: f"cat{t}"
+    )
     assert len(ds) == 3
     image, target = ds[0]
     assert image.shape == (1, 8, 8) and target == "cat2"
@@ -180,8 +203,9 @@ def test_crop_dataset_in_a_dataloader_with_two_workers(crops):
     with h5py.File(crops, "r") as f:
         expected = f["images"][:][ds.crop_index]
     np.testing.assert_array_equal(torch.cat(targets).numpy(), ds.targets)
-    np.testing.assert_array_equal((torch.cat(images) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy(),
-                                  expected)
+    np.testing.assert_array_equal(
+        (torch.cat(images) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy(), expected
+    )
 
 
 def test_bad_crop_dataset_inputs_are_refused(crops, files):

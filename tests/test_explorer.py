@@ -21,8 +21,9 @@ from infogan_cells.networks import Discriminator, Generator
 from infogan_cells.report import write_report
 
 
-def make_run(path: Path, *, n_continuous: int = 2, channels: int = 3, img_size: int = 16,
-             n_cat: int = 3) -> Path:
+def make_run(
+    path: Path, *, n_continuous: int = 2, channels: int = 3, img_size: int = 16, n_cat: int = 3
+) -> Path:
     """A run folder with an untrained but strongly random generator (every code changes the image)."""
     spec = LatentSpec(z_dim=4, categorical=[n_cat], n_continuous=n_continuous, continuous_range=1.0)
     G = Generator(spec, img_size=img_size, channels=channels, width=8)
@@ -40,14 +41,14 @@ def read_index(report_dir: Path) -> dict:
     text = (report_dir / "explorer" / "index.js").read_text()
     prefix = f"window.{explorer.DATA_GLOBAL} = "
     assert text.startswith(prefix)
-    return json.loads(text[len(prefix):].rstrip().rstrip(";"))
+    return json.loads(text[len(prefix) :].rstrip().rstrip(";"))
 
 
 def tile(report_dir: Path, data: dict, k: int, t: int) -> np.ndarray:
     sheet = np.asarray(Image.open(report_dir / "explorer" / f"cat{k:02d}.png").convert("RGB"))
     s = data["tile"]
     r, c = divmod(t, data["cols"])
-    return sheet[r * s:(r + 1) * s, c * s:(c + 1) * s]
+    return sheet[r * s : (r + 1) * s, c * s : (c + 1) * s]
 
 
 # --------------------------------------------------------------------------------------
@@ -110,7 +111,7 @@ def test_every_tile_is_the_generator_image_of_its_latent(tmp_path: Path) -> None
         base = sample_latent_by_seed(spec, [seed])
         cat = base.cat.clone()
         cat[:, 0] = k
-        latent = Latent(base.z, cat, torch.from_numpy(values[point:point + 1]))
+        latent = Latent(base.z, cat, torch.from_numpy(values[point : point + 1]))
         with torch.no_grad():
             expected = to_rgb(G(to_input(spec, latent)))[0]
         got = tile(report_dir, data, k, seed * data["n_points"] + point)
@@ -123,8 +124,11 @@ def test_tiles_differ_along_codes_seeds_and_categories(tmp_path: Path) -> None:
     write_explorer(run, out, n_noise_seeds=2, n_steps=3, live=False)
     data = read_index(out / "report")
     t0 = tile(out / "report", data, 0, 4)
-    for other in [tile(out / "report", data, 0, 5), tile(out / "report", data, 0, 13),
-                  tile(out / "report", data, 1, 4)]:
+    for other in [
+        tile(out / "report", data, 0, 5),
+        tile(out / "report", data, 0, 13),
+        tile(out / "report", data, 1, 4),
+    ]:
         assert not np.array_equal(t0, other)
 
 
@@ -191,8 +195,10 @@ STATE = """(() => {
 
 
 def _set(element_id: str, value: int, event: str = "input") -> str:
-    return (f"(() => {{ const e = document.getElementById('{element_id}'); e.value = '{value}'; "
-            f"e.dispatchEvent(new Event('{event}', {{bubbles: true}})); }})()")
+    return (
+        f"(() => {{ const e = document.getElementById('{element_id}'); e.value = '{value}'; "
+        f"e.dispatchEvent(new Event('{event}', {{bubbles: true}})); }})()"
+    )
 
 
 @pytest.mark.browser
@@ -203,9 +209,11 @@ def test_sliders_and_category_change_the_cell(tmp_path: Path, browser) -> None:
     report_dir = out / "report"
     data = read_index(report_dir)
     page = browser.open(report_dir / "explorer.html")
-    sizes = page.evaluate("Promise.all(INFOGAN_EXPLORER.categories.map(c => new Promise(ok => {"
-                          "const i = new Image(); i.onload = () => ok(i.naturalWidth); i.onerror = () => ok(0);"
-                          " i.src = c.sprite; })))")
+    sizes = page.evaluate(
+        "Promise.all(INFOGAN_EXPLORER.categories.map(c => new Promise(ok => {"
+        "const i = new Image(); i.onload = () => ok(i.naturalWidth); i.onerror = () => ok(0);"
+        " i.src = c.sprite; })))"
+    )
     assert all(w == data["cols"] * data["tile"] for w in sizes)
 
     before = page.evaluate(STATE)
@@ -218,7 +226,9 @@ def test_sliders_and_category_change_the_cell(tmp_path: Path, browser) -> None:
     scale = 256 / data["tile"]
     r, c = divmod(moved["tile"], data["cols"])
     assert moved["position"] == f"{-c * data['tile'] * scale:g}px {-r * data['tile'] * scale:g}px"
-    assert not np.array_equal(tile(report_dir, data, 0, before["tile"]), tile(report_dir, data, 0, moved["tile"]))
+    assert not np.array_equal(
+        tile(report_dir, data, 0, before["tile"]), tile(report_dir, data, 0, moved["tile"])
+    )
 
     page.evaluate(_set("seed", 1))
     assert page.evaluate(STATE)["tile"] == 25 + 22
@@ -243,7 +253,9 @@ def test_with_three_codes_a_slider_moves_its_code_alone(tmp_path: Path, browser)
     assert page.evaluate(STATE)["tile"] == 0 * 3 + 1
     page.evaluate(_set("code-2", 0))
     assert page.evaluate(STATE)["tile"] == 2 * 3 + 0
-    held = page.evaluate("[0, 1, 2].map(j => document.getElementById(`code-${j}-box`).classList.contains('held'))")
+    held = page.evaluate(
+        "[0, 1, 2].map(j => document.getElementById(`code-${j}-box`).classList.contains('held'))"
+    )
     assert held == [True, True, False]
     assert page.evaluate(STATE)["readout"] == "= 0.00"
     assert page.errors() == []
@@ -371,10 +383,12 @@ def test_when_the_runtime_fails_in_the_page_the_lattice_shows(tmp_path: Path, br
     page_path = write_explorer(run, tmp_path / "seed0", n_noise_seeds=1, n_steps=2)
     (tmp_path / "seed0" / "report" / "explorer" / "ort" / "wasm.js").unlink()  # a report copied in part
     page = browser.open(page_path)
-    state = page.evaluate("({error: window.infoganLive.error, live: !document.getElementById('live').hidden,"
-                          " lattice: !document.getElementById('lattice').hidden,"
-                          " status: document.getElementById('live-status').textContent,"
-                          " tile: document.getElementById('view').dataset.tile})")
+    state = page.evaluate(
+        "({error: window.infoganLive.error, live: !document.getElementById('live').hidden,"
+        " lattice: !document.getElementById('lattice').hidden,"
+        " status: document.getElementById('live-status').textContent,"
+        " tile: document.getElementById('view').dataset.tile})"
+    )
     assert state["error"] == "the runtime's WebAssembly did not load"
     assert not state["live"] and state["lattice"] and state["tile"] == "0"
     assert "could not start (the runtime's WebAssembly did not load)" in state["status"]

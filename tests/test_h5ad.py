@@ -15,13 +15,16 @@ read_elem = anndata.io.read_elem
 
 
 def _frame(n: int = 5) -> pd.DataFrame:
-    return pd.DataFrame({
-        "name": [f"cell é{i}" for i in range(n)],
-        "count": np.arange(n, dtype=np.int64) * 3,
-        "value": np.linspace(0, 1, n),
-        "ok": np.arange(n) % 2 == 0,
-        "kind": pd.Categorical(["b", "a", "b", "c", "a"][:n], categories=["a", "b", "c"]),
-    }, index=[f"r{i}" for i in range(n)])
+    return pd.DataFrame(
+        {
+            "name": [f"cell é{i}" for i in range(n)],
+            "count": np.arange(n, dtype=np.int64) * 3,
+            "value": np.linspace(0, 1, n),
+            "ok": np.arange(n) % 2 == 0,
+            "kind": pd.Categorical(["b", "a", "b", "c", "a"][:n], categories=["a", "b", "c"]),
+        },
+        index=[f"r{i}" for i in range(n)],
+    )
 
 
 def test_a_dataframe_reads_back_in_anndata_and_here(tmp_path):
@@ -42,10 +45,19 @@ def test_a_dataframe_reads_back_in_anndata_and_here(tmp_path):
 
 
 def _store_obs(n: int) -> pd.DataFrame:
-    obs = pd.DataFrame({"source_image": [f"img{i % 2}.png" for i in range(n)], "source_index": np.arange(n),
-                        "min_row": np.zeros(n, int), "min_col": np.zeros(n, int), "max_row": np.full(n, 8),
-                        "max_col": np.full(n, 8), "label": ["ring", "", "ring", "rbc", ""][:n],
-                        "qc_pass": [True, True, False, True, True][:n], "qc_reason": ["", "", "blur", "", ""][:n]})
+    obs = pd.DataFrame(
+        {
+            "source_image": [f"img{i % 2}.png" for i in range(n)],
+            "source_index": np.arange(n),
+            "min_row": np.zeros(n, int),
+            "min_col": np.zeros(n, int),
+            "max_row": np.full(n, 8),
+            "max_col": np.full(n, 8),
+            "label": ["ring", "", "ring", "rbc", ""][:n],
+            "qc_pass": [True, True, False, True, True][:n],
+            "qc_reason": ["", "", "blur", "", ""][:n],
+        }
+    )
     obs["focus"] = np.linspace(0.5, 2, n)
     return obs
 
@@ -72,13 +84,17 @@ def test_a_crop_store_written_before_the_encoding_still_reads(tmp_path):
     path = tmp_path / "old.h5"
     with h5py.File(path, "w") as f:
         f.attrs.update({"format": "infogan-cells/crops", "format_version": 1, "summary": "{}", "config": ""})
-        f.create_dataset("images", data=images, chunks=(4, 8, 8, 1), compression="gzip").attrs["channel_names"] = ["x"]
+        f.create_dataset("images", data=images, chunks=(4, 8, 8, 1), compression="gzip").attrs[
+            "channel_names"
+        ] = ["x"]
         grp = f.create_group("obs")
         grp.attrs["columns"] = list(obs.columns)
         for col in obs.columns:
             values = obs[col].to_numpy()
             if values.dtype == object:
-                grp.create_dataset(col, data=values.astype(str).astype(object), dtype=h5py.string_dtype("utf-8"))
+                grp.create_dataset(
+                    col, data=values.astype(str).astype(object), dtype=h5py.string_dtype("utf-8")
+                )
             else:
                 grp.create_dataset(col, data=values)
     pd.testing.assert_frame_equal(read_crop_store(path).obs, obs, check_dtype=False)
@@ -88,8 +104,14 @@ def test_h5ad_opens_in_anndata(tmp_path):
     obs = _frame(5)
     var = pd.DataFrame(index=["area", "eccentricity"])
     X = np.arange(10, dtype=np.float32).reshape(5, 2)
-    write_h5ad(tmp_path / "cells.h5ad", X, obs, var, obsm={"q_continuous": np.ones((5, 3), np.float32)},
-               uns={"note": "hello"})
+    write_h5ad(
+        tmp_path / "cells.h5ad",
+        X,
+        obs,
+        var,
+        obsm={"q_continuous": np.ones((5, 3), np.float32)},
+        uns={"note": "hello"},
+    )
     adata = anndata.read_h5ad(tmp_path / "cells.h5ad")
     assert adata.shape == (5, 2) and list(adata.var_names) == ["area", "eccentricity"]
     np.testing.assert_array_equal(adata.X, X)
@@ -101,6 +123,11 @@ def test_h5ad_refuses_mismatched_shapes(tmp_path):
     with pytest.raises(ValueError, match=r"X is \(4, 2\) for 5 obs"):
         write_h5ad(tmp_path / "x.h5ad", np.zeros((4, 2)), _frame(5), pd.DataFrame(index=["a", "b"]))
     with pytest.raises(ValueError, match=r"obsm\['f'\] has 3 rows"):
-        write_h5ad(tmp_path / "x.h5ad", np.zeros((5, 2)), _frame(5), pd.DataFrame(index=["a", "b"]),
-                   obsm={"f": np.zeros((3, 1))})
+        write_h5ad(
+            tmp_path / "x.h5ad",
+            np.zeros((5, 2)),
+            _frame(5),
+            pd.DataFrame(index=["a", "b"]),
+            obsm={"f": np.zeros((3, 1))},
+        )
     assert not (tmp_path / "x.h5ad").exists()

@@ -96,8 +96,9 @@ def test_a_seed_gives_the_same_sample_in_any_batch():
     assert torch.equal(together.cont[1:2], alone.cont)
     # and it is the seed's counter-based stream: Box-Muller on its first numbers, then the codes
     u = seed_uniforms(np.array([9]), 4 + 2 + 2)[0]
-    z = np.sqrt(-2 * np.log(u[0:4:2]))[:, None] * np.stack([np.cos(2 * np.pi * u[1:4:2]),
-                                                             np.sin(2 * np.pi * u[1:4:2])], 1)
+    z = np.sqrt(-2 * np.log(u[0:4:2]))[:, None] * np.stack(
+        [np.cos(2 * np.pi * u[1:4:2]), np.sin(2 * np.pi * u[1:4:2])], 1
+    )
     np.testing.assert_allclose(alone.z[0].numpy(), z.ravel()[:3], rtol=1e-6)
     assert alone.cat[0].tolist() == [int(u[4] * 4), int(u[5] * 2)]
     np.testing.assert_allclose(alone.cont[0].numpy(), (u[6:8] * 2 - 1) * SPEC.continuous_range, rtol=1e-6)

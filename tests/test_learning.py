@@ -56,13 +56,32 @@ def one_thread():
 
 def test_q_categories_find_two_kinds_of_cells(tmp_path, one_thread):
     images, kinds = two_kinds(64)
-    obs = pd.DataFrame({"source_image": "drawn", "source_index": np.arange(len(kinds)), "min_row": 0, "min_col": 0,
-                        "max_row": SIZE, "max_col": SIZE, "label": "", "qc_pass": True, "qc_reason": ""})
+    obs = pd.DataFrame(
+        {
+            "source_image": "drawn",
+            "source_index": np.arange(len(kinds)),
+            "min_row": 0,
+            "min_col": 0,
+            "max_row": SIZE,
+            "max_col": SIZE,
+            "label": "",
+            "qc_pass": True,
+            "qc_reason": "",
+        }
+    )
     store = tmp_path / "crops.h5"
     write_crop_store(store, images, obs, ["ch0"], csv=False)
-    config = TrainConfig(latent=LatentSpec(z_dim=8, categorical=[2], n_continuous=0), total_images=TOTAL_IMAGES,
-                         batch_size=32, g_channels=8, d_channels=8, ema_beta=0.9, tick_images=TOTAL_IMAGES,
-                         snapshot_images=TOTAL_IMAGES, checkpoint_images=TOTAL_IMAGES)
+    config = TrainConfig(
+        latent=LatentSpec(z_dim=8, categorical=[2], n_continuous=0),
+        total_images=TOTAL_IMAGES,
+        batch_size=32,
+        g_channels=8,
+        d_channels=8,
+        ema_beta=0.9,
+        tick_images=TOTAL_IMAGES,
+        snapshot_images=TOTAL_IMAGES,
+        checkpoint_images=TOTAL_IMAGES,
+    )
     run = train(store, tmp_path / "run", config, seed=TRAIN_SEED, device="cpu")
     D, _, _ = load_discriminator(run)
     categories, _ = assign_with_q(D, images)

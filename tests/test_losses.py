@@ -61,8 +61,9 @@ def test_categorical_term_is_cross_entropy_on_raw_logits():
     assert out["Loss/Q/cat"].item() < 1e-6
     assert out["Acc/Q/cat"].item() == 1.0
     random_logits = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
-    out = InfoLoss()(QOutput([random_logits], torch.zeros(4, 2), torch.zeros(4, 2)),
-                     _latent(target, torch.zeros(4, 2)))
+    out = InfoLoss()(
+        QOutput([random_logits], torch.zeros(4, 2), torch.zeros(4, 2)), _latent(target, torch.zeros(4, 2))
+    )
     assert out["Loss/Q/cat"].item() == pytest.approx(F.cross_entropy(random_logits, target).item())
 
 
@@ -70,8 +71,9 @@ def test_continuous_term_is_gaussian_nll_with_weights():
     mu = torch.tensor([[0.5, -0.9]])
     log_sigma = torch.tensor([[-1.0, 0.3]])
     c = torch.tensor([[0.2, -0.7]])
-    out = InfoLoss(lambda_cat=2.0, lambda_cont=0.5)(QOutput([torch.zeros(1, 3)], mu, log_sigma),
-                                                    _latent([1], c))
+    out = InfoLoss(lambda_cat=2.0, lambda_cont=0.5)(
+        QOutput([torch.zeros(1, 3)], mu, log_sigma), _latent([1], c)
+    )
     want = F.gaussian_nll_loss(mu, c, torch.exp(2 * log_sigma), full=True, reduction="sum").item()
     assert out["Loss/Q/cont"].item() == pytest.approx(want, rel=1e-5)
     assert out["Loss/Q/info"].item() == pytest.approx(2.0 * math.log(3) + 0.5 * want, rel=1e-5)
@@ -97,7 +99,9 @@ def test_supervised_loss_ignores_unlabelled_crops():
     logits = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
     targets = torch.tensor([2, -1, 0, -1])
     out = SupervisedLoss(2.0)(logits, targets)["Loss/Q/sup"]
-    assert out.item() == pytest.approx(2.0 * F.cross_entropy(logits[[0, 2]], targets[[0, 2]]).item(), rel=1e-6)
+    assert out.item() == pytest.approx(
+        2.0 * F.cross_entropy(logits[[0, 2]], targets[[0, 2]]).item(), rel=1e-6
+    )
     assert SupervisedLoss()(logits, torch.full((4,), -1))["Loss/Q/sup"].item() == 0.0
 
 
@@ -123,7 +127,9 @@ def test_pair_mi_entropy_weight_trades_balance_against_consistency():
         loss = PairMILoss(1.0, entropy_weight=w)
         assert loss(balanced, balanced)["Loss/Q/pair_mi"].item() == pytest.approx(-w * math.log(k), abs=1e-3)
         assert loss(skewed, skewed)["Loss/Q/pair_mi"].item() == pytest.approx(-w * h_skewed, abs=1e-3)
-        assert loss(skewed, skewed)["MI/Q/pair"].item() == pytest.approx(h_skewed, abs=1e-3)  # reported I unweighted
+        assert loss(skewed, skewed)["MI/Q/pair"].item() == pytest.approx(
+            h_skewed, abs=1e-3
+        )  # reported I unweighted
     # inconsistent views: w = 0 leaves only -H(c1|c2), which is 0 for consistent views and negative here
     noisy = torch.randn(8, k, generator=torch.Generator().manual_seed(0))
     assert PairMILoss(1.0, entropy_weight=0.0)(noisy, balanced)["Loss/Q/pair_mi"].item() > 0.1
@@ -153,7 +159,9 @@ def test_info_only_step_trains_the_trunk_iff_configured(info_trains_trunk):
     opt_D.step()
     trunk_changed = any(not torch.equal(a, b) for a, b in zip(trunk0, D.trunk.parameters(), strict=True))
     assert trunk_changed == info_trains_trunk
-    assert all(not torch.equal(a, b) for a, b in zip(q0, D.q_net.parameters(), strict=True))  # Q always learns
+    assert all(
+        not torch.equal(a, b) for a, b in zip(q0, D.q_net.parameters(), strict=True)
+    )  # Q always learns
 
 
 def test_optimisers_cover_every_parameter_once():
@@ -178,8 +186,15 @@ def test_full_step_updates_both_players_and_restores_grad_flags():
     latent = sample_latent(SPEC, 4, generator=torch.Generator().manual_seed(0))
     labelled = (torch.rand(2, 1, 16, 16) * 2 - 1, torch.tensor([0, 2]))
     terms, q_real = step(real, latent, labelled, want_q_real=True, generator=torch.Generator().manual_seed(0))
-    assert {"Loss/D/adv", "Loss/G/adv", "Loss/Q/cat", "Loss/Q/cont", "Loss/Q/sup", "Loss/G/info",
-            "Loss/Q/pair_mi"} <= set(terms)
+    assert {
+        "Loss/D/adv",
+        "Loss/G/adv",
+        "Loss/Q/cat",
+        "Loss/Q/cont",
+        "Loss/Q/sup",
+        "Loss/G/info",
+        "Loss/Q/pair_mi",
+    } <= set(terms)
     assert all(v.ndim == 0 and not v.requires_grad for v in terms.values())
     assert q_real is not None and q_real.cat_logits[0].shape == (4, 3)
     assert all(not torch.equal(a, b) for a, b in zip(g0, G.parameters(), strict=True))

@@ -6,8 +6,15 @@ from skimage import draw, measure
 from infogan_cells.morphology import foreground_mask, measure_morphology
 
 
-def _disk_image(radius: float, *, size: int = 32, value: int = 200, background: int = 0,
-                centre: tuple[int, int] = (16, 16), channels: int = 3) -> np.ndarray:
+def _disk_image(
+    radius: float,
+    *,
+    size: int = 32,
+    value: int = 200,
+    background: int = 0,
+    centre: tuple[int, int] = (16, 16),
+    channels: int = 3,
+) -> np.ndarray:
     img = np.full((size, size, channels), background, np.uint8)
     rr, cc = draw.disk(centre, radius, shape=(size, size))
     img[rr, cc] = value
@@ -49,22 +56,28 @@ def test_shape_measures_equal_regionprops_on_ellipses():
         rr, cc = draw.ellipse(24, 23, 6, 14, rotation=rotation, shape=(48, 48))
         img[rr, cc, 0] = 180
         images.append(img)
-        truth.append(measure.regionprops_table((img[..., 0] > 0).astype(int),
-                                               properties=["area", "eccentricity", "orientation"]))
+        truth.append(
+            measure.regionprops_table(
+                (img[..., 0] > 0).astype(int), properties=["area", "eccentricity", "orientation"]
+            )
+        )
     df = measure_morphology(np.stack(images), channel_names=["dapi"])
     for i, t in enumerate(truth):
         assert df["area"].iloc[i] == t["area"][0]
         assert df["eccentricity"].iloc[i] == pytest.approx(t["eccentricity"][0], abs=1e-9)
         assert df["orientation"].iloc[i] == pytest.approx(t["orientation"][0], abs=1e-9)
     assert "intensity_dapi" in df.columns
-    np.testing.assert_allclose(df["orientation_cos2"] ** 2 + df["orientation_sin2"] ** 2,
-                               df["eccentricity"] ** 2)
+    np.testing.assert_allclose(
+        df["orientation_cos2"] ** 2 + df["orientation_sin2"] ** 2, df["eccentricity"] ** 2
+    )
 
 
 def test_focus_is_lower_for_a_blurred_cell():
     img = _disk_image(8)
     rng = np.random.default_rng(0)
-    textured = np.clip(img.astype(int) + rng.integers(-30, 30, img.shape) * (img > 0), 0, 255).astype(np.uint8)
+    textured = np.clip(img.astype(int) + rng.integers(-30, 30, img.shape) * (img > 0), 0, 255).astype(
+        np.uint8
+    )
     blurred = ndi.gaussian_filter(textured.astype(float), sigma=(1.5, 1.5, 0)).round().astype(np.uint8)
     df = measure_morphology(np.stack([textured, blurred]))
     assert df["focus"].iloc[1] < 0.5 * df["focus"].iloc[0]
@@ -72,8 +85,10 @@ def test_focus_is_lower_for_a_blurred_cell():
 
 def test_blank_crop_gives_finite_values_and_chunks_do_not_change_results():
     rng = np.random.default_rng(1)
-    images = np.stack([_disk_image(r, centre=(int(rng.integers(12, 20)), 16)) for r in range(3, 10)]
-                      + [np.full((32, 32, 3), 90, np.uint8)])
+    images = np.stack(
+        [_disk_image(r, centre=(int(rng.integers(12, 20)), 16)) for r in range(3, 10)]
+        + [np.full((32, 32, 3), 90, np.uint8)]
+    )
     df = measure_morphology(images)
     assert np.isfinite(df.to_numpy()).all()
     blank = df.iloc[-1]

@@ -35,8 +35,9 @@ def test_bad_image_size_raises():
 
 def test_batchnorm_keeps_default_eps_and_momentum():
     """Public ports passed 0.1 where eps goes (BatchNorm2d(c, 0.1)): eps must stay 1e-5."""
-    for net in build_networks(SPEC, 32, 3, TrainConfig(latent=SPEC, g_channels=8, d_channels=8),
-                              torch.Generator().manual_seed(0)):
+    for net in build_networks(
+        SPEC, 32, 3, TrainConfig(latent=SPEC, g_channels=8, d_channels=8), torch.Generator().manual_seed(0)
+    ):
         bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         assert bns
         assert all(m.eps == 1e-5 and m.momentum == 0.1 for m in bns)

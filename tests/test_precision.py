@@ -43,9 +43,19 @@ def one_thread():
 def random_store(path: Path, n: int = 32, size: int = 32, channels: int = 3, labels=("a", "b")) -> Path:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, size, size, channels), dtype=np.uint8)
-    obs = pd.DataFrame({"source_image": "random", "source_index": np.arange(n), "min_row": 0, "min_col": 0,
-                        "max_row": size, "max_col": size, "label": [labels[i % len(labels)] for i in range(n)],
-                        "qc_pass": True, "qc_reason": ""})
+    obs = pd.DataFrame(
+        {
+            "source_image": "random",
+            "source_index": np.arange(n),
+            "min_row": 0,
+            "min_col": 0,
+            "max_row": size,
+            "max_col": size,
+            "label": [labels[i % len(labels)] for i in range(n)],
+            "qc_pass": True,
+            "qc_reason": "",
+        }
+    )
     write_crop_store(path, images, obs, [f"ch{i}" for i in range(channels)], csv=False)
     return path
 
@@ -54,8 +64,14 @@ def preset_train_config(name: str, **kw) -> TrainConfig:
     """A preset's training section, cut to two steps of a small batch (every loss term it turns on stays on)."""
     cfg = load_config(Path(__file__).resolve().parents[1] / "config" / name).train
     b = 16
-    base = dict(batch_size=b, total_images=2 * b, tick_images=b, snapshot_images=2 * b, checkpoint_images=b,
-                supervised_batch=8)
+    base = dict(
+        batch_size=b,
+        total_images=2 * b,
+        tick_images=b,
+        snapshot_images=2 * b,
+        checkpoint_images=b,
+        supervised_batch=8,
+    )
     if cfg.supervised_fraction == 0:  # semi-supervision on too: a preset may turn it on with a key
         base["supervised_fraction"] = 0.25
     base.update(kw)
@@ -114,11 +130,13 @@ def test_bf16_changes_the_arithmetic_and_keeps_losses_q_and_augmentation_in_fp32
 
     def run_step(precision: str) -> dict[str, torch.Tensor]:
         G, D = build_networks(spec, 32, 3, config, torch.Generator().manual_seed(0))
+
         def record(key_in, key_out):
             def hook(module, inputs, output):  # returns None: the output is left as it is
                 if key_in:
                     seen[key_in].add(inputs[0].dtype)
                 seen[key_out].add(output.dtype)
+
             return hook
 
         D.q_net[-1].register_forward_hook(record("q_last_in", "q_last_out"))
@@ -143,8 +161,13 @@ def test_bf16_changes_the_arithmetic_and_keeps_losses_q_and_augmentation_in_fp32
 
 def test_q_head_accepts_bf16_features_outside_autocast():
     """The crash of the first GPU run: Q's head given bf16 trunk features with no autocast active."""
-    _, D = build_networks(LatentSpec(z_dim=4, categorical=[3], n_continuous=2), 16, 1, TrainConfig(),
-                          torch.Generator().manual_seed(0))
+    _, D = build_networks(
+        LatentSpec(z_dim=4, categorical=[3], n_continuous=2),
+        16,
+        1,
+        TrainConfig(),
+        torch.Generator().manual_seed(0),
+    )
     h = D.trunk(torch.zeros(4, 1, 16, 16)).to(torch.bfloat16)
     q = D.q_head(h)
     assert q.cat_logits[0].dtype == torch.float32 and q.cont_mu.shape == (4, 2)
@@ -165,17 +188,27 @@ def test_cuda_without_cuda_is_refused_in_one_line_before_any_work(tmp_path, caps
 # host syncs
 
 
-@pytest.mark.parametrize("extra", [{}, {"prior": "learned", "prior_warmup": 0.0}, {"supervised_fraction": 0.5}],
-                         ids=["default", "learned-prior", "semi-supervised"])
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"prior": "learned", "prior_warmup": 0.0}, {"supervised_fraction": 0.5}],
+    ids=["default", "learned-prior", "semi-supervised"],
+)
 def test_a_training_step_makes_no_host_sync(tmp_path, extra):
     """A run of 8 steps and one of 4 (one tick, one snapshot, no checkpoint each) make the same
     syncing calls: the steps themselves make none, only the tick, snapshot and final save do."""
     store = random_store(tmp_path / "crops.h5", size=16)
     counts = []
     for steps in (4, 8):
-        config = preset_train_config("config.yaml", total_images=16 * steps, tick_images=10**6,
-                                     snapshot_images=10**6, checkpoint_images=10**6, g_channels=4,
-                                     d_channels=4, **{"supervised_fraction": 0.0, **extra})
+        config = preset_train_config(
+            "config.yaml",
+            total_images=16 * steps,
+            tick_images=10**6,
+            snapshot_images=10**6,
+            checkpoint_images=10**6,
+            g_channels=4,
+            d_channels=4,
+            **{"supervised_fraction": 0.0, **extra},
+        )
         with HostSyncCounter() as counter:
             train(store, tmp_path / f"run{steps}", config, seed=0, device="cpu")
         counts.append(counter.calls)
@@ -222,9 +255,19 @@ def test_loading_crops_costs_about_their_own_size_in_host_memory(tmp_path):
     store = tmp_path / "crops.h5"
     images = np.zeros((n, size, size, channels), np.uint8)
     images[:, ::7] = 255
-    obs = pd.DataFrame({"source_image": "x", "source_index": np.arange(n), "min_row": 0, "min_col": 0,
-                        "max_row": size, "max_col": size, "label": "", "qc_reason": "",
-                        "qc_pass": np.arange(n) % 50 != 0})
+    obs = pd.DataFrame(
+        {
+            "source_image": "x",
+            "source_index": np.arange(n),
+            "min_row": 0,
+            "min_col": 0,
+            "max_row": size,
+            "max_col": size,
+            "label": "",
+            "qc_reason": "",
+            "qc_pass": np.arange(n) % 50 != 0,
+        }
+    )
     write_crop_store(store, images, obs, ["r", "g", "b"], csv=False, compression=None)
     del images
     code = textwrap.dedent(f"""

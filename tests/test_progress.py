@@ -37,10 +37,12 @@ def test_log_lines_come_at_most_every_interval_and_once_at_the_end(caplog):
             bar.update(10)
             bar.set_postfix({"D": "0.69"})
     lines = [r.getMessage() for r in caplog.records]
-    assert lines == ["train: 30/100 img (30%), 0:30, 1 img/s, D=0.69",
-                     "train: 60/100 img (60%), 1:00, 1 img/s, D=0.69",
-                     "train: 90/100 img (90%), 1:30, 1 img/s, D=0.69",
-                     "train: 100/100 img (100%), 1:40, 1 img/s, D=0.69"]
+    assert lines == [
+        "train: 30/100 img (30%), 0:30, 1 img/s, D=0.69",
+        "train: 60/100 img (60%), 1:00, 1 img/s, D=0.69",
+        "train: 90/100 img (90%), 1:30, 1 img/s, D=0.69",
+        "train: 100/100 img (100%), 1:40, 1 img/s, D=0.69",
+    ]
 
 
 def test_no_terminal_means_log_lines_and_a_terminal_means_a_bar(caplog):
@@ -69,13 +71,20 @@ def test_crop_reports_progress_as_lines_into_a_log_file(tmp_path, capfd):
 
     (tmp_path / "cells" / "a").mkdir(parents=True)
     for i in range(3):
-        Image.fromarray(np.full((12, 12, 3), 40 * i + 60, np.uint8)).save(tmp_path / "cells" / "a" / f"{i}.png")
+        Image.fromarray(np.full((12, 12, 3), 40 * i + 60, np.uint8)).save(
+            tmp_path / "cells" / "a" / f"{i}.png"
+        )
     handler = logging.StreamHandler()  # stderr, captured by capfd: a file, not a terminal
     progress_mod.log.addHandler(handler)
     progress_mod.log.setLevel(logging.INFO)
     try:
-        crop(tmp_path / "cells", tmp_path / "c.h5", InputConfig(format="folder"), CropConfig(size=8),
-             montages=False)
+        crop(
+            tmp_path / "cells",
+            tmp_path / "c.h5",
+            InputConfig(format="folder"),
+            CropConfig(size=8),
+            montages=False,
+        )
     finally:
         progress_mod.log.removeHandler(handler)
         progress_mod.log.setLevel(logging.NOTSET)
@@ -95,14 +104,33 @@ def test_training_progress_in_a_log_file_is_lines_not_carriage_returns(tmp_path,
     n = 16
     images = np.zeros((n, 16, 16, 1), np.uint8)
     for i in range(n):
-        images[i, 4:12, 4:4 + i % 8 + 1] = 200
-    obs = pd.DataFrame({"source_image": "x", "source_index": np.arange(n), "min_row": 0, "min_col": 0,
-                        "max_row": 16, "max_col": 16, "label": "", "qc_pass": True, "qc_reason": ""})
+        images[i, 4:12, 4 : 4 + i % 8 + 1] = 200
+    obs = pd.DataFrame(
+        {
+            "source_image": "x",
+            "source_index": np.arange(n),
+            "min_row": 0,
+            "min_col": 0,
+            "max_row": 16,
+            "max_col": 16,
+            "label": "",
+            "qc_pass": True,
+            "qc_reason": "",
+        }
+    )
     write_crop_store(tmp_path / "crops.h5", images, obs, ["ch0"], csv=False)
-    config = TrainConfig(latent=LatentSpec(z_dim=4, categorical=[2], n_continuous=1), total_images=64,
-                         batch_size=8, g_channels=4, d_channels=4, tick_images=32, snapshot_images=64,
-                         checkpoint_images=64, lambda_pair_mi=0.0,
-                         diff_augment=AugmentConfig(rot90=False, flip=False, shift=0))
+    config = TrainConfig(
+        latent=LatentSpec(z_dim=4, categorical=[2], n_continuous=1),
+        total_images=64,
+        batch_size=8,
+        g_channels=4,
+        d_channels=4,
+        tick_images=32,
+        snapshot_images=64,
+        checkpoint_images=64,
+        lambda_pair_mi=0.0,
+        diff_augment=AugmentConfig(rot90=False, flip=False, shift=0),
+    )
     handler = logging.StreamHandler()
     progress_mod.log.addHandler(handler)
     progress_mod.log.setLevel(logging.INFO)

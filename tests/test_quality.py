@@ -101,8 +101,9 @@ def test_classifier_accuracy_on_separable_classes_and_degenerate_inputs(caplog):
     assert q.classifier_accuracy(x, y, x[:0], y[:0]) is None
     with caplog.at_level(logging.WARNING, logger="infogan_cells.quality"):
         # labels that are pure noise on many features: may not converge; must not warn
-        q.classifier_accuracy(rng.normal(size=(30, 40)) * 1e3, rng.choice(["a", "b", "c"], 30), x[:2, :1].repeat(40, 1),
-                              y[:2])
+        q.classifier_accuracy(
+            rng.normal(size=(30, 40)) * 1e3, rng.choice(["a", "b", "c"], 30), x[:2, :1].repeat(40, 1), y[:2]
+        )
 
 
 def _spot_cells(n, rng, spot):

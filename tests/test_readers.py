@@ -30,9 +30,13 @@ def _png(path: Path, shape=(40, 50, 3), value=200) -> Path:
 
 
 def _entry(pathname: str, boxes: list[tuple[int, int, int, int, str]]) -> dict:
-    return {"image": {"pathname": pathname, "shape": {"r": 40, "c": 50, "channels": 3}},
-            "objects": [{"bounding_box": {"minimum": {"r": r0, "c": c0}, "maximum": {"r": r1, "c": c1}},
-                         "category": cat} for r0, c0, r1, c1, cat in boxes]}
+    return {
+        "image": {"pathname": pathname, "shape": {"r": 40, "c": 50, "channels": 3}},
+        "objects": [
+            {"bounding_box": {"minimum": {"r": r0, "c": c0}, "maximum": {"r": r1, "c": c1}}, "category": cat}
+            for r0, c0, r1, c1, cat in boxes
+        ],
+    }
 
 
 def _write_idx(path: Path, array: np.ndarray) -> Path:
@@ -52,8 +56,10 @@ def _write_idx(path: Path, array: np.ndarray) -> Path:
 def test_bbbc041_paths_boxes_and_categories(tmp_path):
     _png(tmp_path / "images" / "a.png")
     _png(tmp_path / "images" / "b.png")
-    entries = [_entry("/images/a.png", [(1, 2, 11, 12, "red blood cell"), (5, 5, 20, 25, "ring")]),
-               _entry("/b.png", [(0, 0, 10, 10, "trophozoite")])]  # found in the images/ sibling
+    entries = [
+        _entry("/images/a.png", [(1, 2, 11, 12, "red blood cell"), (5, 5, 20, 25, "ring")]),
+        _entry("/b.png", [(0, 0, 10, 10, "trophozoite")]),
+    ]  # found in the images/ sibling
     path = tmp_path / "ann.json"
     path.write_text(json.dumps(entries))
 
@@ -85,8 +91,10 @@ def test_read_cells_keeps_only_the_named_images(tmp_path):
 def test_csv_boxes_relative_to_the_csv(tmp_path):
     _png(tmp_path / "imgs" / "x.png")
     path = tmp_path / "boxes.csv"
-    path.write_text("image,min_row,min_col,max_row,max_col,label\n"
-                    "imgs/x.png,1,2,11,12,A\nimgs/x.png,3,4,13,14,\nimgs/y.png,0,0,5,5,B\n")
+    path.write_text(
+        "image,min_row,min_col,max_row,max_col,label\n"
+        "imgs/x.png,1,2,11,12,A\nimgs/x.png,3,4,13,14,\nimgs/y.png,0,0,5,5,B\n"
+    )
 
     cells = read_cells(path)
 
@@ -115,8 +123,11 @@ def test_folder_labels_from_class_subfolders(tmp_path):
     assert cells.boxes["min_row"].isna().all()  # the whole image
     assert cells.sources[2].load().shape == (30, 30, 1)
     assert list_source_images(tmp_path) == []  # single cells: one crop job
-    assert list_source_images(tmp_path, segment=True) == ["Parasitized/p1.png", "Uninfected/u1.jpg",
-                                                          "loose.png"]
+    assert list_source_images(tmp_path, segment=True) == [
+        "Parasitized/p1.png",
+        "Uninfected/u1.jpg",
+        "loose.png",
+    ]
 
 
 @pytest.mark.parametrize("layout", ["CYX", "YXC"])
@@ -146,8 +157,13 @@ def test_tiff_without_metadata_takes_the_short_axis_as_channels(tmp_path):
 def test_npz_labels_from_class_names(tmp_path):
     images = np.arange(4 * 2 * 5 * 6, dtype=np.uint16).reshape(4, 2, 5, 6)
     path = tmp_path / "cells.npz"
-    np.savez(path, images=images, labels=np.array([1, 0, 1, 2]), class_names=np.array(["G1", "S", "G2"]),
-             channel_names=np.array(["bf", "dna"]))
+    np.savez(
+        path,
+        images=images,
+        labels=np.array([1, 0, 1, 2]),
+        class_names=np.array(["G1", "S", "G2"]),
+        channel_names=np.array(["bf", "dna"]),
+    )
 
     cells = read_cells(path)
 
@@ -195,16 +211,25 @@ def test_segment_gives_boxes_from_segment_cells(tmp_path, monkeypatch):
     _png(tmp_path / "smear.png", shape=(30, 40, 3))
     fake = types.ModuleType("infogan_cells.segment")
     fake.segment_cells = lambda image: pd.DataFrame(
-        {"label": [1, 2], "min_row": [1, 5], "min_col": [2, 6], "max_row": [9, 20], "max_col": [10, 30],
-         "area": [50, 100]})
+        {
+            "label": [1, 2],
+            "min_row": [1, 5],
+            "min_col": [2, 6],
+            "max_row": [9, 20],
+            "max_col": [10, 30],
+            "area": [50, 100],
+        }
+    )
     monkeypatch.setitem(sys.modules, "infogan_cells.segment", fake)
 
     cells = read_cells(tmp_path / "smear.png", segment=True)
     boxes = cells.boxes_of(0, cells.sources[0].load())
 
     assert cells.segment and len(cells.boxes) == 0
-    assert boxes[["min_row", "min_col", "max_row", "max_col"]].to_numpy().tolist() == [[1, 2, 9, 10],
-                                                                                      [5, 6, 20, 30]]
+    assert boxes[["min_row", "min_col", "max_row", "max_col"]].to_numpy().tolist() == [
+        [1, 2, 9, 10],
+        [5, 6, 20, 30],
+    ]
     assert boxes["label"].tolist() == ["", ""]
 
 
@@ -216,8 +241,12 @@ def test_segment_gives_boxes_from_segment_cells(tmp_path, monkeypatch):
 def test_real_inputs_read(shared_data):
     bbbc = read_cells(shared_data / "bbbc041" / "training_subset.json")
     assert len(bbbc.sources) == 6 and len(bbbc.boxes) == 560
-    assert bbbc.boxes["label"].value_counts().to_dict() == {"red blood cell": 544, "trophozoite": 12,
-                                                            "ring": 3, "gametocyte": 1}
+    assert bbbc.boxes["label"].value_counts().to_dict() == {
+        "red blood cell": 544,
+        "trophozoite": 12,
+        "ring": 3,
+        "gametocyte": 1,
+    }
     assert all(s.path.exists() for s in bbbc.sources)
 
     iml = read_cells(shared_data / "iml_malaria" / "annotations_bbbc041_format.json")

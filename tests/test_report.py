@@ -35,9 +35,17 @@ def _csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def make_analysis(root: Path, *, n_cat: int = 3, n_codes: int = 2, labels: bool = True,
-                  sizes: list[int] | None = None, confidence: float = 0.9, figures: bool = True,
-                  accuracy: float = 0.8) -> Path:
+def make_analysis(
+    root: Path,
+    *,
+    n_cat: int = 3,
+    n_codes: int = 2,
+    labels: bool = True,
+    sizes: list[int] | None = None,
+    confidence: float = 0.9,
+    figures: bool = True,
+    accuracy: float = 0.8,
+) -> Path:
     """A fake analysis folder in the layout :mod:`infogan_cells.analyse` writes."""
     root.mkdir(parents=True, exist_ok=True)
     sizes = sizes or [10 + 3 * k for k in range(n_cat)]
@@ -45,29 +53,79 @@ def make_analysis(root: Path, *, n_cat: int = 3, n_codes: int = 2, labels: bool 
     for k in range(n_cat):
         lab = LABELS[k % len(LABELS)] if labels else None
         counts = {lab: sizes[k] - 1, LABELS[(k + 1) % len(LABELS)]: 1} if labels else {}
-        cats[str(k)] = {"size": sizes[k], "purity": (sizes[k] - 1) / sizes[k] if labels else None,
-                        "majority_label": lab, "label_counts": counts}
-        rows += [{"crop_index": len(rows) + i, "category": k, "confidence": confidence,
-                  **{f"cont_{j}": 0.1 * j for j in range(n_codes)}, "label": lab or ""} for i in range(sizes[k])]
+        cats[str(k)] = {
+            "size": sizes[k],
+            "purity": (sizes[k] - 1) / sizes[k] if labels else None,
+            "majority_label": lab,
+            "label_counts": counts,
+        }
+        rows += [
+            {
+                "crop_index": len(rows) + i,
+                "category": k,
+                "confidence": confidence,
+                **{f"cont_{j}": 0.1 * j for j in range(n_codes)},
+                "label": lab or "",
+            }
+            for i in range(sizes[k])
+        ]
     metrics = {
-        "accuracy": accuracy if labels else None, "nmi": 0.61 if labels else None, "ari": 0.52 if labels else None,
-        "n_crops": sum(sizes), "n_categories": n_cat, "categories": cats,
-        "baselines": {"kmeans_pixels": {"accuracy": 0.4 if labels else None, "nmi": 0.2, "ari": None},
-                      "kmeans_morphology": {"accuracy": 0.5 if labels else None, "nmi": 0.3, "ari": 0.1}},
-        "codes": {f"c{j}": {"feature": ["orientation", "area", "eccentricity"][j % 3], "rho": 0.93 - 0.5 * j,
-                            "all": {"orientation": 0.93 - 0.5 * j, "area": 0.1}} for j in range(n_codes)},
-        "quality": {"fd_morphology": 1.234, "kid_morphology": 0.01, "fd_encoder": None, "kid_encoder": 0.02,
-                    "knn_precision": 0.71, "knn_recall": 0.42, "memorisation_ratio": 1.05,
-                    "tstr_accuracy": 0.66 if labels else None, "trtr_accuracy": 0.8 if labels else None},
+        "accuracy": accuracy if labels else None,
+        "nmi": 0.61 if labels else None,
+        "ari": 0.52 if labels else None,
+        "n_crops": sum(sizes),
+        "n_categories": n_cat,
+        "categories": cats,
+        "baselines": {
+            "kmeans_pixels": {"accuracy": 0.4 if labels else None, "nmi": 0.2, "ari": None},
+            "kmeans_morphology": {"accuracy": 0.5 if labels else None, "nmi": 0.3, "ari": 0.1},
+        },
+        "codes": {
+            f"c{j}": {
+                "feature": ["orientation", "area", "eccentricity"][j % 3],
+                "rho": 0.93 - 0.5 * j,
+                "all": {"orientation": 0.93 - 0.5 * j, "area": 0.1},
+            }
+            for j in range(n_codes)
+        },
+        "quality": {
+            "fd_morphology": 1.234,
+            "kid_morphology": 0.01,
+            "fd_encoder": None,
+            "kid_encoder": 0.02,
+            "knn_precision": 0.71,
+            "knn_recall": 0.42,
+            "memorisation_ratio": 1.05,
+            "tstr_accuracy": 0.66 if labels else None,
+            "trtr_accuracy": 0.8 if labels else None,
+        },
     }
     (root / "metrics.json").write_text(json.dumps(metrics))
     _csv(root / "assignments.csv", rows)
-    _csv(root / "category_map.csv", [{"category": k, "label": cats[str(k)]["majority_label"] or f"category_{k:02d}",
-                                      "purity": cats[str(k)]["purity"], "size": sizes[k]} for k in range(n_cat)])
-    _csv(root / "codes.csv", [{"code": f"c{j}", "feature": "area", "rho": 0.1, "p": 0.5} for j in range(n_codes)])
+    _csv(
+        root / "category_map.csv",
+        [
+            {
+                "category": k,
+                "label": cats[str(k)]["majority_label"] or f"category_{k:02d}",
+                "purity": cats[str(k)]["purity"],
+                "size": sizes[k],
+            }
+            for k in range(n_cat)
+        ],
+    )
+    _csv(
+        root / "codes.csv",
+        [{"code": f"c{j}", "feature": "area", "rho": 0.1, "p": 0.5} for j in range(n_codes)],
+    )
     if labels:
-        _csv(root / "contingency.csv", [{"category": k, **{lab: cats[str(k)]["label_counts"].get(lab, 0)
-                                                           for lab in LABELS}} for k in range(n_cat)])
+        _csv(
+            root / "contingency.csv",
+            [
+                {"category": k, **{lab: cats[str(k)]["label_counts"].get(lab, 0) for lab in LABELS}}
+                for k in range(n_cat)
+            ],
+        )
     if figures:
         for k in range(n_cat):
             for sub in ["samples", "nearest", "morphology"] + (["composition"] if labels else []):
@@ -110,8 +168,12 @@ def test_report_has_an_index_and_one_page_per_category(tmp_path: Path) -> None:
     out = make_analysis(tmp_path / "seed0")
     index = write_report(out)
     assert index == out / "report" / "index.html"
-    assert [p.name for p in pages(out)] == ["category_00.html", "category_01.html", "category_02.html",
-                                            "index.html"]
+    assert [p.name for p in pages(out)] == [
+        "category_00.html",
+        "category_01.html",
+        "category_02.html",
+        "index.html",
+    ]
     refs = links(index).refs
     for k in range(3):
         assert f"category_{k:02d}.html" in refs
@@ -139,9 +201,16 @@ def test_category_page_shows_every_figure(tmp_path: Path) -> None:
     out = make_analysis(tmp_path / "seed0")
     write_report(out)
     imgs = links(out / "report" / "category_01.html").imgs
-    assert imgs == ["../samples/cat01.png", "../nearest/cat01.png", "../traversals/cat01_code0.png",
-                    "../traversals/cat01_code0.gif", "../traversals/cat01_code1.png",
-                    "../traversals/cat01_code1.gif", "../composition/cat01.png", "../morphology/cat01.png"]
+    assert imgs == [
+        "../samples/cat01.png",
+        "../nearest/cat01.png",
+        "../traversals/cat01_code0.png",
+        "../traversals/cat01_code0.gif",
+        "../traversals/cat01_code1.png",
+        "../traversals/cat01_code1.gif",
+        "../composition/cat01.png",
+        "../morphology/cat01.png",
+    ]
 
 
 def test_a_holdout_seen_in_training_is_flagged(tmp_path: Path) -> None:
@@ -188,9 +257,18 @@ def test_unreadable_metrics_are_tolerated(tmp_path: Path) -> None:
 
 def test_malformed_entries_read_as_missing(tmp_path: Path) -> None:
     out = make_analysis(tmp_path / "seed0", n_cat=2)
-    (out / "metrics.json").write_text(json.dumps({
-        "accuracy": "high", "n_categories": "two", "categories": [1, 2], "baselines": 3, "quality": "good",
-        "codes": {"c0": "orientation", "c1": {"feature": "area", "rho": "strong", "all": [1]}}}))
+    (out / "metrics.json").write_text(
+        json.dumps(
+            {
+                "accuracy": "high",
+                "n_categories": "two",
+                "categories": [1, 2],
+                "baselines": 3,
+                "quality": "good",
+                "codes": {"c0": "orientation", "c1": {"feature": "area", "rho": "strong", "all": [1]}},
+            }
+        )
+    )
     index = write_report(out).read_text()
     assert "c1 ≈ area, ρ = n/a" in index and "c0: meaning not measured" in index
     assert [c.size for c in read_analysis(out).categories] == [10, 13]  # from category_map.csv
@@ -228,19 +306,35 @@ def test_without_labels_agreement_is_not_available(tmp_path: Path) -> None:
 
 
 def test_nested_quality_layout_is_read(tmp_path: Path) -> None:
-    quality = {"morphology": {"frechet": 2.5, "kid": 0.03}, "encoder": {"frechet": 7.25, "precision": 0.5},
-               "memorisation": {"pixels": {"ratio": 0.98}}, "classifier": {"tstr_accuracy": 0.7}}
+    quality = {
+        "morphology": {"frechet": 2.5, "kid": 0.03},
+        "encoder": {"frechet": 7.25, "precision": 0.5},
+        "memorisation": {"pixels": {"ratio": 0.98}},
+        "classifier": {"tstr_accuracy": 0.7},
+    }
     assert report.quality_value(quality, "fd_morphology") == 2.5
     assert report.quality_value(quality, "knn_precision") == 0.5
     assert report.quality_value(quality, "memorisation_ratio") == 0.98
     assert report.quality_value(quality, "trtr_accuracy") is None
-    assert report.quality_value({"fd_morphology": None, "morphology": {"frechet": 1}}, "fd_morphology") is None
+    assert (
+        report.quality_value({"fd_morphology": None, "morphology": {"frechet": 1}}, "fd_morphology") is None
+    )
     assert report.quality_value(None, "fd_morphology") is None
 
 
-@pytest.mark.parametrize(("value", "key", "text"), [
-    (None, "", "n/a"), (float("nan"), "", "n/a"), ("x", "", "n/a"), (True, "", "n/a"), (3, "", "3"),
-    (0.12345, "", "0.123"), (0.875, "accuracy", "87.5%"), (1234.5, "", "1.23e+03")])
+@pytest.mark.parametrize(
+    ("value", "key", "text"),
+    [
+        (None, "", "n/a"),
+        (float("nan"), "", "n/a"),
+        ("x", "", "n/a"),
+        (True, "", "n/a"),
+        (3, "", "3"),
+        (0.12345, "", "0.123"),
+        (0.875, "accuracy", "87.5%"),
+        (1234.5, "", "1.23e+03"),
+    ],
+)
 def test_fmt(value: object, key: str, text: str) -> None:
     assert report.fmt(value, key) == text
 
@@ -290,7 +384,9 @@ def browser():
     b.close()
 
 
-IMAGES_LOADED = "Array.from(document.images).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])"
+IMAGES_LOADED = (
+    "Array.from(document.images).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])"
+)
 
 
 @pytest.mark.browser

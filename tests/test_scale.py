@@ -80,16 +80,26 @@ def test_fixed_windows_are_centred_on_the_boxes():
 
 def test_a_window_larger_than_the_image_is_refused_naming_the_key(tmp_path):
     path = _smear(tmp_path / "in")
-    with pytest.raises(InputError, match=r"config key 'crop.window_px': 121 px is larger than the image "
-                                         r".*s.png \(120x160 px\)"):
+    with pytest.raises(
+        InputError,
+        match=r"config key 'crop.window_px': 121 px is larger than the image "
+        r".*s.png \(120x160 px\)",
+    ):
         crop(path, tmp_path / "crops.h5", InputConfig(path=str(path)), CropConfig(window_px=121))
     assert not (tmp_path / "crops.h5").exists()
 
 
-@pytest.mark.parametrize(("value", "problem"), [
-    (0, "0.0 must be > 0"), (-0.5, "-0.5 must be > 0"), ("big", "expected a number, got 'big'"),
-    (True, "expected a number, got True"), (float("nan"), "nan must be > 0"),
-    (float("inf"), "expected a positive number of micrometres")])
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (0, "0.0 must be > 0"),
+        (-0.5, "-0.5 must be > 0"),
+        ("big", "expected a number, got 'big'"),
+        (True, "expected a number, got True"),
+        (float("nan"), "nan must be > 0"),
+        (float("inf"), "expected a positive number of micrometres"),
+    ],
+)
 def test_a_pixel_size_that_is_not_a_positive_number_is_refused(value, problem):
     with pytest.raises(ConfigError, match=rf"config key 'crop.pixel_size_um': {problem}"):
         load_config(overrides=[{"crop": {"pixel_size_um": value}}])
@@ -119,11 +129,28 @@ def test_bioio_reads_the_stacks_as_ome_tiff(tmp_path, channels):
     index = np.arange(5)
     names = ["R", "G", "B"] if channels == 3 else ["DAPI", "actin"][:channels]
     plan = StackPlan(2, "ring", index, index + 10)
-    with TiffStackWriter(tmp_path, [plan], image_shape=(8, 8, channels), channel_names=names,
-                         info={"model_sha256": "x"}, pixel_size_um=0.375) as w:
+    with TiffStackWriter(
+        tmp_path,
+        [plan],
+        image_shape=(8, 8, channels),
+        channel_names=names,
+        info={"model_sha256": "x"},
+        pixel_size_um=0.375,
+    ) as w:
         empty = np.zeros((5, 0), np.float32)
-        w.write(Batch(offset=0, images=images, index=index, seed=index + 10, category=np.full(5, 2),
-                      label=np.full(5, "ring", dtype=object), z=empty, categorical=empty, continuous=empty))
+        w.write(
+            Batch(
+                offset=0,
+                images=images,
+                index=index,
+                seed=index + 10,
+                category=np.full(5, 2),
+                label=np.full(5, "ring", dtype=object),
+                z=empty,
+                categorical=empty,
+                continuous=empty,
+            )
+        )
     path = tmp_path / "category_02_ring.tif"
     with warnings.catch_warnings():  # ome-types warns about an argument it ignores, not ours to fix
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -155,8 +182,10 @@ def test_synthesis_carries_the_crop_pixel_size_into_hdf5_and_tiff(tmp_path):
     config_text = yaml.safe_dump({"crop": {"size": 16, "window_px": 40, "pixel_size_um": 0.2}})
     run = make_run(tmp_path / "run", meta={"config": config_text})
     cfg = SynthConfig(n=12, batch_size=8, micro_batch=4)
-    shards = [synthesise(run, tmp_path / f"s{i}.h5", cfg, shard=(i, 2), tiff_dir=tmp_path / "parts")
-              for i in range(2)]
+    shards = [
+        synthesise(run, tmp_path / f"s{i}.h5", cfg, shard=(i, 2), tiff_dir=tmp_path / "parts")
+        for i in range(2)
+    ]
     gather(shards, tmp_path / "synth.h5", tiff_dir=tmp_path / "tiff")
     with h5py.File(tmp_path / "synth.h5") as f:
         assert float(f.attrs["pixel_size_um"]) == pytest.approx(0.5)  # 0.2 um x 40 / 16

@@ -23,9 +23,11 @@ def _set_fd(path: Path, fd: float | None) -> None:
 
 @pytest.fixture
 def three_seeds(tmp_path: Path) -> list[Path]:
-    return [make_analysis(tmp_path / "seed0", sizes=[10, 13, 16], confidence=0.9, accuracy=0.9),
-            make_analysis(tmp_path / "seed1", sizes=[37, 1, 1], confidence=1.0, accuracy=0.95),  # collapsed
-            make_analysis(tmp_path / "seed2", sizes=[13, 13, 13], confidence=0.95, accuracy=0.7)]
+    return [
+        make_analysis(tmp_path / "seed0", sizes=[10, 13, 16], confidence=0.9, accuracy=0.9),
+        make_analysis(tmp_path / "seed1", sizes=[37, 1, 1], confidence=1.0, accuracy=0.95),  # collapsed
+        make_analysis(tmp_path / "seed2", sizes=[13, 13, 13], confidence=0.95, accuracy=0.7),
+    ]
 
 
 def test_the_score_is_confidence_times_evenness(tmp_path: Path) -> None:
@@ -46,7 +48,9 @@ def test_an_unused_category_lowers_evenness(tmp_path: Path) -> None:
     assert e["usage_evenness"] == pytest.approx(math.log(2) / math.log(3))
 
 
-def test_the_confident_and_even_seed_wins_over_a_collapsed_one(three_seeds: list[Path], tmp_path: Path) -> None:
+def test_the_confident_and_even_seed_wins_over_a_collapsed_one(
+    three_seeds: list[Path], tmp_path: Path
+) -> None:
     result = compare_seeds(three_seeds, tmp_path / "seeds")
     assert result["chosen"] == "seed2" and result["basis"] == "information score"
     assert [s["name"] for s in result["seeds"]] == ["seed2", "seed0", "seed1"]

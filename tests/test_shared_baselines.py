@@ -30,14 +30,33 @@ CASES = {
 def test_the_best_single_feature_is_the_known_rule(name, shared_data, repo_root, tmp_path):
     source, preset, k, expected, least_nmi, least_purity = CASES[name]
     crops = tmp_path / "crops.h5"
-    done = subprocess.run([sys.executable, "-m", "infogan_cells", "crop", "--input", str(shared_data / source),
-                           "--config", str(repo_root / preset), "--out", str(crops)],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "infogan_cells",
+            "crop",
+            "--input",
+            str(shared_data / source),
+            "--config",
+            str(repo_root / preset),
+            "--out",
+            str(crops),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     cs = read_crop_store(crops)
     masks = foreground_mask(cs.images)
-    features = pd.concat([measure_morphology(cs.images, channel_names=cs.channel_names, masks=masks),
-                          intensity_features(cs.images, channel_names=cs.channel_names, masks=masks)], axis=1)
+    features = pd.concat(
+        [
+            measure_morphology(cs.images, channel_names=cs.channel_names, masks=masks),
+            intensity_features(cs.images, channel_names=cs.channel_names, masks=masks),
+        ],
+        axis=1,
+    )
     best = best_single_feature(features.drop(columns="orientation"), cs.labels, k)
     assert expected in best["feature"]
     assert best["nmi"] >= least_nmi and best["purity"] >= least_purity

@@ -30,11 +30,24 @@ pytestmark = pytest.mark.shared_data
 TINY = {
     "device": "cpu",
     "crop": {"size": 32},
-    "train": {"latent": {"z_dim": 16, "categorical": [7], "n_continuous": 2}, "total_images": 1024,
-              "batch_size": 64, "g_channels": 16, "d_channels": 16, "tick_images": 512,
-              "snapshot_images": 1024, "checkpoint_images": 1024},
-    "analyse": {"traversal_steps": 3, "traversal_samples": 4, "n_synthetic": 128, "encoder_epochs": 1,
-                "nearest": 4, "classifier_steps": 30},
+    "train": {
+        "latent": {"z_dim": 16, "categorical": [7], "n_continuous": 2},
+        "total_images": 1024,
+        "batch_size": 64,
+        "g_channels": 16,
+        "d_channels": 16,
+        "tick_images": 512,
+        "snapshot_images": 1024,
+        "checkpoint_images": 1024,
+    },
+    "analyse": {
+        "traversal_steps": 3,
+        "traversal_samples": 4,
+        "n_synthetic": 128,
+        "encoder_epochs": 1,
+        "nearest": 4,
+        "classifier_steps": 30,
+    },
     "synthesis": {"n": 70, "shards": 4, "batch_size": 16},
 }
 
@@ -42,7 +55,9 @@ TINY = {
 @pytest.fixture(scope="module")
 def trained(shared_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("ifc")
-    cfg = load_config(overrides=[TINY, {"input": {"path": str(shared_data / "jurkat_ifc_cellcycle" / "cells.npz")}}])
+    cfg = load_config(
+        overrides=[TINY, {"input": {"path": str(shared_data / "jurkat_ifc_cellcycle" / "cells.npz")}}]
+    )
     crop(cfg.input.path, root / "crops.h5", cfg.input, cfg.crop)
     train(root / "crops.h5", root / "run", cfg.train, seed=0, device="cpu", resolved_config=cfg)
     return root, cfg
@@ -74,7 +89,8 @@ def test_analysis_on_a_trained_run_matches_an_independent_computation(trained):
     clusters = KMeans(7, n_init=3, random_state=0).fit_predict(pixels)
     known = store.labels[keep] != ""
     assert saved["baselines"]["kmeans_pixels"]["nmi"] == pytest.approx(
-        normalized_mutual_info_score(store.labels[keep][known], clusters[known]), abs=1e-9)
+        normalized_mutual_info_score(store.labels[keep][known], clusters[known]), abs=1e-9
+    )
     # the code-meaning table: each code's named feature is its strongest |rho| in codes.csv
     codes = pd.read_csv(root / "analysis" / "codes.csv")
     assert set(saved["codes"]) == {"c0", "c1"}
@@ -88,10 +104,18 @@ def test_analysis_on_a_trained_run_matches_an_independent_computation(trained):
     assert quality["fd_morphology"] >= 0 and quality["holdout_seen_in_training"] is True
     hold, rest = holdout_split(int(keep.sum()), cfg.analyse.holdout_fraction)
     images, labels = store.images[keep], store.labels[keep]
-    trtr = cnn_accuracy(images[rest], labels[rest], images[hold], labels[hold], steps=cfg.analyse.classifier_steps)
+    trtr = cnn_accuracy(
+        images[rest], labels[rest], images[hold], labels[hold], steps=cfg.analyse.classifier_steps
+    )
     assert quality["trtr_accuracy"] == pytest.approx(trtr)
-    trtr_balanced = cnn_accuracy(images[rest], labels[rest], images[hold], labels[hold], balanced=True,
-                                 steps=cfg.analyse.classifier_steps)
+    trtr_balanced = cnn_accuracy(
+        images[rest],
+        labels[rest],
+        images[hold],
+        labels[hold],
+        balanced=True,
+        steps=cfg.analyse.classifier_steps,
+    )
     assert quality["trtr_balanced_accuracy"] == pytest.approx(trtr_balanced)
     assert quality["n_holdout"] == len(hold)
     if cmap["label"][cmap["label"].isin(set(labels))].nunique() < 2:  # < 2 classes to train on
@@ -104,8 +128,10 @@ def test_analysis_on_a_trained_run_matches_an_independent_computation(trained):
 
 def test_four_shards_master_tiff_and_dataloader(trained, tmp_path):
     root, cfg = trained
-    shards = [synthesise(root / "run", tmp_path / f"synth-{i}-of-4.h5", cfg.synthesis, shard=(i, 4), device="cpu")
-              for i in range(4)]
+    shards = [
+        synthesise(root / "run", tmp_path / f"synth-{i}-of-4.h5", cfg.synthesis, shard=(i, 4), device="cpu")
+        for i in range(4)
+    ]
     master = tmp_path / "synth.h5"
     gather(shards, master, tiff_dir=tmp_path / "tiff")
     for path in [*shards, master]:

@@ -22,22 +22,52 @@ pytestmark = pytest.mark.shared_data
 
 # (folder, the crop command's input inside it, extra crop arguments)
 SETS = {
-    "bbbc041": ("bbbc041/training_subset.json", ["--images", "images/00c8364b-8c85-4502-bcfe-64736fe76815.png"]),
+    "bbbc041": (
+        "bbbc041/training_subset.json",
+        ["--images", "images/00c8364b-8c85-4502-bcfe-64736fe76815.png"],
+    ),
     "iml_malaria": ("iml_malaria/annotations_bbbc041_format.json", ["--images", "images/PA171695.JPG"]),
     "nih": ("nih_malaria_cell_images", []),
     "jurkat": ("jurkat_ifc_cellcycle/cells.npz", []),
 }
-ANALYSE = ["--set", "analyse.traversal_steps=3", "--set", "analyse.traversal_samples=4", "--set",
-           "analyse.n_synthetic=64", "--set", "analyse.encoder_epochs=1", "--set", "analyse.nearest=4", "--set",
-           "analyse.classifier_steps=10"]
-TRAIN = ["--set", "train.total_images=2048", "--set", "train.batch_size=64", "--set", "train.g_channels=8",
-         "--set", "train.d_channels=8", "--set", "train.tick_images=512", "--set", "train.snapshot_images=1024",
-         "--set", "train.checkpoint_images=1024", "--set", "train.latent.categorical=[4]"]
+ANALYSE = [
+    "--set",
+    "analyse.traversal_steps=3",
+    "--set",
+    "analyse.traversal_samples=4",
+    "--set",
+    "analyse.n_synthetic=64",
+    "--set",
+    "analyse.encoder_epochs=1",
+    "--set",
+    "analyse.nearest=4",
+    "--set",
+    "analyse.classifier_steps=10",
+]
+TRAIN = [
+    "--set",
+    "train.total_images=2048",
+    "--set",
+    "train.batch_size=64",
+    "--set",
+    "train.g_channels=8",
+    "--set",
+    "train.d_channels=8",
+    "--set",
+    "train.tick_images=512",
+    "--set",
+    "train.snapshot_images=1024",
+    "--set",
+    "train.checkpoint_images=1024",
+    "--set",
+    "train.latent.categorical=[4]",
+]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "infogan_cells", *args], capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "infogan_cells", *args], capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.mark.parametrize("name", sorted(SETS))
@@ -49,8 +79,19 @@ def test_train_command_on_each_shared_data_set(name, shared_data, tmp_path):
     cs = read_crop_store(crops)
     assert len(cs) >= 20
     run = tmp_path / "run"
-    done = _cli("train", "--crops", str(crops), "--out", str(run), "--device", "cpu", "--no-progress",
-                "--seed", "0", *TRAIN)
+    done = _cli(
+        "train",
+        "--crops",
+        str(crops),
+        "--out",
+        str(run),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--seed",
+        "0",
+        *TRAIN,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
 
     records = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
@@ -74,15 +115,28 @@ def test_train_command_on_each_shared_data_set(name, shared_data, tmp_path):
 
     # the analysis of the run: its label measures, recomputed from its own assignments
     out = tmp_path / "analysis"
-    done = _cli("analyse", "--run", str(run), "--crops", str(crops), "--out", str(out), "--device", "cpu",
-                *TRAIN, *ANALYSE)
+    done = _cli(
+        "analyse",
+        "--run",
+        str(run),
+        "--crops",
+        str(crops),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        *TRAIN,
+        *ANALYSE,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assignments = pd.read_csv(out / "assignments.csv", keep_default_na=False)
     assert (assignments["label"].to_numpy() == cs.labels[assignments["crop_index"]]).all()
     labelled = assignments[assignments["label"] != ""]
     assert metrics["n_labelled"] == len(labelled) > 0
-    assert metrics["nmi"] == pytest.approx(normalized_mutual_info_score(labelled["label"], labelled["category"]))
+    assert metrics["nmi"] == pytest.approx(
+        normalized_mutual_info_score(labelled["label"], labelled["category"])
+    )
     assert metrics["ari"] == pytest.approx(adjusted_rand_score(labelled["label"], labelled["category"]))
     cmap = pd.read_csv(out / "category_map.csv", keep_default_na=False)
     assert cmap["category"].tolist() == [0, 1, 2, 3]

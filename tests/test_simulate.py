@@ -48,8 +48,9 @@ def box_stats(default_run) -> dict[str, np.ndarray]:
     image's background), fraction of dark pixels (red < half the background), box area."""
     out_dir, entries = default_run
     stats: dict[str, list] = {c: [] for c in CATEGORIES}
-    images = [np.asarray(Image.open(out_dir / e["image"]["pathname"].lstrip("/")), dtype=float)
-              for e in entries]
+    images = [
+        np.asarray(Image.open(out_dir / e["image"]["pathname"].lstrip("/")), dtype=float) for e in entries
+    ]
     backgrounds = [np.percentile(im[..., 0], 99) for im in images]
     for k, cat, (r0, c0, r1, c1) in _boxes(entries):
         # Giemsa-stained parasite and nuclei absorb red light; a pink erythrocyte hardly does.
@@ -75,8 +76,10 @@ def test_same_seed_gives_the_same_bytes_and_another_seed_does_not(tmp_path):
 
 
 def test_image_k_does_not_depend_on_the_number_of_images(tmp_path):
-    one, three = (json.loads(simulate_smears(tmp_path / name, SimulateConfig(**{**SMALL, "n_images": n}))
-                             .read_text()) for name, n in (("one", 1), ("three", 3)))
+    one, three = (
+        json.loads(simulate_smears(tmp_path / name, SimulateConfig(**{**SMALL, "n_images": n})).read_text())
+        for name, n in (("one", 1), ("three", 3))
+    )
     assert one[0] == three[0]
     name = "images/smear_0000.png"
     assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "three" / name).read_bytes()
@@ -124,8 +127,9 @@ def test_annotations_are_valid_bbbc041_with_true_checksums_and_boxes_inside(defa
 def test_only_uninfected_cells_are_cut_by_the_border(default_run):
     _, entries = default_run
     rows, cols = SimulateConfig().image_rows, SimulateConfig().image_cols
-    on_border = {cat for _, cat, (r0, c0, r1, c1) in _boxes(entries)
-                 if r0 == 0 or c0 == 0 or r1 == rows or c1 == cols}
+    on_border = {
+        cat for _, cat, (r0, c0, r1, c1) in _boxes(entries) if r0 == 0 or c0 == 0 or r1 == rows or c1 == cols
+    }
     assert on_border == {RBC}
 
 
@@ -161,18 +165,22 @@ def test_counts_follow_the_default_fractions(default_run):
 
 
 def test_counts_follow_configured_fractions(tmp_path):
-    config = SimulateConfig(**{**SMALL, "n_images": 3}, stage_fractions={"schizont": 0.5},
-                            leukocyte_fraction=0.0)
+    config = SimulateConfig(
+        **{**SMALL, "n_images": 3}, stage_fractions={"schizont": 0.5}, leukocyte_fraction=0.0
+    )
     cats = [cat for _, cat, _ in _boxes(json.loads(simulate_smears(tmp_path, config).read_text()))]
     assert set(cats) == {RBC, "schizont"}
     assert cats.count("schizont") / len(cats) == pytest.approx(0.5, abs=0.15)
 
 
-@pytest.mark.parametrize(("fractions", "match"), [
-    ({"merozoite": 0.1}, r"stage_fractions\.merozoite': unknown stage"),
-    ({"ring": 0.6, "schizont": 0.6}, "add up to more than 1"),
-    ({"ring": -0.1}, r"stage_fractions\.ring': expected a number >= 0"),
-])
+@pytest.mark.parametrize(
+    ("fractions", "match"),
+    [
+        ({"merozoite": 0.1}, r"stage_fractions\.merozoite': unknown stage"),
+        ({"ring": 0.6, "schizont": 0.6}, "add up to more than 1"),
+        ({"ring": -0.1}, r"stage_fractions\.ring': expected a number >= 0"),
+    ],
+)
 def test_bad_stage_fractions_are_refused(tmp_path, fractions, match):
     with pytest.raises(ConfigError, match=match):
         simulate_smears(tmp_path, SimulateConfig(stage_fractions=fractions))

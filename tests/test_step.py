@@ -30,8 +30,15 @@ OFF = AugmentConfig(rot90=False, flip=False, shift=0)
 
 def _config(**kw) -> TrainConfig:
     """A tiny config; the differentiable augmentation and the IIC term off unless asked."""
-    base = dict(latent=SPEC, batch_size=8, g_channels=8, d_channels=8, diff_augment=OFF, lambda_pair_mi=0.0,
-                bf16=False)
+    base = dict(
+        latent=SPEC,
+        batch_size=8,
+        g_channels=8,
+        d_channels=8,
+        diff_augment=OFF,
+        lambda_pair_mi=0.0,
+        bf16=False,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -48,7 +55,7 @@ def _real(n: int, seed: int = 1) -> torch.Tensor:
     x = torch.full((n, 1, 16, 16), -0.8)
     for i in range(n):
         r, c = (int(v) for v in torch.randint(2, 9, (2,), generator=g))
-        x[i, :, r:r + 6, c:c + 6] = 0.6
+        x[i, :, r : r + 6, c : c + 6] = 0.6
     return (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
 
 
@@ -177,14 +184,20 @@ def test_information_loss_reaches_the_trunk_iff_configured(info_trains_trunk):
     information loss trains it; D's real/fake head is not trained by it either way."""
     ends = {}
     for lam in (1.0, 0.0):
-        G, D, step = _setup(_config(lambda_cat=lam, lambda_cont=lam / 10, info_trains_trunk=info_trains_trunk))
+        G, D, step = _setup(
+            _config(lambda_cat=lam, lambda_cont=lam / 10, info_trains_trunk=info_trains_trunk)
+        )
         step(_real(8), _latent(8))
         ends[lam] = D
-    trunk_differs = any(not torch.equal(a, b) for a, b in
-                        zip(ends[1.0].trunk.parameters(), ends[0.0].trunk.parameters(), strict=True))
+    trunk_differs = any(
+        not torch.equal(a, b)
+        for a, b in zip(ends[1.0].trunk.parameters(), ends[0.0].trunk.parameters(), strict=True)
+    )
     assert trunk_differs == info_trains_trunk
-    assert all(torch.equal(a, b) for a, b in
-               zip(ends[1.0].d_head.parameters(), ends[0.0].d_head.parameters(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(ends[1.0].d_head.parameters(), ends[0.0].d_head.parameters(), strict=True)
+    )
 
 
 def test_information_loss_trains_the_generator():
@@ -196,8 +209,9 @@ def test_information_loss_trains_the_generator():
         G, D, step = _setup(_config(lambda_cat=lam, lambda_cont=lam / 10, info_trains_trunk=False))
         step(_real(8), _latent(8))
         ends[lam] = G
-    assert any(not torch.equal(a, b) for a, b in
-               zip(ends[1.0].parameters(), ends[0.0].parameters(), strict=True))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(ends[1.0].parameters(), ends[0.0].parameters(), strict=True)
+    )
 
 
 def test_the_step_reports_the_information_loss_of_the_fake_batch():
@@ -255,8 +269,14 @@ def test_pair_mi_term_raises_the_mutual_information_of_two_views():
     real = torch.cat([_real(16, seed=3), -_real(16, seed=4)])  # two kinds of crop
 
     def mi_after(lambda_pair_mi: float) -> tuple[float, float]:
-        config = _config(diff_augment=augment, lambda_pair_mi=lambda_pair_mi, lambda_cat=0.0, lambda_cont=0.0,
-                         lr_d=2e-3, pair_mi_entropy=1.0)
+        config = _config(
+            diff_augment=augment,
+            lambda_pair_mi=lambda_pair_mi,
+            lambda_cat=0.0,
+            lambda_cont=0.0,
+            lr_d=2e-3,
+            pair_mi_entropy=1.0,
+        )
         G, D, step = _setup(config)
         start = _pair_mi(D, real, augment)
         g = torch.Generator().manual_seed(5)
@@ -297,12 +317,22 @@ def test_pair_mi_loss_sign_at_uneven_assignments():
 
 def _grads_of_step(config: TrainConfig, real, latent, supervised=None, want_q_real=False, generator=None):
     G, D = build_networks(config.latent, 16, 1, config, torch.Generator().manual_seed(0))
-    step = InfoGANStep(G, D, torch.optim.SGD(G.parameters(), lr=0.0), torch.optim.SGD(D.parameters(), lr=0.0),
-                       config.latent, config, CPU)
+    step = InfoGANStep(
+        G,
+        D,
+        torch.optim.SGD(G.parameters(), lr=0.0),
+        torch.optim.SGD(D.parameters(), lr=0.0),
+        config.latent,
+        config,
+        CPU,
+    )
     terms, _ = step(real, latent, supervised, want_q_real=want_q_real, generator=generator)
 
     def grads(module):
-        return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for n, p in module.named_parameters()}
+        return {
+            n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
+            for n, p in module.named_parameters()
+        }
 
     return grads(G), grads(D), terms
 
@@ -310,7 +340,9 @@ def _grads_of_step(config: TrainConfig, real, latent, supervised=None, want_q_re
 def _autograd(loss, module):
     names, params = zip(*module.named_parameters(), strict=True)
     found = torch.autograd.grad(loss, params, allow_unused=True)
-    return {n: (g if g is not None else torch.zeros_like(p)) for n, g, p in zip(names, found, params, strict=True)}
+    return {
+        n: (g if g is not None else torch.zeros_like(p)) for n, g, p in zip(names, found, params, strict=True)
+    }
 
 
 def _fresh(config: TrainConfig):
@@ -339,8 +371,9 @@ def test_adversarial_gradients_of_each_player(kind):
 
     G, D = _fresh(config)
     fake = G(to_input(SPEC, latent))
-    d_loss = DiscriminatorLoss(kind)(D.d_head(D.trunk(real)).squeeze(1),
-                                     D.d_head(D.trunk(fake.detach())).squeeze(1))["Loss/D/adv"]
+    d_loss = DiscriminatorLoss(kind)(
+        D.d_head(D.trunk(real)).squeeze(1), D.d_head(D.trunk(fake.detach())).squeeze(1)
+    )["Loss/D/adv"]
     _assert_grads(got_D, _autograd(d_loss, D))
     G, D = _fresh(config)
     g_loss = GeneratorLoss(kind)(D.d_head(D.trunk(G(to_input(SPEC, latent)))).squeeze(1))["Loss/G/adv"]
@@ -368,7 +401,9 @@ def test_information_gradients_of_each_player(info_trains_trunk):
     assert all(got_D[n].abs().sum() == 0 for n in got_D if n.startswith("d_head"))
 
     G, D = _fresh(on)
-    want_G = _autograd(InfoLoss(1.0, 0.3)(D.q_head(D.trunk(G(to_input(SPEC, latent)))), latent)["Loss/Q/info"], G)
+    want_G = _autograd(
+        InfoLoss(1.0, 0.3)(D.q_head(D.trunk(G(to_input(SPEC, latent)))), latent)["Loss/Q/info"], G
+    )
     _assert_grads(_difference(G_on, G_off), want_G)
 
 
@@ -400,7 +435,7 @@ def _symmetric_real(n: int) -> torch.Tensor:
     out = []
     for i in range(n):
         width = 2.0 + 4.0 * torch.rand((), generator=g)
-        ring = torch.exp(-((radius - width) ** 2) / 2) if i % 2 else torch.exp(-(radius ** 2) / (2 * width))
+        ring = torch.exp(-((radius - width) ** 2) / 2) if i % 2 else torch.exp(-(radius**2) / (2 * width))
         out.append(ring * 1.6 - 0.8)
     return torch.stack(out)[:, None]
 
@@ -413,12 +448,27 @@ def test_pair_mi_gradient_reaches_both_views(info_trains_trunk, want_q_real):
     augment = AugmentConfig(rot90=True, flip=True, shift=0)
     real, latent = _symmetric_real(8), _latent(8)
     assert torch.equal(augment_batch(real, augment, torch.Generator().manual_seed(0)), real)  # the premise
-    kw = dict(diff_augment=augment, lambda_cat=0.0, lambda_cont=0.0, info_trains_trunk=info_trains_trunk,
-              pair_mi_entropy=0.7)
-    _, D_on, terms = _grads_of_step(_config(lambda_pair_mi=2.0, **kw), real, latent, want_q_real=want_q_real,
-                                    generator=torch.Generator().manual_seed(1))
-    _, D_off, terms_off = _grads_of_step(_config(lambda_pair_mi=0.0, **kw), real, latent, want_q_real=want_q_real,
-                                         generator=torch.Generator().manual_seed(1))
+    kw = dict(
+        diff_augment=augment,
+        lambda_cat=0.0,
+        lambda_cont=0.0,
+        info_trains_trunk=info_trains_trunk,
+        pair_mi_entropy=0.7,
+    )
+    _, D_on, terms = _grads_of_step(
+        _config(lambda_pair_mi=2.0, **kw),
+        real,
+        latent,
+        want_q_real=want_q_real,
+        generator=torch.Generator().manual_seed(1),
+    )
+    _, D_off, terms_off = _grads_of_step(
+        _config(lambda_pair_mi=0.0, **kw),
+        real,
+        latent,
+        want_q_real=want_q_real,
+        generator=torch.Generator().manual_seed(1),
+    )
     assert "Loss/Q/pair_mi" in terms and "Loss/Q/pair_mi" not in terms_off
 
     _, D = _fresh(_config(**kw))
@@ -556,4 +606,4 @@ def test_generator_output_saturates_like_tanh():
         y1 = G(base * scale).double()
         y2 = G(base * 2 * scale).double()
     assert y1.abs().max() < 0.9
-    torch.testing.assert_close(y2, 2 * y1 / (1 + y1 ** 2), atol=2e-4, rtol=1e-3)
+    torch.testing.assert_close(y2, 2 * y1 / (1 + y1**2), atol=2e-4, rtol=1e-3)

@@ -21,24 +21,44 @@ def batches(n: int, sizes: list[int], shape=(16, 16, 3)):
     for size in sizes:
         b = min(n, a + size)
         index = np.arange(a, b)
-        out.append(Batch(offset=a, images=images[a:b], index=index, seed=index, category=index % 3,
-                         label=np.array([str(c) for c in index % 3], dtype=object),
-                         z=np.zeros((b - a, 2), np.float32), categorical=(index % 3)[:, None],
-                         continuous=np.zeros((b - a, 1), np.float32)))
+        out.append(
+            Batch(
+                offset=a,
+                images=images[a:b],
+                index=index,
+                seed=index,
+                category=index % 3,
+                label=np.array([str(c) for c in index % 3], dtype=object),
+                z=np.zeros((b - a, 2), np.float32),
+                categorical=(index % 3)[:, None],
+                continuous=np.zeros((b - a, 1), np.float32),
+            )
+        )
         a = b
     assert a == n
     return images, out
 
 
 @pytest.mark.parametrize("threads", ["1", "3"])
-@pytest.mark.parametrize("sizes", [[1000], [7, 300, 1, 511, 181], [64] * 15 + [40]], ids=["one", "odd", "chunky"])
+@pytest.mark.parametrize(
+    "sizes", [[1000], [7, 300, 1, 511, 181], [64] * 15 + [40]], ids=["one", "odd", "chunky"]
+)
 def test_threaded_gzip_writes_the_same_images_whatever_the_batches(tmp_path, monkeypatch, threads, sizes):
     monkeypatch.setenv("INFOGAN_CELLS_COMPRESSION_THREADS", threads)
     assert compression_threads() == int(threads)
     images, parts = batches(1000, sizes)
     path = tmp_path / "synth.h5"
-    with HDF5Writer(path, n=1000, image_shape=images.shape[1:], channel_names=["r", "g", "b"], z_dim=2, n_codes=1,
-                    n_continuous=1, attrs={}, compression="gzip") as writer:
+    with HDF5Writer(
+        path,
+        n=1000,
+        image_shape=images.shape[1:],
+        channel_names=["r", "g", "b"],
+        z_dim=2,
+        n_codes=1,
+        n_continuous=1,
+        attrs={},
+        compression="gzip",
+    ) as writer:
         for part in parts:
             writer.write(part)
     with h5py.File(path, "r") as f:
@@ -54,8 +74,17 @@ def test_an_aborted_threaded_writer_leaves_nothing(tmp_path):
     images, parts = batches(200, [50, 50, 100])
     path = tmp_path / "synth.h5"
     with pytest.raises(RuntimeError, match="100 of 200"):
-        with HDF5Writer(path, n=200, image_shape=images.shape[1:], channel_names=["r", "g", "b"], z_dim=2,
-                        n_codes=1, n_continuous=1, attrs={}, compression="gzip") as writer:
+        with HDF5Writer(
+            path,
+            n=200,
+            image_shape=images.shape[1:],
+            channel_names=["r", "g", "b"],
+            z_dim=2,
+            n_codes=1,
+            n_continuous=1,
+            attrs={},
+            compression="gzip",
+        ) as writer:
             for part in parts[:2]:
                 writer.write(part)
     assert list(tmp_path.iterdir()) == []
@@ -82,7 +111,9 @@ def test_latents_by_seed_have_the_prior_distribution():
         chi2 = ((counts - 200_000 / k) ** 2 / (200_000 / k)).sum()
         assert chi2 < 30  # p ~ 1e-6 at 3 degrees of freedom
     assert lat.cont.min() >= -2 and lat.cont.max() <= 2 and abs(lat.cont.double().mean()) < 0.02
-    skewed = sample_latent_by_seed(spec, np.arange(50_000), cat_probs=[torch.tensor([0.7, 0.1, 0.1, 0.1]), None])
+    skewed = sample_latent_by_seed(
+        spec, np.arange(50_000), cat_probs=[torch.tensor([0.7, 0.1, 0.1, 0.1]), None]
+    )
     assert abs((skewed.cat[:, 0] == 0).double().mean() - 0.7) < 0.01
     assert torch.equal(skewed.z, lat.z[:50_000])  # the prior changes the category draw only
     truncated = sample_latent_by_seed(spec, np.arange(10), truncation=0.5)

@@ -61,8 +61,12 @@ def make_run(folder: Path, *, channels: int = 3, meta: dict | None = None) -> Pa
     D = Discriminator(SPEC, img_size=16, channels=channels, width=8)
     randomise(G, g)
     randomise(D, g)
-    meta = {"channel_names": ["red", "green", "blue"][:channels], "category_prior": PRIOR, "img_size": 16,
-            **(meta or {})}
+    meta = {
+        "channel_names": ["red", "green", "blue"][:channels],
+        "category_prior": PRIOR,
+        "img_size": 16,
+        **(meta or {}),
+    }
     save_network(folder / "network-final.pt", G=G, D=D, G_ema=G, meta=meta)
     return folder
 
@@ -143,7 +147,9 @@ def latents(run_dir: Path, n: int) -> tuple[Generator, torch.Tensor]:
 
 
 def run_forward(G: Generator, x: torch.Tensor, start: int, stop: int, micro_batch: int = 8) -> torch.Tensor:
-    return torch.cat(list(forward(G, x[start:stop], np.arange(start, stop), micro_batch, torch.device("cpu"))))
+    return torch.cat(
+        list(forward(G, x[start:stop], np.arange(start, stop), micro_batch, torch.device("cpu")))
+    )
 
 
 def test_a_sample_is_bit_identical_in_any_batch_or_shard(run_dir, one_thread):
@@ -162,7 +168,7 @@ def test_without_micro_batches_the_batch_shape_or_thread_count_changes_a_sample(
     G, x = latents(run_dir, 30)
     with torch.no_grad():
         whole = G(x)
-        ones = torch.cat([G(x[k:k + 1]) for k in range(30)])
+        ones = torch.cat([G(x[k : k + 1]) for k in range(30)])
         torch.set_num_threads(2)
         two_threads = G(x)
     if torch.equal(whole, ones) and torch.equal(whole, two_threads):
@@ -181,8 +187,10 @@ def test_a_batch_of_many_equals_many_batches_of_one(run_dir, reference, tmp_path
 
 
 def test_four_shards_joined_equal_one_shard(run_dir, reference, tmp_path):
-    shards = [synthesise(run_dir, tmp_path / "shards" / f"synth-{i}-of-4.h5", CONFIG, shard=(i, 4))
-              for i in range(4)]
+    shards = [
+        synthesise(run_dir, tmp_path / "shards" / f"synth-{i}-of-4.h5", CONFIG, shard=(i, 4))
+        for i in range(4)
+    ]
     sizes = [h5py.File(p, "r")["images"].shape[0] for p in shards]
     assert sizes == [7, 8, 7, 8]  # 30 images; shard edges not on micro-batch (8) edges
     master = gather(shards[::-1], tmp_path / "synth.h5")  # any order
@@ -190,7 +198,9 @@ def test_four_shards_joined_equal_one_shard(run_dir, reference, tmp_path):
     assert validate_file(master) == []
     with h5py.File(master, "r") as f:
         assert f["images"].is_virtual
-        assert {m.file_name for m in f["images"].virtual_sources()} == {f"shards/synth-{i}-of-4.h5" for i in range(4)}
+        assert {m.file_name for m in f["images"].virtual_sources()} == {
+            f"shards/synth-{i}-of-4.h5" for i in range(4)
+        }
 
 
 def test_the_thread_count_does_not_change_a_sample(run_dir, reference, tmp_path):
@@ -243,13 +253,20 @@ def test_uniform_proportions_are_balanced_in_every_prefix(reference):
 
 def test_prior_proportions_follow_the_learned_prior(run_dir, tmp_path):
     config = dataclasses.replace(CONFIG, n=200, proportions="prior")
-    counts = np.bincount(read_all(synthesise(run_dir, tmp_path / "p.h5", config))["obs/category"], minlength=4)
+    counts = np.bincount(
+        read_all(synthesise(run_dir, tmp_path / "p.h5", config))["obs/category"], minlength=4
+    )
     np.testing.assert_allclose(counts, np.array(PRIOR) * 200, atol=2)
 
 
 def test_per_category_makes_n_of_each_interleaved(run_dir, tmp_path, category_map):
-    path = synthesise(run_dir, tmp_path / "pc.h5", dataclasses.replace(CONFIG, n=5), per_category=True,
-                      category_map=category_map)
+    path = synthesise(
+        run_dir,
+        tmp_path / "pc.h5",
+        dataclasses.replace(CONFIG, n=5),
+        per_category=True,
+        category_map=category_map,
+    )
     data = read_all(path)
     np.testing.assert_array_equal(data["obs/category"], np.arange(20) % 4)
     assert list(data["obs/label"][:4]) == ["uninfected", "ring", "ring", "schizont"]
@@ -310,9 +327,16 @@ def test_the_file_records_where_it_came_from(run_dir, reference):
 
 def test_tiff_stacks_and_single_images_match_the_hdf5(run_dir, tmp_path, category_map):
     config = dataclasses.replace(CONFIG, tiff_per_image=True)
-    path = synthesise(run_dir, tmp_path / "t.h5", config, tiff_dir=tmp_path / "tiff", category_map=category_map)
+    path = synthesise(
+        run_dir, tmp_path / "t.h5", config, tiff_dir=tmp_path / "tiff", category_map=category_map
+    )
     data = read_all(path)
-    names = {0: "category_00_uninfected", 1: "category_01_ring", 2: "category_02_ring", 3: "category_03_schizont"}
+    names = {
+        0: "category_00_uninfected",
+        1: "category_01_ring",
+        2: "category_02_ring",
+        3: "category_03_schizont",
+    }
     for c, name in names.items():
         rows = data["obs/category"] == c
         with tifffile.TiffFile(tmp_path / "tiff" / f"{name}.tif") as tif:
@@ -332,8 +356,10 @@ def test_tiff_stacks_and_single_images_match_the_hdf5(run_dir, tmp_path, categor
 
 
 def test_gather_writes_the_stacks_of_the_whole_set(run_dir, reference, tmp_path):
-    shards = [synthesise(run_dir, tmp_path / f"s{i}.h5", CONFIG, shard=(i, 3), tiff_dir=tmp_path / "parts")
-              for i in range(3)]
+    shards = [
+        synthesise(run_dir, tmp_path / f"s{i}.h5", CONFIG, shard=(i, 3), tiff_dir=tmp_path / "parts")
+        for i in range(3)
+    ]
     assert (tmp_path / "parts" / "category_00.shard-001-of-003.tif").exists()
     gather(shards, tmp_path / "synth.h5", tiff_dir=tmp_path / "tiff")
     ref = read_all(reference)
@@ -343,7 +369,9 @@ def test_gather_writes_the_stacks_of_the_whole_set(run_dir, reference, tmp_path)
 
 
 def test_the_master_file_can_move_with_its_shards(run_dir, reference, tmp_path, monkeypatch):
-    shards = [synthesise(run_dir, tmp_path / "a" / "shards" / f"{i}.h5", CONFIG, shard=(i, 2)) for i in range(2)]
+    shards = [
+        synthesise(run_dir, tmp_path / "a" / "shards" / f"{i}.h5", CONFIG, shard=(i, 2)) for i in range(2)
+    ]
     gather(shards, tmp_path / "a" / "synth.h5")
     shutil.move(tmp_path / "a", tmp_path / "b")
     monkeypatch.chdir(tmp_path)  # neither the old folder nor the file's own
@@ -389,13 +417,31 @@ def test_validate_finds_a_master_without_its_shards(run_dir, tmp_path):
     shutil.move(tmp_path / "synth.h5", tmp_path / "elsewhere.h5")
     (tmp_path / "shards" / "1.h5").unlink()
     problems = validate_file(tmp_path / "elsewhere.h5")
-    assert problems == [f"Shard file(s) shards/1.h5 named by the master file are missing (looked in {tmp_path})."]
+    assert problems == [
+        f"Shard file(s) shards/1.h5 named by the master file are missing (looked in {tmp_path})."
+    ]
 
 
 def test_the_cli_synthesises_a_shard(run_dir, tmp_path):
     out = tmp_path / "cli.h5"
-    assert main(["synthesise", "--run", str(run_dir), "--out", str(out), "--n", "12", "--shard", "1/2",
-                 "--set", "synthesis.micro_batch=8"]) == 0
+    assert (
+        main(
+            [
+                "synthesise",
+                "--run",
+                str(run_dir),
+                "--out",
+                str(out),
+                "--n",
+                "12",
+                "--shard",
+                "1/2",
+                "--set",
+                "synthesis.micro_batch=8",
+            ]
+        )
+        == 0
+    )
     assert validate_file(out) == []
     assert main(["synthesise", "--run", str(run_dir), "--out", str(out), "--n", "12"]) == 2  # exists
 
@@ -404,8 +450,9 @@ def test_the_cli_synthesises_a_shard(run_dir, tmp_path):
 # Faults and bad input
 
 
-def test_a_writer_failure_leaves_nothing_and_the_rerun_gives_the_same_bytes(run_dir, reference, tmp_path,
-                                                                            monkeypatch):
+def test_a_writer_failure_leaves_nothing_and_the_rerun_gives_the_same_bytes(
+    run_dir, reference, tmp_path, monkeypatch
+):
     original = HDF5Writer.write
     calls = []
 
@@ -498,7 +545,9 @@ def test_a_shard_out_of_range_is_refused(run_dir, tmp_path, shard):
 
 def test_an_unknown_label_name_is_refused(run_dir, tmp_path, category_map):
     config = dataclasses.replace(CONFIG, labels=["ring", "gametocyte"])
-    with pytest.raises(InputError, match="unknown label name 'gametocyte'.*known: ring, schizont, uninfected"):
+    with pytest.raises(
+        InputError, match="unknown label name 'gametocyte'.*known: ring, schizont, uninfected"
+    ):
         synthesise(run_dir, tmp_path / "out.h5", config, category_map=category_map)
     with pytest.raises(InputError, match="label names need a category map"):
         synthesise(run_dir, tmp_path / "out.h5", config)

@@ -29,10 +29,20 @@ SPEC = LatentSpec(z_dim=4, categorical=[2], n_continuous=1)
 
 
 def tiny_config(**kw) -> TrainConfig:
-    base = dict(latent=SPEC, total_images=96, batch_size=8, g_channels=4, d_channels=4, tick_images=32,
-                snapshot_images=48, checkpoint_images=48, ema_beta=0.9, lambda_pair_mi=0.0,
-                diff_augment=AugmentConfig(rot90=False, flip=False, shift=0),
-                partial_labels=False)  # the stores label 2 crops in 3: unsupervised unless a test asks
+    base = dict(
+        latent=SPEC,
+        total_images=96,
+        batch_size=8,
+        g_channels=4,
+        d_channels=4,
+        tick_images=32,
+        snapshot_images=48,
+        checkpoint_images=48,
+        ema_beta=0.9,
+        lambda_pair_mi=0.0,
+        diff_augment=AugmentConfig(rot90=False, flip=False, shift=0),
+        partial_labels=False,
+    )  # the stores label 2 crops in 3: unsupervised unless a test asks
     base.update(kw)
     return TrainConfig(**base)
 
@@ -51,9 +61,19 @@ def make_store(path, n=24, size=16, channels=1, labels=("disk", "square"), qc_pa
             rr, cc = rectangle((c - r, c - r), extent=(2 * r, 2 * r), shape=(size, size))
         images[i, rr, cc, :] = 200
         names.append("" if i % 3 == 2 or not labels else labels[i % 2])
-    obs = pd.DataFrame({"source_image": "synthetic", "source_index": np.arange(n), "min_row": 0, "min_col": 0,
-                        "max_row": size, "max_col": size, "label": names,
-                        "qc_pass": np.ones(n, bool) if qc_pass is None else qc_pass, "qc_reason": ""})
+    obs = pd.DataFrame(
+        {
+            "source_image": "synthetic",
+            "source_index": np.arange(n),
+            "min_row": 0,
+            "min_col": 0,
+            "max_row": size,
+            "max_col": size,
+            "label": names,
+            "qc_pass": np.ones(n, bool) if qc_pass is None else qc_pass,
+            "qc_reason": "",
+        }
+    )
     write_crop_store(path, images, obs, [f"ch{i}" for i in range(channels)], csv=False)
     return path
 
@@ -101,7 +121,15 @@ def test_run_directory(store, tmp_path):
     assert not [n for n in names if n.endswith(".tmp")]
     recs = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
     assert [r["images_seen"] for r in recs] == [32, 64, 96]
-    assert {"kimg", "seconds", "images_per_s", "Loss/D/adv", "Loss/G/adv", "Loss/Q/cat", "Loss/Q/cont"} <= set(recs[0])
+    assert {
+        "kimg",
+        "seconds",
+        "images_per_s",
+        "Loss/D/adv",
+        "Loss/G/adv",
+        "Loss/Q/cat",
+        "Loss/Q/cont",
+    } <= set(recs[0])
     with Image.open(run / "samples-000000.png") as grid:  # 2 category rows, 8 sweep columns, 4x enlarged
         assert grid.mode == "RGB" and grid.size == ((8 * 17 + 1) * 4, (2 * 17 + 1) * 4)
     with Image.open(run / "samples.gif") as gif:
@@ -144,15 +172,27 @@ def test_resume_after_kill_is_bit_identical(store, tmp_path, monkeypatch, precis
     # learned prior from step 2, the checkpoint at step 6; bf16 autocast runs on the CPU as on CUDA;
     # every random draw of the loop is on: augmentation, DiffAugment with intensity jitter, the IIC term
     # with its over-clustering head, a labelled batch per step, a held-out split
-    config = tiny_config(latent=LatentSpec(z_dim=4, categorical=[6], n_continuous=1), prior="learned",
-                         prior_warmup=0.1, prior_momentum=0.5, batch_size=8, total_images=160,
-                         augment=AugmentConfig(rot90=True, flip=True, shift=1),
-                         diff_augment=AugmentConfig(rot90=False, flip=True, shift=1, rotate=10, scale=0.1,
-                                                    brightness=0.1, contrast=0.1),
-                         lambda_pair_mi=0.5, pair_mi_entropy=0.5, q_overcluster=8, supervised_fraction=0.5,
-                         supervised_batch=4, holdout_fraction=0.2,
-                         tick_images=40, checkpoint_images=48,  # a tick straddles the checkpoint
-                         precision=precision)
+    config = tiny_config(
+        latent=LatentSpec(z_dim=4, categorical=[6], n_continuous=1),
+        prior="learned",
+        prior_warmup=0.1,
+        prior_momentum=0.5,
+        batch_size=8,
+        total_images=160,
+        augment=AugmentConfig(rot90=True, flip=True, shift=1),
+        diff_augment=AugmentConfig(
+            rot90=False, flip=True, shift=1, rotate=10, scale=0.1, brightness=0.1, contrast=0.1
+        ),
+        lambda_pair_mi=0.5,
+        pair_mi_entropy=0.5,
+        q_overcluster=8,
+        supervised_fraction=0.5,
+        supervised_batch=4,
+        holdout_fraction=0.2,
+        tick_images=40,
+        checkpoint_images=48,  # a tick straddles the checkpoint
+        precision=precision,
+    )
     whole = train(store, tmp_path / "whole", config, seed=5, device="cpu")
 
     save = train_mod._save_resume
@@ -181,10 +221,12 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     store = make_store(tmp_path / "crops.h5", n=32)
     config = tiny_config(total_images=1600, checkpoint_images=400, tick_images=200, snapshot_images=800)
     whole = train(store, tmp_path / "whole", config, seed=2, device="cpu")
-    code = ("import sys; from infogan_cells.train import train; from infogan_cells.config import TrainConfig, "
-            "from_mapping; import yaml; "
-            f"train({str(store)!r}, sys.argv[1], from_mapping(TrainConfig, yaml.safe_load(open(sys.argv[2]))), "
-            "seed=2, device='cpu')")
+    code = (
+        "import sys; from infogan_cells.train import train; from infogan_cells.config import TrainConfig, "
+        "from_mapping; import yaml; "
+        f"train({str(store)!r}, sys.argv[1], from_mapping(TrainConfig, yaml.safe_load(open(sys.argv[2]))), "
+        "seed=2, device='cpu')"
+    )
     cfg_file = tmp_path / "train.yaml"
     import yaml
 
@@ -212,8 +254,12 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
 
 
 def test_learned_prior_is_floored_and_stored(store, tmp_path):
-    config = tiny_config(latent=LatentSpec(z_dim=4, categorical=[6], n_continuous=0), prior="learned",
-                         prior_floor=0.05, prior_warmup=0.0)
+    config = tiny_config(
+        latent=LatentSpec(z_dim=4, categorical=[6], n_continuous=0),
+        prior="learned",
+        prior_floor=0.05,
+        prior_warmup=0.0,
+    )
     run = train(store, tmp_path / "run", config, seed=0, device="cpu")
     _, _, meta = load_generator(run)
     (prior,) = meta["category_prior"]
@@ -229,8 +275,9 @@ def test_effective_prior_mixes_in_the_floor():
 
 def test_semi_supervised_names_categories_by_sorted_label(tmp_path):
     store = make_store(tmp_path / "crops.h5", labels=("zebra", "apple"))
-    config = tiny_config(latent=LatentSpec(z_dim=4, categorical=[3], n_continuous=1), supervised_fraction=0.5,
-                         total_images=16)
+    config = tiny_config(
+        latent=LatentSpec(z_dim=4, categorical=[3], n_continuous=1), supervised_fraction=0.5, total_images=16
+    )
     run = train(store, tmp_path / "run", config, seed=0, device="cpu")
     _, _, meta = load_generator(run)
     assert meta["category_labels"] == ["apple", "zebra"]
@@ -246,9 +293,18 @@ def test_semi_supervision_teaches_q_the_labels_from_a_few_crops(tmp_path):
     from infogan_cells.store import read_crop_store
 
     store = make_store(tmp_path / "crops.h5", n=48, labels=("disk", "square"))
-    config = tiny_config(supervised_fraction=0.25, supervised_batch=32, lambda_sup=10.0, total_images=4800,
-                         batch_size=16, tick_images=2400, snapshot_images=4800, checkpoint_images=4800,
-                         d_channels=8, lr_d=1e-3)
+    config = tiny_config(
+        supervised_fraction=0.25,
+        supervised_batch=32,
+        lambda_sup=10.0,
+        total_images=4800,
+        batch_size=16,
+        tick_images=2400,
+        snapshot_images=4800,
+        checkpoint_images=4800,
+        d_channels=8,
+        lr_d=1e-3,
+    )
     run = train(store, tmp_path / "run", config, seed=0, device="cpu")
     D, _, meta = load_discriminator(run / "network-final.pt")
     cs = read_crop_store(store)
@@ -327,21 +383,27 @@ def test_config_key_that_does_not_exist():
         from_mapping(TrainConfig, {"learning_rate": 1e-3}, "train.")
 
 
-@pytest.mark.parametrize(("mapping", "match"), [
-    ({"batch_size": 0}, "'train.batch_size': 0 must be >= 2"),
-    ({"loss": "wasserstein"}, "'train.loss': 'wasserstein' is not one of"),
-    ({"lr_g": "fast"}, "'train.lr_g': expected a number"),
-])
+@pytest.mark.parametrize(
+    ("mapping", "match"),
+    [
+        ({"batch_size": 0}, "'train.batch_size': 0 must be >= 2"),
+        ({"loss": "wasserstein"}, "'train.loss': 'wasserstein' is not one of"),
+        ({"lr_g": "fast"}, "'train.lr_g': expected a number"),
+    ],
+)
 def test_config_bad_values(mapping, match):
     with pytest.raises(ConfigError, match=match):
         from_mapping(TrainConfig, mapping, "train.")
 
 
-@pytest.mark.parametrize(("kw", "match"), [
-    ({"batch_size": 1}, "BatchNorm needs batches of 2"),
-    ({"prior": "learned", "prior_floor": 0.6}, "'train.prior_floor': 0.6 x 2 categories exceeds 1"),
-    ({"lambda_pair_mi": 1.0}, "'train.lambda_pair_mi': needs diff_augment"),
-])
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"batch_size": 1}, "BatchNorm needs batches of 2"),
+        ({"prior": "learned", "prior_floor": 0.6}, "'train.prior_floor': 0.6 x 2 categories exceeds 1"),
+        ({"lambda_pair_mi": 1.0}, "'train.lambda_pair_mi': needs diff_augment"),
+    ],
+)
 def test_train_rejects_bad_combinations(store, tmp_path, kw, match):
     with pytest.raises(ConfigError, match=match):
         train(store, tmp_path / "run", tiny_config(**kw), seed=0, device="cpu")
@@ -378,7 +440,9 @@ def test_augmentation_draws_from_the_dihedral_group():
     group = _dihedral(x[0])
     assert all(any(torch.equal(y[i], g) for g in group) for i in range(64))
     assert len({tuple(y[i].flatten().tolist()) for i in range(64)}) == 8
-    rot_only = augment_batch(x, AugmentConfig(rot90=True, flip=False, shift=0), torch.Generator().manual_seed(0))
+    rot_only = augment_batch(
+        x, AugmentConfig(rot90=True, flip=False, shift=0), torch.Generator().manual_seed(0)
+    )
     rots = group[::2]
     assert all(any(torch.equal(rot_only[i], g) for g in rots) for i in range(64))
     assert torch.equal(x, torch.arange(2 * 16, dtype=torch.uint8).reshape(1, 2, 4, 4).repeat(64, 1, 1, 1))
@@ -445,22 +509,38 @@ def test_intensity_jitter_changes_what_it_says_and_keeps_the_rest():
     sat = run(saturation=0.5)
     assert torch.allclose(sat.mean(dim=1), x.mean(dim=1), atol=1e-5)  # grey level of each pixel kept
     assert not torch.allclose(sat, x)
-    assert torch.equal(augment_batch(x[:, :1], AugmentConfig(rot90=False, flip=False, shift=0, saturation=0.5),
-                                     torch.Generator().manual_seed(3)), x[:, :1])  # one channel: no-op
+    assert torch.equal(
+        augment_batch(
+            x[:, :1],
+            AugmentConfig(rot90=False, flip=False, shift=0, saturation=0.5),
+            torch.Generator().manual_seed(3),
+        ),
+        x[:, :1],
+    )  # one channel: no-op
     assert torch.equal(run(brightness=0.2, contrast=0.3), run(brightness=0.2, contrast=0.3))  # seeded
     xg = x.clone().requires_grad_(True)
-    augment_batch(xg, AugmentConfig(rot90=False, flip=False, shift=0, brightness=0.1, contrast=0.2,
-                                    saturation=0.2), torch.Generator().manual_seed(0)).square().sum().backward()
+    augment_batch(
+        xg,
+        AugmentConfig(rot90=False, flip=False, shift=0, brightness=0.1, contrast=0.2, saturation=0.2),
+        torch.Generator().manual_seed(0),
+    ).square().sum().backward()
     assert xg.grad is not None and xg.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="need floating-point images"):
-        augment_batch(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), AugmentConfig(brightness=0.1), torch.Generator())
+        augment_batch(
+            torch.zeros(2, 3, 8, 8, dtype=torch.uint8), AugmentConfig(brightness=0.1), torch.Generator()
+        )
 
 
 def test_training_with_float_augmentation_of_the_real_crops(store, tmp_path):
     """Free rotation, zoom and intensity jitter of the real crops (they need floats) train."""
     aug = AugmentConfig(rot90=True, flip=True, shift=1, rotate=20, scale=0.1, brightness=0.1, contrast=0.2)
-    run = train(store, tmp_path / "run", tiny_config(augment=aug, diff_augment=aug, lambda_pair_mi=0.5),
-                seed=0, device="cpu")
+    run = train(
+        store,
+        tmp_path / "run",
+        tiny_config(augment=aug, diff_augment=aug, lambda_pair_mi=0.5),
+        seed=0,
+        device="cpu",
+    )
     records = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
     assert records[-1]["images_seen"] == 96
     assert all(np.isfinite(r["Loss/D/adv"]) and np.isfinite(r["Loss/Q/pair_mi"]) for r in records)
@@ -487,8 +567,9 @@ def test_diff_augment_needs_a_generator():
 
     config = tiny_config(diff_augment=AugmentConfig(rot90=False, flip=True, shift=0))
     G, D = build_networks(SPEC, 16, 1, config, torch.Generator().manual_seed(0))
-    step = InfoGANStep(G, D, *build_optimizers(G, D, config, torch.device("cpu")), SPEC, config,
-                       torch.device("cpu"))
+    step = InfoGANStep(
+        G, D, *build_optimizers(G, D, config, torch.device("cpu")), SPEC, config, torch.device("cpu")
+    )
     from infogan_cells.latent import sample_latent
 
     latent = sample_latent(SPEC, 4, generator=torch.Generator().manual_seed(0))
@@ -500,8 +581,9 @@ def test_diff_augment_needs_a_generator():
 
 
 def test_pair_mi_runs_in_the_loop(store, tmp_path):
-    config = tiny_config(total_images=32, lambda_pair_mi=1.0,
-                         diff_augment=AugmentConfig(rot90=False, flip=True, shift=1))
+    config = tiny_config(
+        total_images=32, lambda_pair_mi=1.0, diff_augment=AugmentConfig(rot90=False, flip=True, shift=1)
+    )
     run = train(store, tmp_path / "run", config, seed=0, device="cpu")
     rec = json.loads((run / "stats.jsonl").read_text().splitlines()[-1])
     assert rec["MI/Q/pair"] >= -1e-6 and "Loss/Q/pair_mi" in rec
@@ -515,7 +597,9 @@ def test_batchnorm_recalibration_depends_only_on_the_real_crops():
     _, D2 = build_networks(SPEC, 16, 1, config, torch.Generator().manual_seed(0))
     D1(torch.randn(8, 1, 16, 16))  # different training histories: different running statistics
     D2(torch.randn(8, 1, 16, 16) * 3)
-    crops = torch.randint(0, 256, (40, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    crops = torch.randint(
+        0, 256, (40, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+    )
     for D in (D1, D2):
         D.eval()
         recalibrate_batchnorm(D, crops, 8, torch.Generator().manual_seed(2))
@@ -537,19 +621,23 @@ def test_partial_labels_supervise_q_without_any_setting(tmp_path):
     """2 labelled crops in 3 (the rest unlabelled): the default config trains semi-supervised and
     names the categories from the labels; with partial_labels off, or a fully labelled store, not."""
     store = make_store(tmp_path / "crops.h5", labels=("zebra", "apple"))
-    config = tiny_config(latent=LatentSpec(z_dim=4, categorical=[3], n_continuous=1), total_images=16,
-                         partial_labels=True)
+    config = tiny_config(
+        latent=LatentSpec(z_dim=4, categorical=[3], n_continuous=1), total_images=16, partial_labels=True
+    )
     run = train(store, tmp_path / "run", config, seed=0, device="cpu")
     _, _, meta = load_generator(run)
     assert meta["category_labels"] == ["apple", "zebra"]
     assert "Loss/Q/sup" in json.loads((run / "stats.jsonl").read_text().splitlines()[-1])
-    off = train(store, tmp_path / "off", tiny_config(latent=config.latent, total_images=16), seed=0, device="cpu")
+    off = train(
+        store, tmp_path / "off", tiny_config(latent=config.latent, total_images=16), seed=0, device="cpu"
+    )
     assert load_generator(off)[2]["category_labels"] == []
     full = make_store(tmp_path / "full.h5", labels=("zebra", "apple"))
     with h5py.File(full, "r+") as f:  # label every crop
         del f["obs/label"]
-        f["obs"].create_dataset("label", data=np.array(["zebra", "apple"] * 12, dtype=object),
-                                dtype=h5py.string_dtype("utf-8"))
+        f["obs"].create_dataset(
+            "label", data=np.array(["zebra", "apple"] * 12, dtype=object), dtype=h5py.string_dtype("utf-8")
+        )
     run_full = train(full, tmp_path / "full", config, seed=0, device="cpu")
     assert load_generator(run_full)[2]["category_labels"] == []
 

@@ -33,16 +33,31 @@ def batch(offset: int, n: int, *, shape=SHAPE, categories: int = 2) -> Batch:
     index = np.arange(offset, offset + n, dtype=np.int64)
     rng = np.random.default_rng(offset)
     category = index % categories
-    return Batch(offset=offset, images=rng.integers(0, 256, (n, *shape), dtype=np.uint8), index=index,
-                 seed=index + 100, category=category,
-                 label=np.array([f"label {c}" for c in category], dtype=object),
-                 z=rng.standard_normal((n, 4)).astype(np.float32), categorical=category[:, None],
-                 continuous=rng.uniform(-1, 1, (n, 2)).astype(np.float32))
+    return Batch(
+        offset=offset,
+        images=rng.integers(0, 256, (n, *shape), dtype=np.uint8),
+        index=index,
+        seed=index + 100,
+        category=category,
+        label=np.array([f"label {c}" for c in category], dtype=object),
+        z=rng.standard_normal((n, 4)).astype(np.float32),
+        categorical=category[:, None],
+        continuous=rng.uniform(-1, 1, (n, 2)).astype(np.float32),
+    )
 
 
 def hdf5_writer(path: Path, n: int, **kwargs) -> HDF5Writer:
-    return HDF5Writer(path, n=n, image_shape=SHAPE, channel_names=["r", "g", "b"], z_dim=4, n_codes=1,
-                      n_continuous=2, attrs={"format": "test", "config": {"n": n}, "note": None}, **kwargs)
+    return HDF5Writer(
+        path,
+        n=n,
+        image_shape=SHAPE,
+        channel_names=["r", "g", "b"],
+        z_dim=4,
+        n_codes=1,
+        n_continuous=2,
+        attrs={"format": "test", "config": {"n": n}, "note": None},
+        **kwargs,
+    )
 
 
 def test_hdf5_layout_and_round_trip(tmp_path):
@@ -62,7 +77,9 @@ def test_hdf5_layout_and_round_trip(tmp_path):
         np.testing.assert_array_equal(images[:], np.concatenate([b.images for b in batches]))
         np.testing.assert_array_equal(f["obs/seed"][:], np.arange(37) + 100)
         assert list(f["obs/label"].asstr()[:3]) == ["label 0", "label 1", "label 0"]
-        np.testing.assert_array_equal(f["latent/continuous"][:], np.concatenate([b.continuous for b in batches]))
+        np.testing.assert_array_equal(
+            f["latent/continuous"][:], np.concatenate([b.continuous for b in batches])
+        )
         assert json.loads(f.attrs["config"]) == {"n": 37} and f.attrs["note"] == "null"
 
 
@@ -108,8 +125,9 @@ def test_tiff_stacks_are_ome_tiffs_with_cells_along_t(tmp_path, channels):
     shape = (8, 8, channels)
     batches = [batch(0, 5, shape=shape), batch(5, 4, shape=shape)]
     names = ["a", "b", "c"][:channels]
-    with TiffStackWriter(tmp_path, plans(batches), image_shape=shape, channel_names=names,
-                         info={"model_sha256": "x"}) as w:
+    with TiffStackWriter(
+        tmp_path, plans(batches), image_shape=shape, channel_names=names, info={"model_sha256": "x"}
+    ) as w:
         for b in batches:
             w.write(b)
     images = np.concatenate([b.images for b in batches])
@@ -119,7 +137,11 @@ def test_tiff_stacks_are_ome_tiffs_with_cells_along_t(tmp_path, channels):
         assert path.name == f"category_0{c}_label-{c}.tif"
         with tifffile.TiffFile(path) as tif:
             # tifffile leaves out an axis of length one (C of a one-channel stack)
-            assert tif.is_ome and not tif.is_bigtiff and tif.series[0].axes == ("TYX" if channels == 1 else "TCYX")
+            assert (
+                tif.is_ome
+                and not tif.is_bigtiff
+                and tif.series[0].axes == ("TYX" if channels == 1 else "TCYX")
+            )
             expected = np.moveaxis(images[category == c], -1, 1)
             np.testing.assert_array_equal(tif.asarray().reshape(expected.shape), expected)
             ij = tif.pages[0].tags["IJMetadata"].value
@@ -141,8 +163,10 @@ def test_a_stack_past_4_gb_becomes_an_ome_bigtiff(tmp_path, monkeypatch):
 
 def test_tiff_stacks_refuse_pages_out_of_order_and_leave_nothing(tmp_path):
     b = batch(0, 6)
-    with pytest.raises(ValueError, match="not the next page"), \
-            TiffStackWriter(tmp_path, plans([b]), image_shape=SHAPE, channel_names="rgb", info={}) as w:
+    with (
+        pytest.raises(ValueError, match="not the next page"),
+        TiffStackWriter(tmp_path, plans([b]), image_shape=SHAPE, channel_names="rgb", info={}) as w,
+    ):
         w.write(batch(2, 4))
     assert list(tmp_path.iterdir()) == []
 

@@ -43,7 +43,12 @@ def test_every_rule_with_a_script_has_an_existing_environment():
 
 def test_the_heavy_rules_write_benchmarks():
     found = rules()
-    assert {n for n, d in found.items() if "benchmark" in d} == {"crop_image", "train", "analyse", "synthesise_shard"}
+    assert {n for n, d in found.items() if "benchmark" in d} == {
+        "crop_image",
+        "train",
+        "analyse",
+        "synthesise_shard",
+    }
 
 
 def test_the_torch_environment_holds_every_runtime_dependency_at_the_same_minimum():
@@ -67,11 +72,21 @@ def test_rules_of_the_environment_without_torch_import_nothing_it_lacks(env_name
     assert lacking == {"torch", "hdf5plugin"}
     scripts = [d["script"] for d in rules().values() if d.get("conda", "").endswith(env_name)]
     assert len(scripts) >= 3
-    modules = sorted({m for s in scripts
-                      for m in re.findall(r"^from (infogan_cells\S*) import",
-                                          (REPO / "workflow" / "rules" / s).resolve().read_text(), re.M)})
-    code = (f"import sys\nclass Block:\n    def find_spec(self, name, path=None, target=None):\n"
-            f"        if name.split('.')[0] in {sorted(lacking)!r}: raise ImportError('blocked ' + name)\n"
-            f"sys.meta_path.insert(0, Block())\n" + "".join(f"import {m}\n" for m in modules))
+    modules = sorted(
+        {
+            m
+            for s in scripts
+            for m in re.findall(
+                r"^from (infogan_cells\S*) import",
+                (REPO / "workflow" / "rules" / s).resolve().read_text(),
+                re.M,
+            )
+        }
+    )
+    code = (
+        f"import sys\nclass Block:\n    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {sorted(lacking)!r}: raise ImportError('blocked ' + name)\n"
+        f"sys.meta_path.insert(0, Block())\n" + "".join(f"import {m}\n" for m in modules)
+    )
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr

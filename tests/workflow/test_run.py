@@ -26,7 +26,14 @@ def test_tiny_pipeline_then_report(tmp_path, tiny_config, smk):
     assert crops.summary["n_boxes"] == n_boxes
     assert len(crops) == n_boxes - skipped - crops.summary["n_qc_dropped"]
     assert crops.images.shape[1:] == (32, 32, 3)
-    assert set(crops.labels) <= {"red blood cell", "ring", "trophozoite", "schizont", "gametocyte", "leukocyte"}
+    assert set(crops.labels) <= {
+        "red blood cell",
+        "ring",
+        "trophozoite",
+        "schizont",
+        "gametocyte",
+        "leukocyte",
+    }
 
     for seed in (0, 1):
         assert (tmp_path / f"results/train/seed{seed}/network-final.pt").stat().st_size > 0
@@ -61,8 +68,17 @@ def test_tiny_pipeline_then_report(tmp_path, tiny_config, smk):
     # Nothing half-written anywhere.
     assert not list((tmp_path / "results").rglob("*.tmp"))
 
-    res = smk(tmp_path, "--cores", "1", "--workflow-profile", "none", "--configfile", str(tiny_config),
-              "--report", "report.html")
+    res = smk(
+        tmp_path,
+        "--cores",
+        "1",
+        "--workflow-profile",
+        "none",
+        "--configfile",
+        str(tiny_config),
+        "--report",
+        "report.html",
+    )
     assert res.returncode == 0, res.stderr[-5000:]
     html = (tmp_path / "report.html").read_text()
     for section in ("1 Preprocessing", "2 Training", "3 Cell categories"):

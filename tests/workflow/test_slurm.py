@@ -98,7 +98,9 @@ def partition() -> str:
 
 
 def scontrol_job(job_id: str) -> dict[str, str]:
-    res = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        ["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=True
+    )
     return dict(re.findall(r"(\w+)=(\S*)", res.stdout))
 
 
@@ -120,14 +122,33 @@ def read_every_dataset(path: Path) -> int:
 def dry_run_resources(tmp_path: Path, *configs: Path) -> dict[str, str]:
     """The `resources:` line of the first job of each rule in a dry run of the shipped profile."""
     res = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-         "--workflow-profile", str(PROFILE), "--configfile", *map(str, configs),
-         "--default-resources", "slurm_partition=local", "-n"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--workflow-profile",
+            str(PROFILE),
+            "--configfile",
+            *map(str, configs),
+            "--default-resources",
+            "slurm_partition=local",
+            "-n",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-5000:]
     text = res.stdout + res.stderr
-    return {rule: text.split(f"rule {rule}:")[1].split("\n\n")[0].split("resources:")[1].splitlines()[0]
-            for rule in ("crop_image", "gather_crops", *GPU_RULES)}
+    return {
+        rule: text.split(f"rule {rule}:")[1].split("\n\n")[0].split("resources:")[1].splitlines()[0]
+        for rule in ("crop_image", "gather_crops", *GPU_RULES)
+    }
 
 
 def test_slurm_profile_asks_for_a_gpu_only_when_the_config_says_cuda(tmp_path):
@@ -157,21 +178,63 @@ def test_training_memory_and_time_follow_the_crops_and_the_budget(tmp_path, devi
     time from train.total_images at the device's assumed speed."""
     pytest.importorskip("snakemake_executor_plugin_slurm")
     n = 2000
-    obs = pd.DataFrame({"source_image": ["a"] * n, "source_index": np.arange(n), "min_row": 0, "min_col": 0,
-                        "max_row": 10, "max_col": 10, "label": [""] * n, "qc_pass": True, "qc_reason": [""] * n,
-                        "qc_clipped": False, "qc_inside": 1.0, "qc_size_ratio": 1.0, "qc_n_cells": 1, "qc_blur": 1.0})
+    obs = pd.DataFrame(
+        {
+            "source_image": ["a"] * n,
+            "source_index": np.arange(n),
+            "min_row": 0,
+            "min_col": 0,
+            "max_row": 10,
+            "max_col": 10,
+            "label": [""] * n,
+            "qc_pass": True,
+            "qc_reason": [""] * n,
+            "qc_clipped": False,
+            "qc_inside": 1.0,
+            "qc_size_ratio": 1.0,
+            "qc_n_cells": 1,
+            "qc_blur": 1.0,
+        }
+    )
     store = tmp_path / "results" / "crops" / "crops.h5"
     store.parent.mkdir(parents=True)
-    write_crop_store(store, np.zeros((n, 64, 64, 3), np.uint8), obs[list(OBS_COLUMNS)], ["R", "G", "B"],
-                     summary={}, config="", compression=1)
+    write_crop_store(
+        store,
+        np.zeros((n, 64, 64, 3), np.uint8),
+        obs[list(OBS_COLUMNS)],
+        ["R", "G", "B"],
+        summary={},
+        config="",
+        compression=1,
+    )
     assert store.stat().st_size < 2e6
     extra = tmp_path / "extra.yaml"
     extra.write_text(f"device: {device}\ntrain:\n  total_images: 1200000\n")
     res = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-         "--workflow-profile", str(PROFILE), "--configfile", str(TINY), str(extra), "-n",
-         "--allowed-rules", "train", "--", "results/train/seed0/network-final.pt"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--workflow-profile",
+            str(PROFILE),
+            "--configfile",
+            str(TINY),
+            str(extra),
+            "-n",
+            "--allowed-rules",
+            "train",
+            "--",
+            "results/train/seed0/network-final.pt",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-5000:]
     line = (res.stdout + res.stderr).split("rule train:")[1].split("resources:")[1].splitlines()[0]
     resources = dict(re.findall(r"(\w+)=([^,\s]+)", line))
@@ -189,9 +252,22 @@ def test_workflow_runs_as_slurm_jobs(tmp_path, slurm_cluster):
     workdir = tmp_path / "work"
     workdir.mkdir()
     # The profile as shipped; only the partition comes from the command line.
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--workflow-profile", str(PROFILE), "--configfile", str(TINY), str(smaller),
-           "--default-resources", f"slurm_partition={partition()}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--workflow-profile",
+        str(PROFILE),
+        "--configfile",
+        str(TINY),
+        str(smaller),
+        "--default-resources",
+        f"slurm_partition={partition()}",
+    ]
 
     started = time.monotonic()
     res = run_with_interrupt(cmd, workdir, timeout=1200)
@@ -203,8 +279,14 @@ def test_workflow_runs_as_slurm_jobs(tmp_path, slurm_cluster):
     # compare_seeds is a local rule and runs beside Snakemake.
     jobs = slurm_jobs_by_rule(res.stderr)
     assert {r: len(ids) for r, ids in jobs.items()} == {
-        "simulate": 1, "crop_image": 2, "gather_crops": 1, "train": 1, "analyse": 1,
-        "synthesise_shard": 2, "gather_synthesis": 1}, jobs
+        "simulate": 1,
+        "crop_image": 2,
+        "gather_crops": 1,
+        "train": 1,
+        "analyse": 1,
+        "synthesise_shard": 2,
+        "gather_synthesis": 1,
+    }, jobs
     assert (workdir / "results" / "analyse" / "seeds" / "seeds.json").exists()
     all_ids = [i for ids in jobs.values() for i in ids]
     assert len(set(all_ids)) == len(all_ids)
@@ -232,8 +314,11 @@ def test_workflow_runs_as_slurm_jobs(tmp_path, slurm_cluster):
     # ... and complete: every HDF5 file reads in full, the synthetic set validates.
     h5_files = sorted((workdir / "results").rglob("*.h5"))
     assert {p.relative_to(workdir).as_posix() for p in h5_files} >= {
-        "results/crops/crops.h5", "results/synthesis/synth.h5",
-        "results/synthesis/shards/synth-0-of-2.h5", "results/synthesis/shards/synth-1-of-2.h5"}
+        "results/crops/crops.h5",
+        "results/synthesis/synth.h5",
+        "results/synthesis/shards/synth-0-of-2.h5",
+        "results/synthesis/shards/synth-1-of-2.h5",
+    }
     for path in h5_files:
         assert read_every_dataset(path) > 0, path
     master = workdir / "results" / "synthesis" / "synth.h5"

@@ -9,5 +9,10 @@ from infogan_cells.workflow import stage
 
 smk = snakemake  # noqa: F821
 with stage(smk) as cfg:
-    analyse(Path(smk.input.network).parent, smk.input.crops, Path(smk.output.metrics).parent, cfg.analyse,
-            device=cfg.device)
+    analyse(
+        Path(smk.input.network).parent,
+        smk.input.crops,
+        Path(smk.output.metrics).parent,
+        cfg.analyse,
+        device=cfg.device,
+    )

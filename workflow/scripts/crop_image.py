@@ -9,5 +9,12 @@ from infogan_cells.workflow import stage
 smk = snakemake  # noqa: F821
 with stage(smk) as cfg:
     source = smk.params.source
-    crop(smk.input.annotations, smk.output.part, cfg.input, cfg.crop,
-         images=None if source is None else [source], config_text=dump_config(cfg), montages=False)
+    crop(
+        smk.input.annotations,
+        smk.output.part,
+        cfg.input,
+        cfg.crop,
+        images=None if source is None else [source],
+        config_text=dump_config(cfg),
+        montages=False,
+    )

@@ -8,5 +8,10 @@ from infogan_cells.workflow import stage
 
 smk = snakemake  # noqa: F821
 with stage(smk) as cfg:
-    merge_crops(list(smk.input.parts), smk.output.crops, cfg.crop, config_text=dump_config(cfg),
-                montage_dir=smk.output.montages)
+    merge_crops(
+        list(smk.input.parts),
+        smk.output.crops,
+        cfg.crop,
+        config_text=dump_config(cfg),
+        montage_dir=smk.output.montages,
+    )

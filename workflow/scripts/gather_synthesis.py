@@ -9,6 +9,10 @@ from infogan_cells.workflow import stage
 
 smk = snakemake  # noqa: F821
 with stage(smk) as cfg:
-    gather(list(smk.input.shards), smk.output.master, tiff_dir=smk.output.tiff if cfg.synthesis.tiff else None,
-           overwrite=True)
+    gather(
+        list(smk.input.shards),
+        smk.output.master,
+        tiff_dir=smk.output.tiff if cfg.synthesis.tiff else None,
+        overwrite=True,
+    )
     Path(smk.output.tiff).mkdir(parents=True, exist_ok=True)  # empty when synthesis.tiff is false

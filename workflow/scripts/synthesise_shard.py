@@ -12,5 +12,12 @@ smk = snakemake  # noqa: F821
 with stage(smk) as cfg:
     chosen = json.loads(Path(smk.input.choice).read_text())["chosen"]
     run_dir = Path(f"results/train/{chosen}")
-    synthesise(run_dir, smk.output.shard, cfg.synthesis, shard=(int(smk.wildcards.shard), int(smk.wildcards.n)),
-               overwrite=True, device=cfg.device, category_map=Path(f"results/analyse/{chosen}/category_map.csv"))
+    synthesise(
+        run_dir,
+        smk.output.shard,
+        cfg.synthesis,
+        shard=(int(smk.wildcards.shard), int(smk.wildcards.n)),
+        overwrite=True,
+        device=cfg.device,
+        category_map=Path(f"results/analyse/{chosen}/category_map.csv"),
+    )

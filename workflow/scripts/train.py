@@ -9,5 +9,12 @@ from infogan_cells.workflow import stage
 
 smk = snakemake  # noqa: F821
 with stage(smk) as cfg:
-    train(smk.input.crops, Path(smk.output.network).parent, cfg.train, seed=int(smk.wildcards.seed),
-          device=cfg.device, progress=True, resolved_config=cfg)
+    train(
+        smk.input.crops,
+        Path(smk.output.network).parent,
+        cfg.train,
+        seed=int(smk.wildcards.seed),
+        device=cfg.device,
+        progress=True,
+        resolved_config=cfg,
+    )
