@@ -41,9 +41,9 @@ if [ "$dev" = 1 ]; then
             DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
         fi
     fi
-    # The live explorer's runtime (the version pinned in infogan_cells/live.py); without it the
+    # The live explorer's runtime (the version pinned in infogan_cells/report/live.py); without it the
     # report's explorer shows the pictures rendered in advance.
-    ort=$(sed -n 's/^ORT_WEB_VERSION = "\(.*\)"$/\1/p' infogan_cells/live.py)
+    ort=$(sed -n 's/^ORT_WEB_VERSION = "\(.*\)"$/\1/p' infogan_cells/report/live.py)
     have=$(sed -n 's/^  "version": "\(.*\)",$/\1/p' .web/node_modules/onnxruntime-web/package.json 2>/dev/null || true)
     if [ "$have" != "$ort" ]; then
         if command -v npm >/dev/null; then

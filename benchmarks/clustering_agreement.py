@@ -26,7 +26,7 @@ uint8, resize), so the figures do not move when the crop stage changes.
     python benchmarks/clustering_agreement.py --out DIR --summarise   # the table of DIR/results.jsonl
 
 With several seeds the table also shows the seed the workflow would keep: the one with the highest
-label-free information score (infogan_cells.seeds), scored on all crops.
+label-free information score (infogan_cells.analysis.seeds), scored on all crops.
 
 Results: one JSON line per (data set, seed, method) in ``<out>/results.jsonl`` and a mean +- sd
 table in ``<out>/summary.md`` (also printed).
@@ -50,12 +50,12 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
 
-from infogan_cells.checkpoint import load_discriminator  # noqa: E402
-from infogan_cells.clustering import agreement, assign_with_q  # noqa: E402
+from infogan_cells.analysis.clustering import agreement, assign_with_q  # noqa: E402
+from infogan_cells.analysis.seeds import information_score  # noqa: E402
 from infogan_cells.config import load_config, parse_set_option  # noqa: E402
-from infogan_cells.seeds import information_score  # noqa: E402
-from infogan_cells.store import read_crop_store, write_crop_store  # noqa: E402
-from infogan_cells.train import train  # noqa: E402
+from infogan_cells.data.store import read_crop_store, write_crop_store  # noqa: E402
+from infogan_cells.model.checkpoint import load_discriminator  # noqa: E402
+from infogan_cells.training.train import train  # noqa: E402
 
 log = logging.getLogger("clustering_agreement")
 
@@ -144,8 +144,8 @@ def build_simulated(path: Path, overrides: list[dict] = ()) -> Path:
     """The simulator + crop stage with config/config.yaml (and the ``--set`` overrides: crop.* and
     simulate.* keys change the store; use a new --out for each such change)."""
     try:
-        from infogan_cells.crop import crop
-        from infogan_cells.simulate import simulate_smears
+        from infogan_cells.data.simulate import simulate_smears
+        from infogan_cells.preprocess.crop import crop
     except ImportError as err:
         raise RuntimeError(f"simulator or crop stage not available yet ({err})") from None
     cfg = load_config(REPO / "config" / "config.yaml", list(overrides))
@@ -191,7 +191,7 @@ def run_one(
     train(store, run_dir, cfg.train, seed=seed, device=device, resolved_config=cfg)
     wall = time.perf_counter() - t0
     D, _, meta = load_discriminator(run_dir)
-    # Q on every crop: the label-free score the workflow uses to pick a seed (infogan_cells.seeds)
+    # Q on every crop: the label-free score the workflow uses to pick a seed (infogan_cells.analysis.seeds)
     # reads all of them, the agreement the labelled ones
     all_pred, all_probs = assign_with_q(D, cs.images)
     pred = all_pred[labelled]
@@ -212,7 +212,7 @@ def run_one(
         }
     ]
     if with_analysis:  # the analysis stage's quality measures, train-on-synthetic-test-on-real among them
-        from infogan_cells.analyse import analyse
+        from infogan_cells.analysis.analyse import analyse
 
         m = analyse(run_dir, store, run_dir / "analysis", cfg.analyse, device=device)
         quality = m["quality"]

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from infogan_cells import crop as crop_module
 from infogan_cells.config import CropConfig, InputConfig
-from infogan_cells.readers import BOX_COLUMNS, list_source_images, read_cells
+from infogan_cells.data.readers import BOX_COLUMNS, list_source_images, read_cells
+from infogan_cells.preprocess import crop as crop_module
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 INPUTS = {

@@ -12,7 +12,7 @@ docs/benchmarks.md). Sections, each recorded as ok / failed (with the error) / s
 1. smoke: simulated smears -> crops -> the default config's training through a sample grid, a
    resume checkpoint, a kill, the resume, and the final save; again on one-channel crops
    (fused Adam with channels_last on a size-1 channel dimension);
-2. host syncs per training step (CUDA's sync detector, and the call counter of infogan_cells.syncs);
+2. host syncs per training step (CUDA's sync detector, and the call counter of infogan_cells.training.syncs);
 3. training images/s at 64 px with the default widths, bf16 and fp32, torch.compile off and on,
    with peak memory; and the GPU preset's widths;
 4. synthesis images/s into HDF5 with gzip and without compression, and the generator alone;
@@ -41,14 +41,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import infogan_cells.train as train_mod  # noqa: E402
+import infogan_cells.training.train as train_mod  # noqa: E402
 from infogan_cells.config import CropConfig, InputConfig, SimulateConfig, SynthConfig, load_config  # noqa: E402
-from infogan_cells.crop import crop  # noqa: E402
-from infogan_cells.latent import sample_latent_by_seed, to_input  # noqa: E402
-from infogan_cells.simulate import simulate_smears  # noqa: E402
-from infogan_cells.store import read_crop_store, write_crop_store  # noqa: E402
-from infogan_cells.syncs import HostSyncCounter  # noqa: E402
-from infogan_cells.synthesise import gather, generate, synthesise  # noqa: E402
+from infogan_cells.data.simulate import simulate_smears  # noqa: E402
+from infogan_cells.data.store import read_crop_store, write_crop_store  # noqa: E402
+from infogan_cells.model.latent import sample_latent_by_seed, to_input  # noqa: E402
+from infogan_cells.preprocess.crop import crop  # noqa: E402
+from infogan_cells.synthesis.synthesise import gather, generate, synthesise  # noqa: E402
+from infogan_cells.training.syncs import HostSyncCounter  # noqa: E402
 
 
 class Killed(Exception):
@@ -288,7 +288,7 @@ def synthesis(run: Path, work: Path, dev: str, toy: bool) -> dict:
         synthesise(run, path, config, device=dev)
         out[f"hdf5_{compression}_images_per_s"] = round(n / (time.perf_counter() - t0), 1)
         out[f"hdf5_{compression}_mib"] = round(path.stat().st_size / 2**20, 1)
-    from infogan_cells.checkpoint import load_generator
+    from infogan_cells.model.checkpoint import load_generator
 
     G, spec, _ = load_generator(run, device=dev)
     index = np.arange(n, dtype=np.int64)
@@ -301,7 +301,9 @@ def synthesis(run: Path, work: Path, dev: str, toy: bool) -> dict:
     out["end_to_end_over_generator_gzip"] = round(
         out["hdf5_gzip_images_per_s"] / out["generator_only_images_per_s"], 3
     )
-    out["compression_threads"] = __import__("infogan_cells.writers", fromlist=["x"]).compression_threads()
+    out["compression_threads"] = __import__(
+        "infogan_cells.synthesis.writers", fromlist=["x"]
+    ).compression_threads()
     return out
 
 

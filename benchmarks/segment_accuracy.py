@@ -1,6 +1,6 @@
 """How well does ``segment_cells`` find the annotated cells of real smears?
 
-For every image of each data set, the boxes found by :func:`infogan_cells.segment.segment_cells`
+For every image of each data set, the boxes found by :func:`infogan_cells.preprocess.segment.segment_cells`
 are matched one-to-one to the true boxes (Hungarian, IoU >= 0.5); recall and precision are
 pooled over the data set. True boxes are clipped to the image (IML_Malaria boxes run up to
 5 px past the edge). Run from the repository root:
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from skimage import io
 
-from infogan_cells.segment import box_iou, match_boxes, segment_cells
+from infogan_cells.preprocess.segment import box_iou, match_boxes, segment_cells
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # (annotation file, segment_cells options). BBBC041's annotators left out cells cut by the

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import torch
 
-from infogan_cells.checkpoint import save_network
 from infogan_cells.config import LatentSpec, SynthConfig
-from infogan_cells.networks import Discriminator, Generator, init_weights
-from infogan_cells.synthesise import generate, synthesise
+from infogan_cells.model.checkpoint import save_network
+from infogan_cells.model.networks import Discriminator, Generator, init_weights
+from infogan_cells.synthesis.synthesise import generate, synthesise
 
 
 def make_run(folder: Path) -> Path:
@@ -72,7 +72,7 @@ def cpu_seconds() -> float:
 def forward_alone(run: Path, n: int, micro_batch: int) -> tuple[float, float]:
     """Images per second and per CPU-second of the generator's forward passes alone, run as
     synthesis runs them on the CPU (same micro-batches, one single-threaded pass per worker)."""
-    from infogan_cells.checkpoint import load_generator
+    from infogan_cells.model.checkpoint import load_generator
 
     G, spec, _ = load_generator(run, device="cpu")
     workers = torch.get_num_threads()

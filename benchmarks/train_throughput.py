@@ -2,7 +2,7 @@
 
 In one run:
 
-1. **Throughput.** Images/s of ``infogan_cells.train.train`` itself (read from its stats.jsonl,
+1. **Throughput.** Images/s of ``infogan_cells.training.train.train`` itself (read from its stats.jsonl,
    first tick dropped as warm-up) and of a plain reference loop: a ``DataLoader`` with per-sample
    transforms, fp32 eager, default Adam, the same networks, losses and batch size. Both do the
    same math (InfoGAN losses, random flips); ours is also timed with the whole digits preset
@@ -45,14 +45,14 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from infogan_cells import train as train_mod  # noqa: E402
-from infogan_cells.checkpoint import resolve_device  # noqa: E402
-from infogan_cells.clustering import hungarian_accuracy  # noqa: E402
+from infogan_cells.analysis.clustering import hungarian_accuracy  # noqa: E402
 from infogan_cells.config import AugmentConfig, LatentSpec, TrainConfig, load_config, parse_set_option  # noqa: E402
-from infogan_cells.latent import sample_latent, to_input  # noqa: E402
-from infogan_cells.losses import InfoLoss  # noqa: E402
-from infogan_cells.networks import Discriminator, Generator, init_weights  # noqa: E402
-from infogan_cells.store import read_crop_store, write_crop_store  # noqa: E402
+from infogan_cells.data.store import read_crop_store, write_crop_store  # noqa: E402
+from infogan_cells.model.checkpoint import resolve_device  # noqa: E402
+from infogan_cells.model.latent import sample_latent, to_input  # noqa: E402
+from infogan_cells.model.losses import InfoLoss  # noqa: E402
+from infogan_cells.model.networks import Discriminator, Generator, init_weights  # noqa: E402
+from infogan_cells.training import train as train_mod  # noqa: E402
 
 log = logging.getLogger("train_throughput")
 

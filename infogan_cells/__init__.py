@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     # Lazy: importing the package must not import torch (the crop stage does not need it).
     if name in ("SyntheticCells", "CropDataset", "read_obs"):
-        from infogan_cells import dataset
+        from infogan_cells.data import dataset
 
         return getattr(dataset, name)
     raise AttributeError(f"module 'infogan_cells' has no attribute {name!r}")

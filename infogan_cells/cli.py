@@ -67,7 +67,7 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 def cmd_simulate(args: argparse.Namespace) -> None:
     cfg = _load(args, simulate={"n_images": args.images, "seed": args.seed})
-    from infogan_cells.simulate import simulate_smears
+    from infogan_cells.data.simulate import simulate_smears
 
     json_path = simulate_smears(args.out, cfg.simulate)
     print(json_path)
@@ -79,7 +79,7 @@ def cmd_crop(args: argparse.Namespace) -> None:
         input={"path": args.input, "format": args.format, "segment": args.segment or None},
         crop={"size": args.size, "keep_failed": args.keep_failed or None, "align": args.align or None},
     )
-    from infogan_cells.crop import crop
+    from infogan_cells.preprocess.crop import crop
 
     summary = crop(
         cfg.input.path,
@@ -94,14 +94,14 @@ def cmd_crop(args: argparse.Namespace) -> None:
 
 def cmd_merge_crops(args: argparse.Namespace) -> None:
     cfg = _load(args)
-    from infogan_cells.crop import merge_crops
+    from infogan_cells.preprocess.crop import merge_crops
 
     merge_crops(args.parts, args.out, cfg.crop, config_text=dump_config(cfg))
 
 
 def cmd_list_images(args: argparse.Namespace) -> None:
     cfg = _load(args, input={"path": args.input, "format": args.format})
-    from infogan_cells.readers import list_source_images
+    from infogan_cells.data.readers import list_source_images
 
     for name in list_source_images(cfg.input.path, cfg.input.format, segment=cfg.input.segment):
         print(name)
@@ -109,7 +109,7 @@ def cmd_list_images(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     cfg = _load(args, device={"device": args.device})
-    from infogan_cells.train import train
+    from infogan_cells.training.train import train
 
     out = Path(args.out)
     blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
@@ -129,20 +129,20 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_analyse(args: argparse.Namespace) -> None:
     cfg = _load(args, device={"device": args.device})
-    from infogan_cells.analyse import analyse
+    from infogan_cells.analysis.analyse import analyse
 
     analyse(args.run, args.crops, args.out, cfg.analyse, device=cfg.device)
 
 
 def cmd_compare_seeds(args: argparse.Namespace) -> None:
-    from infogan_cells.seeds import compare_seeds
+    from infogan_cells.analysis.seeds import compare_seeds
 
     compare_seeds(args.analyses, args.out)
 
 
 def cmd_synthesise(args: argparse.Namespace) -> None:
     cfg = _load(args, device={"device": args.device}, synthesis={"n": args.n, "seed": args.seed})
-    from infogan_cells.synthesise import synthesise
+    from infogan_cells.synthesis.synthesise import synthesise
 
     shard = _parse_shard(args.shard)
     synthesise(
@@ -159,13 +159,13 @@ def cmd_synthesise(args: argparse.Namespace) -> None:
 
 
 def cmd_gather_synthesis(args: argparse.Namespace) -> None:
-    from infogan_cells.synthesise import gather
+    from infogan_cells.synthesis.synthesise import gather
 
     gather(args.shards, args.out, tiff_dir=args.tiff, overwrite=args.overwrite)
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
-    from infogan_cells.validate import validate_file
+    from infogan_cells.synthesis.validate import validate_file
 
     problems = validate_file(args.file)
     if problems:

@@ -14,14 +14,14 @@ from skimage import draw
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from torch import nn
 
-from infogan_cells import analyse as analyse_mod
-from infogan_cells.analyse import analyse
-from infogan_cells.checkpoint import save_network
+from infogan_cells.analysis import analyse as analyse_mod
+from infogan_cells.analysis.analyse import analyse
+from infogan_cells.analysis.metrics import contingency_table, label_scores, name_codes, spearman_table
 from infogan_cells.config import AnalyseConfig, LatentSpec
+from infogan_cells.data.store import REQUIRED_OBS, write_crop_store
 from infogan_cells.errors import InputError
-from infogan_cells.metrics import contingency_table, label_scores, name_codes, spearman_table
-from infogan_cells.networks import Discriminator, Generator, QOutput, init_weights
-from infogan_cells.store import REQUIRED_OBS, write_crop_store
+from infogan_cells.model.checkpoint import save_network
+from infogan_cells.model.networks import Discriminator, Generator, QOutput, init_weights
 
 SPEC = LatentSpec(z_dim=4, categorical=[3], n_continuous=2, continuous_range=1.0)
 LEVELS = (60, 130, 200)  # disk intensity of each category, grey levels on a black background
@@ -118,11 +118,11 @@ class WiredDiscriminator(nn.Module):
 
 @pytest.fixture
 def report_calls(monkeypatch):
-    """A stand-in for infogan_cells.report that records its calls (the real one is someone else's)."""
+    """A stand-in for infogan_cells.report.pages that records its calls (the real one is someone else's)."""
     calls = []
-    fake = types.ModuleType("infogan_cells.report")
+    fake = types.ModuleType("infogan_cells.report.pages")
     fake.write_report = lambda out_dir, **kwargs: calls.append((out_dir, kwargs))
-    monkeypatch.setitem(sys.modules, "infogan_cells.report", fake)
+    monkeypatch.setitem(sys.modules, "infogan_cells.report.pages", fake)
     return calls
 
 
@@ -323,13 +323,13 @@ def test_too_few_crops(tmp_path):
 
 
 def test_report_errors_propagate(tmp_path, monkeypatch):
-    broken = types.ModuleType("infogan_cells.report")
+    broken = types.ModuleType("infogan_cells.report.pages")
 
     def write_report(out_dir, **kwargs):
         raise RuntimeError("template missing")
 
     broken.write_report = write_report
-    monkeypatch.setitem(sys.modules, "infogan_cells.report", broken)
+    monkeypatch.setitem(sys.modules, "infogan_cells.report.pages", broken)
     with pytest.raises(RuntimeError, match="template missing"):
         analyse_mod._call_report(tmp_path, tmp_path / "run", torch.device("cpu"))
 

@@ -19,10 +19,10 @@ from PIL import Image
 
 from infogan_cells.cli import main
 from infogan_cells.config import CropConfig, InputConfig
-from infogan_cells.crop import crop
+from infogan_cells.data.readers import list_source_images, read_cells
+from infogan_cells.data.store import read_crop_store
 from infogan_cells.errors import InputError
-from infogan_cells.readers import list_source_images, read_cells
-from infogan_cells.store import read_crop_store
+from infogan_cells.preprocess.crop import crop
 
 CFG = CropConfig(size=16)
 

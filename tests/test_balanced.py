@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from infogan_cells import quality as q
-from infogan_cells.analyse import classifier_scores
+from infogan_cells.analysis import quality as q
+from infogan_cells.analysis.analyse import classifier_scores
 
 
 def test_a_majority_class_classifier_scores_one_over_k():
@@ -93,7 +93,7 @@ def test_a_classifier_that_learns_scores_near_one_and_the_mixed_figure_appears_w
 def test_the_report_lists_the_balanced_figures(tmp_path):
     from test_report import make_analysis
 
-    from infogan_cells.report import write_report
+    from infogan_cells.report.pages import write_report
 
     out = make_analysis(tmp_path / "seed0")
     metrics = json.loads((out / "metrics.json").read_text())

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from skimage import draw
 
-from infogan_cells.baselines import best_single_feature, cluster_1d
-from infogan_cells.morphology import foreground_mask, intensity_features
+from infogan_cells.analysis.baselines import best_single_feature, cluster_1d
+from infogan_cells.analysis.morphology import foreground_mask, intensity_features
 
 
 def cell(
@@ -93,7 +93,7 @@ def test_without_labels_or_splittable_features_every_measure_is_none():
 def test_the_report_shows_the_rule_beside_the_infogan_and_says_which_wins(tmp_path):
     from test_report import make_analysis
 
-    from infogan_cells.report import write_report
+    from infogan_cells.report.pages import write_report
 
     out = make_analysis(tmp_path / "seed0")  # the InfoGAN's NMI: 0.61
     metrics = json.loads((out / "metrics.json").read_text())

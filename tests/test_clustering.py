@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from infogan_cells.clustering import (
+from infogan_cells.analysis.clustering import (
     agreement,
     assign_with_q,
     contingency,
@@ -15,7 +15,7 @@ from infogan_cells.clustering import (
     many_to_one_accuracy,
 )
 from infogan_cells.config import LatentSpec
-from infogan_cells.networks import Discriminator
+from infogan_cells.model.networks import Discriminator
 
 
 def test_relabelled_clustering_is_perfect():

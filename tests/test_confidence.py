@@ -18,16 +18,16 @@ import tifffile
 import torch
 from test_synthesise import SPEC, assert_same, randomise, read_all
 
-from infogan_cells.checkpoint import load_discriminator, load_generator, save_network
+from infogan_cells.analysis.clustering import assign_with_q
 from infogan_cells.cli import main
-from infogan_cells.clustering import assign_with_q
 from infogan_cells.config import SynthConfig, load_config
 from infogan_cells.errors import ConfigError, InputError
-from infogan_cells.latent import sample_latent_by_seed, to_input
-from infogan_cells.networks import Discriminator, Generator
-from infogan_cells.synthesise import _passes, gather, generate, synthesise
-from infogan_cells.validate import validate_file
-from infogan_cells.writers import DRAW_STRIDE
+from infogan_cells.model.checkpoint import load_discriminator, load_generator, save_network
+from infogan_cells.model.latent import sample_latent_by_seed, to_input
+from infogan_cells.model.networks import Discriminator, Generator
+from infogan_cells.synthesis.synthesise import _passes, gather, generate, synthesise
+from infogan_cells.synthesis.validate import validate_file
+from infogan_cells.synthesis.writers import DRAW_STRIDE
 
 CONFIG = SynthConfig(n=40, batch_size=16, micro_batch=8, proportions="prior", min_confidence=0.3)
 

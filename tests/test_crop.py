@@ -14,9 +14,11 @@ from PIL import Image
 from skimage.draw import disk, ellipse
 from skimage.measure import regionprops
 
-from infogan_cells import qc
 from infogan_cells.config import CropConfig, InputConfig
-from infogan_cells.crop import (
+from infogan_cells.data.readers import list_source_images
+from infogan_cells.data.store import read_crop_store
+from infogan_cells.preprocess import qc
+from infogan_cells.preprocess.crop import (
     GIEMSA_REFERENCE,
     OBS_COLUMNS,
     align_cells,
@@ -28,8 +30,6 @@ from infogan_cells.crop import (
     normalise,
     reinhard,
 )
-from infogan_cells.readers import list_source_images
-from infogan_cells.store import read_crop_store
 
 BACKGROUND = 220
 
@@ -273,7 +273,7 @@ def test_edge_box_is_clipped_flagged_and_kept(tmp_path):
 def test_mask_background_blanks_everything_but_the_cell():
     image, boxes = _two_disks()
     image[5:8, 5:8] = 0  # debris in the margin of the first crop
-    from infogan_cells.crop import _mask_background
+    from infogan_cells.preprocess.crop import _mask_background
 
     crops = crop_cells(image, boxes[:1], size=32, margin=0.5, background=[BACKGROUND] * 3)
     masked = _mask_background(crops, np.array([BACKGROUND] * 3, np.uint8))
@@ -347,11 +347,11 @@ def test_segmented_whole_images(tmp_path, monkeypatch):
     image, boxes = _two_disks()
     (tmp_path / "in").mkdir()
     Image.fromarray(image).save(tmp_path / "in" / "smear.png")
-    fake = types.ModuleType("infogan_cells.segment")
+    fake = types.ModuleType("infogan_cells.preprocess.segment")
     fake.segment_cells = lambda array: pd.DataFrame(
         boxes, columns=["min_row", "min_col", "max_row", "max_col"]
     )
-    monkeypatch.setitem(sys.modules, "infogan_cells.segment", fake)
+    monkeypatch.setitem(sys.modules, "infogan_cells.preprocess.segment", fake)
 
     summary = crop(tmp_path / "in", tmp_path / "c.h5", InputConfig(segment=True), CropConfig(size=32))
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 import infogan_cells
-from infogan_cells.checkpoint import save_network
 from infogan_cells.config import LatentSpec, SynthConfig
-from infogan_cells.dataset import CropDataset, SyntheticCells, read_obs
+from infogan_cells.data.dataset import CropDataset, SyntheticCells, read_obs
+from infogan_cells.data.store import write_crop_store
 from infogan_cells.errors import InputError
-from infogan_cells.networks import Discriminator, Generator
-from infogan_cells.store import write_crop_store
-from infogan_cells.synthesise import gather, synthesise
+from infogan_cells.model.checkpoint import save_network
+from infogan_cells.model.networks import Discriminator, Generator
+from infogan_cells.synthesis.synthesise import gather, synthesise
 
 SPEC = LatentSpec(z_dim=4, categorical=[3], n_continuous=1)
 CONFIG = SynthConfig(n=24, batch_size=8, micro_batch=8)

@@ -11,14 +11,14 @@ import torch
 from PIL import Image
 from test_report import make_analysis
 
-from infogan_cells import explorer
-from infogan_cells.checkpoint import save_network
 from infogan_cells.config import LatentSpec
 from infogan_cells.errors import InputError
-from infogan_cells.explorer import lattice, pack_sprite, to_rgb, write_explorer
-from infogan_cells.latent import Latent, sample_latent_by_seed, to_input
-from infogan_cells.networks import Discriminator, Generator
-from infogan_cells.report import write_report
+from infogan_cells.model.checkpoint import save_network
+from infogan_cells.model.latent import Latent, sample_latent_by_seed, to_input
+from infogan_cells.model.networks import Discriminator, Generator
+from infogan_cells.report import explorer
+from infogan_cells.report.explorer import lattice, pack_sprite, to_rgb, write_explorer
+from infogan_cells.report.pages import write_report
 
 
 def make_run(
@@ -103,7 +103,7 @@ def test_every_tile_is_the_generator_image_of_its_latent(tmp_path: Path) -> None
     assert data["codes"][0]["feature"] == "orientation"
     assert "Colours: red = DAPI, green = actin, blue = tubulin." in page.read_text()
 
-    from infogan_cells.checkpoint import load_generator
+    from infogan_cells.model.checkpoint import load_generator
 
     G, spec, _ = load_generator(run)
     _, values = lattice(2, 3, 1.0)
@@ -135,7 +135,7 @@ def test_tiles_differ_along_codes_seeds_and_categories(tmp_path: Path) -> None:
 def test_more_than_two_codes_use_axes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     run = make_run(tmp_path / "run", n_continuous=3, channels=1)
     out = tmp_path / "seed0"
-    with caplog.at_level("INFO", logger="infogan_cells.explorer"):
+    with caplog.at_level("INFO", logger="infogan_cells.report.explorer"):
         write_explorer(run, out, n_noise_seeds=1, n_steps=5, live=False)
     data = read_index(out / "report")
     assert data["mode"] == "axes" and data["n_points"] == 15
@@ -267,7 +267,7 @@ def test_with_three_codes_a_slider_moves_its_code_alone(tmp_path: Path, browser)
 
 
 def _generator_rgb(run: Path, x: list[float]) -> np.ndarray:
-    from infogan_cells.checkpoint import load_generator
+    from infogan_cells.model.checkpoint import load_generator
 
     G, _, _ = load_generator(run)
     with torch.no_grad():
@@ -278,8 +278,8 @@ def test_the_onnx_export_computes_the_generator(tmp_path: Path) -> None:
     pytest.importorskip("onnxscript", reason="the ONNX exporter is in the onnx extra")
     from onnx.reference import ReferenceEvaluator
 
-    from infogan_cells.checkpoint import load_generator
-    from infogan_cells.live import export_generator
+    from infogan_cells.model.checkpoint import load_generator
+    from infogan_cells.report.live import export_generator
 
     G, spec, _ = load_generator(make_run(tmp_path / "run"))
     path = export_generator(G, tmp_path / "G.onnx")
@@ -333,7 +333,7 @@ def _wait_live(page) -> None:
 
 @pytest.mark.browser
 def test_the_live_page_runs_the_generator(tmp_path: Path, browser) -> None:
-    from infogan_cells.live import find_runtime
+    from infogan_cells.report.live import find_runtime
 
     if find_runtime() is None:
         pytest.skip("onnxruntime-web not installed (./setup.sh --dev installs it)")
@@ -374,7 +374,7 @@ def test_the_live_page_runs_the_generator(tmp_path: Path, browser) -> None:
 
 @pytest.mark.browser
 def test_when_the_runtime_fails_in_the_page_the_lattice_shows(tmp_path: Path, browser) -> None:
-    from infogan_cells.live import find_runtime
+    from infogan_cells.report.live import find_runtime
 
     if find_runtime() is None:
         pytest.skip("onnxruntime-web not installed (./setup.sh --dev installs it)")

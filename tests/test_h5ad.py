@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from infogan_cells.h5ad import read_dataframe, write_dataframe, write_h5ad
-from infogan_cells.store import REQUIRED_OBS, read_crop_store, write_crop_store
+from infogan_cells.data.h5ad import read_dataframe, write_dataframe, write_h5ad
+from infogan_cells.data.store import REQUIRED_OBS, read_crop_store, write_crop_store
 
 anndata = pytest.importorskip("anndata", reason="anndata is the 'anndata' extra (in 'dev')")
 read_elem = anndata.io.read_elem

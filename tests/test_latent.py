@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from infogan_cells.config import LatentSpec
-from infogan_cells.latent import (
+from infogan_cells.model.latent import (
     Latent,
     latent_grid,
     sample_latent,

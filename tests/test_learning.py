@@ -18,11 +18,11 @@ import torch
 from skimage.draw import disk
 from sklearn.metrics import normalized_mutual_info_score
 
-from infogan_cells.checkpoint import load_discriminator
-from infogan_cells.clustering import assign_with_q
+from infogan_cells.analysis.clustering import assign_with_q
 from infogan_cells.config import LatentSpec, TrainConfig
-from infogan_cells.store import write_crop_store
-from infogan_cells.train import train
+from infogan_cells.data.store import write_crop_store
+from infogan_cells.model.checkpoint import load_discriminator
+from infogan_cells.training.train import train
 
 SIZE = 16
 TOTAL_IMAGES = 32_000

@@ -9,10 +9,17 @@ import torch
 import torch.nn.functional as F
 
 from infogan_cells.config import LatentSpec, TrainConfig
-from infogan_cells.latent import Latent, sample_latent, to_input
-from infogan_cells.losses import DiscriminatorLoss, GeneratorLoss, InfoLoss, PairMILoss, SupervisedLoss, total
-from infogan_cells.networks import LOG_SIGMA_MIN, QOutput
-from infogan_cells.train import InfoGANStep, build_networks, build_optimizers, q_of_features
+from infogan_cells.model.latent import Latent, sample_latent, to_input
+from infogan_cells.model.losses import (
+    DiscriminatorLoss,
+    GeneratorLoss,
+    InfoLoss,
+    PairMILoss,
+    SupervisedLoss,
+    total,
+)
+from infogan_cells.model.networks import LOG_SIGMA_MIN, QOutput
+from infogan_cells.training.train import InfoGANStep, build_networks, build_optimizers, q_of_features
 
 SPEC = LatentSpec(z_dim=4, categorical=[3], n_continuous=2)
 

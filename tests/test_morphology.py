@@ -3,7 +3,7 @@ import pytest
 from scipy import ndimage as ndi
 from skimage import draw, measure
 
-from infogan_cells.morphology import foreground_mask, measure_morphology
+from infogan_cells.analysis.morphology import foreground_mask, measure_morphology
 
 
 def _disk_image(

@@ -19,15 +19,15 @@ import pandas as pd
 import pytest
 import torch
 
-import infogan_cells.train as train_mod
-from infogan_cells.checkpoint import resolve_precision
+import infogan_cells.training.train as train_mod
 from infogan_cells.cli import main as cli_main
 from infogan_cells.config import LatentSpec, TrainConfig, load_config
+from infogan_cells.data.store import write_crop_store
 from infogan_cells.errors import ConfigError
-from infogan_cells.latent import sample_latent
-from infogan_cells.store import write_crop_store
-from infogan_cells.syncs import HostSyncCounter
-from infogan_cells.train import InfoGANStep, build_networks, build_optimizers, train
+from infogan_cells.model.checkpoint import resolve_precision
+from infogan_cells.model.latent import sample_latent
+from infogan_cells.training.syncs import HostSyncCounter
+from infogan_cells.training.train import InfoGANStep, build_networks, build_optimizers, train
 
 PRESETS = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "config").glob("*.yaml"))
 
@@ -273,8 +273,8 @@ def test_loading_crops_costs_about_their_own_size_in_host_memory(tmp_path):
     code = textwrap.dedent(f"""
         import resource, sys, json, torch
         from infogan_cells.config import TrainConfig
-        from infogan_cells.train import load_crops, LOAD_BLOCK_BYTES
-        from infogan_cells.store import read_crop_store
+        from infogan_cells.training.train import load_crops, LOAD_BLOCK_BYTES
+        from infogan_cells.data.store import read_crop_store
         read_crop_store({str(store)!r}, load_images=False)  # warm up the imports and the obs reader
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         crops = load_crops({str(store)!r}, TrainConfig(), torch.device("cpu"), torch.Generator())

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from infogan_cells import progress as progress_mod
 from infogan_cells.config import CropConfig, InputConfig
-from infogan_cells.crop import crop
+from infogan_cells.preprocess.crop import crop
 from infogan_cells.progress import LogProgress, progress, track, use_bars
 
 
@@ -98,8 +98,8 @@ def test_training_progress_in_a_log_file_is_lines_not_carriage_returns(tmp_path,
     import torch
 
     from infogan_cells.config import AugmentConfig, LatentSpec, TrainConfig
-    from infogan_cells.store import write_crop_store
-    from infogan_cells.train import train
+    from infogan_cells.data.store import write_crop_store
+    from infogan_cells.training.train import train
 
     n = 16
     images = np.zeros((n, 16, 16, 1), np.uint8)

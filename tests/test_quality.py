@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from infogan_cells import quality as q
+from infogan_cells.analysis import quality as q
 
 
 def test_frechet_distance_is_zero_for_identical_sets_and_analytic_for_gaussians():
@@ -99,7 +99,7 @@ def test_classifier_accuracy_on_separable_classes_and_degenerate_inputs(caplog):
     assert q.classifier_accuracy(x[::2], y[::2], x[1::2], y[1::2]) == 1.0
     assert q.classifier_accuracy(x[:40], y[:40], x, y) is None  # one class to learn from
     assert q.classifier_accuracy(x, y, x[:0], y[:0]) is None
-    with caplog.at_level(logging.WARNING, logger="infogan_cells.quality"):
+    with caplog.at_level(logging.WARNING, logger="infogan_cells.analysis.quality"):
         # labels that are pure noise on many features: may not converge; must not warn
         q.classifier_accuracy(
             rng.normal(size=(30, 40)) * 1e3, rng.choice(["a", "b", "c"], 30), x[:2, :1].repeat(40, 1), y[:2]

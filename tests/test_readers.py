@@ -14,7 +14,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from infogan_cells.readers import (
+from infogan_cells.data.readers import (
     BOX_TABLE_COLUMNS,
     detect_format,
     list_source_images,
@@ -209,7 +209,7 @@ def test_idx_without_labels_file_is_unlabelled(tmp_path):
 
 def test_segment_gives_boxes_from_segment_cells(tmp_path, monkeypatch):
     _png(tmp_path / "smear.png", shape=(30, 40, 3))
-    fake = types.ModuleType("infogan_cells.segment")
+    fake = types.ModuleType("infogan_cells.preprocess.segment")
     fake.segment_cells = lambda image: pd.DataFrame(
         {
             "label": [1, 2],
@@ -220,7 +220,7 @@ def test_segment_gives_boxes_from_segment_cells(tmp_path, monkeypatch):
             "area": [50, 100],
         }
     )
-    monkeypatch.setitem(sys.modules, "infogan_cells.segment", fake)
+    monkeypatch.setitem(sys.modules, "infogan_cells.preprocess.segment", fake)
 
     cells = read_cells(tmp_path / "smear.png", segment=True)
     boxes = cells.boxes_of(0, cells.sources[0].load())

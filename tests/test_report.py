@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from infogan_cells import report
 from infogan_cells.errors import InputError
-from infogan_cells.report import read_analysis, write_report
+from infogan_cells.report import pages as report
+from infogan_cells.report.pages import read_analysis, write_report
 
 LABELS = ["ring", "trophozoite", "<b>RBC</b> & co"]
 
@@ -46,7 +46,7 @@ def make_analysis(
     figures: bool = True,
     accuracy: float = 0.8,
 ) -> Path:
-    """A fake analysis folder in the layout :mod:`infogan_cells.analyse` writes."""
+    """A fake analysis folder in the layout :mod:`infogan_cells.analysis.analyse` writes."""
     root.mkdir(parents=True, exist_ok=True)
     sizes = sizes or [10 + 3 * k for k in range(n_cat)]
     cats, rows = {}, []

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from test_report import make_analysis
 
+from infogan_cells.analysis.seeds import compare_seeds, seed_summary
 from infogan_cells.errors import InputError
-from infogan_cells.report import write_report
-from infogan_cells.seeds import compare_seeds, seed_summary
+from infogan_cells.report.pages import write_report
 
 
 def _set_fd(path: Path, fd: float | None) -> None:

@@ -1,4 +1,4 @@
-"""Tests for infogan_cells.segment: synthetic smears drawn here, plus two real BBBC041 smears."""
+"""Tests for infogan_cells.preprocess.segment: synthetic smears drawn here, plus two real BBBC041 smears."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from skimage import draw, io
 
-from infogan_cells.segment import box_iou, label_cells, match_boxes, segment_cells
+from infogan_cells.preprocess.segment import box_iou, label_cells, match_boxes, segment_cells
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RADIUS = 12

@@ -10,10 +10,10 @@ import sys
 import pandas as pd
 import pytest
 
-from infogan_cells.analyse import _pixels, kmeans_scores
-from infogan_cells.baselines import best_single_feature
-from infogan_cells.morphology import foreground_mask, intensity_features, measure_morphology
-from infogan_cells.store import read_crop_store
+from infogan_cells.analysis.analyse import _pixels, kmeans_scores
+from infogan_cells.analysis.baselines import best_single_feature
+from infogan_cells.analysis.morphology import foreground_mask, intensity_features, measure_morphology
+from infogan_cells.data.store import read_crop_store
 
 pytestmark = pytest.mark.shared_data
 

@@ -16,14 +16,14 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from infogan_cells import SyntheticCells, read_obs
-from infogan_cells.analyse import analyse
+from infogan_cells.analysis.analyse import analyse
+from infogan_cells.analysis.quality import cnn_accuracy
 from infogan_cells.config import load_config
-from infogan_cells.crop import crop
-from infogan_cells.quality import cnn_accuracy
-from infogan_cells.store import holdout_split, read_crop_store
-from infogan_cells.synthesise import gather, synthesise
-from infogan_cells.train import train
-from infogan_cells.validate import validate_file
+from infogan_cells.data.store import holdout_split, read_crop_store
+from infogan_cells.preprocess.crop import crop
+from infogan_cells.synthesis.synthesise import gather, synthesise
+from infogan_cells.synthesis.validate import validate_file
+from infogan_cells.training.train import train
 
 pytestmark = pytest.mark.shared_data
 

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from infogan_cells.checkpoint import load_discriminator, load_generator
-from infogan_cells.store import read_crop_store
+from infogan_cells.data.store import read_crop_store
+from infogan_cells.model.checkpoint import load_discriminator, load_generator
 
 pytestmark = pytest.mark.shared_data
 

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from infogan_cells.config import SimulateConfig
+from infogan_cells.data.simulate import CATEGORIES, RBC, render_smear, simulate_smears
 from infogan_cells.errors import ConfigError
-from infogan_cells.simulate import CATEGORIES, RBC, render_smear, simulate_smears
 
 SMALL = {"n_images": 2, "image_rows": 256, "image_cols": 256}
 STAGES = SimulateConfig.STAGES

@@ -16,12 +16,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from infogan_cells.augment import augment_batch
 from infogan_cells.config import AugmentConfig, LatentSpec, TrainConfig
-from infogan_cells.latent import Latent, sample_latent, to_input
-from infogan_cells.losses import DiscriminatorLoss, GeneratorLoss, InfoLoss, PairMILoss, SupervisedLoss
-from infogan_cells.networks import QOutput
-from infogan_cells.train import InfoGANStep, build_networks, build_optimizers, ema_update
+from infogan_cells.model.augment import augment_batch
+from infogan_cells.model.latent import Latent, sample_latent, to_input
+from infogan_cells.model.losses import DiscriminatorLoss, GeneratorLoss, InfoLoss, PairMILoss, SupervisedLoss
+from infogan_cells.model.networks import QOutput
+from infogan_cells.training.train import InfoGANStep, build_networks, build_optimizers, ema_update
 
 SPEC = LatentSpec(z_dim=4, categorical=[3], n_continuous=2)
 CPU = torch.device("cpu")

@@ -25,15 +25,15 @@ import tifffile
 import torch
 
 from infogan_cells import __version__
-from infogan_cells.checkpoint import file_sha256, load_generator, save_network
 from infogan_cells.cli import main
 from infogan_cells.config import LatentSpec, SynthConfig, to_dict
 from infogan_cells.errors import InputError
-from infogan_cells.latent import to_input
-from infogan_cells.networks import Discriminator, Generator
-from infogan_cells.synthesise import forward, gather, make_plan, sample_latents, synthesise
-from infogan_cells.validate import validate_file
-from infogan_cells.writers import HDF5Writer, image_tiff_path
+from infogan_cells.model.checkpoint import file_sha256, load_generator, save_network
+from infogan_cells.model.latent import to_input
+from infogan_cells.model.networks import Discriminator, Generator
+from infogan_cells.synthesis.synthesise import forward, gather, make_plan, sample_latents, synthesise
+from infogan_cells.synthesis.validate import validate_file
+from infogan_cells.synthesis.writers import HDF5Writer, image_tiff_path
 
 SPEC = LatentSpec(z_dim=8, categorical=[4], n_continuous=2)
 PRIOR = [0.1, 0.2, 0.3, 0.4]
@@ -214,7 +214,7 @@ def test_the_thread_count_does_not_change_a_sample(run_dir, reference, tmp_path)
     # a process started with one OpenMP/MKL thread
     code = textwrap.dedent(f"""
         from infogan_cells.config import SynthConfig
-        from infogan_cells.synthesise import synthesise
+        from infogan_cells.synthesis.synthesise import synthesise
         synthesise({str(run_dir)!r}, {str(tmp_path / "one.h5")!r}, SynthConfig(**{dataclasses.asdict(CONFIG)!r}))
     """)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -479,8 +479,8 @@ def test_a_killed_job_leaves_no_partial_file_and_the_rerun_gives_the_same_bytes(
     code = textwrap.dedent(f"""
         import os, signal
         from infogan_cells.config import SynthConfig
-        from infogan_cells.synthesise import synthesise
-        from infogan_cells.writers import HDF5Writer
+        from infogan_cells.synthesis.synthesise import synthesise
+        from infogan_cells.synthesis.writers import HDF5Writer
         original = HDF5Writer.write
         def write_then_die(self, batch):
             original(self, batch)

@@ -17,13 +17,13 @@ import torch
 from PIL import Image
 from skimage.draw import disk, rectangle
 
-from infogan_cells import train as train_mod
-from infogan_cells.augment import augment_batch, to_float, to_uint8
-from infogan_cells.checkpoint import load_generator
 from infogan_cells.config import AugmentConfig, LatentSpec, TrainConfig, from_mapping
+from infogan_cells.data.store import write_crop_store
 from infogan_cells.errors import ConfigError, InputError
-from infogan_cells.store import write_crop_store
-from infogan_cells.train import effective_prior, train
+from infogan_cells.model.augment import augment_batch, to_float, to_uint8
+from infogan_cells.model.checkpoint import load_generator
+from infogan_cells.training import train as train_mod
+from infogan_cells.training.train import effective_prior, train
 
 SPEC = LatentSpec(z_dim=4, categorical=[2], n_continuous=1)
 
@@ -222,7 +222,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     config = tiny_config(total_images=1600, checkpoint_images=400, tick_images=200, snapshot_images=800)
     whole = train(store, tmp_path / "whole", config, seed=2, device="cpu")
     code = (
-        "import sys; from infogan_cells.train import train; from infogan_cells.config import TrainConfig, "
+        "import sys; from infogan_cells.training.train import train; from infogan_cells.config import TrainConfig, "
         "from_mapping; import yaml; "
         f"train({str(store)!r}, sys.argv[1], from_mapping(TrainConfig, yaml.safe_load(open(sys.argv[2]))), "
         "seed=2, device='cpu')"
@@ -288,9 +288,9 @@ def test_semi_supervision_teaches_q_the_labels_from_a_few_crops(tmp_path):
     """4 labelled disks and 4 labelled squares (a class-balanced batch of 32 drawn from them every step:
     with 8, most seeds never separate them) are enough
     for Q to sort all 48 crops by shape."""
-    from infogan_cells.checkpoint import load_discriminator
-    from infogan_cells.clustering import assign_with_q
-    from infogan_cells.store import read_crop_store
+    from infogan_cells.analysis.clustering import assign_with_q
+    from infogan_cells.data.store import read_crop_store
+    from infogan_cells.model.checkpoint import load_discriminator
 
     store = make_store(tmp_path / "crops.h5", n=48, labels=("disk", "square"))
     config = tiny_config(
@@ -315,7 +315,7 @@ def test_semi_supervision_teaches_q_the_labels_from_a_few_crops(tmp_path):
 
 
 def test_holdout_crops_are_kept_out_of_training_and_recorded(store, tmp_path):
-    from infogan_cells.store import holdout_split
+    from infogan_cells.data.store import holdout_split
 
     run = train(store, tmp_path / "run", tiny_config(holdout_fraction=0.25), seed=0, device="cpu")
     _, _, meta = load_generator(run)
@@ -333,7 +333,7 @@ def test_semi_supervised_needs_a_category_per_label(tmp_path):
     with h5py.File(store, "r") as f:  # relabel into 4 classes
         n = len(f["images"])
     make_store(store3, n=n, labels=("a", "b"))
-    from infogan_cells.store import read_crop_store
+    from infogan_cells.data.store import read_crop_store
 
     cs = read_crop_store(store3)
     cs.obs["label"] = ["a", "b", "c", "d"] * (n // 4)
@@ -547,7 +547,7 @@ def test_training_with_float_augmentation_of_the_real_crops(store, tmp_path):
 
 
 def test_over_clustering_head_trains_with_the_iic_term_and_is_saved(store, tmp_path):
-    from infogan_cells.checkpoint import load_discriminator
+    from infogan_cells.model.checkpoint import load_discriminator
 
     aug = AugmentConfig(rot90=True, flip=True, shift=1)
     config = tiny_config(diff_augment=aug, lambda_pair_mi=1.0, q_overcluster=6)
@@ -563,14 +563,14 @@ def test_over_clustering_head_trains_with_the_iic_term_and_is_saved(store, tmp_p
 
 
 def test_diff_augment_needs_a_generator():
-    from infogan_cells.train import InfoGANStep, build_networks, build_optimizers
+    from infogan_cells.training.train import InfoGANStep, build_networks, build_optimizers
 
     config = tiny_config(diff_augment=AugmentConfig(rot90=False, flip=True, shift=0))
     G, D = build_networks(SPEC, 16, 1, config, torch.Generator().manual_seed(0))
     step = InfoGANStep(
         G, D, *build_optimizers(G, D, config, torch.device("cpu")), SPEC, config, torch.device("cpu")
     )
-    from infogan_cells.latent import sample_latent
+    from infogan_cells.model.latent import sample_latent
 
     latent = sample_latent(SPEC, 4, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="diff_augment needs a generator"):
@@ -590,7 +590,7 @@ def test_pair_mi_runs_in_the_loop(store, tmp_path):
 
 
 def test_batchnorm_recalibration_depends_only_on_the_real_crops():
-    from infogan_cells.train import build_networks, recalibrate_batchnorm
+    from infogan_cells.training.train import build_networks, recalibrate_batchnorm
 
     config = tiny_config()
     _, D1 = build_networks(SPEC, 16, 1, config, torch.Generator().manual_seed(0))

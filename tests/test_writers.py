@@ -13,7 +13,7 @@ import pytest
 import tifffile
 
 from infogan_cells.errors import InputError
-from infogan_cells.writers import (
+from infogan_cells.synthesis.writers import (
     BackgroundWriter,
     Batch,
     HDF5Writer,

@@ -10,8 +10,8 @@ import h5py
 import pytest
 import tifffile
 
-from infogan_cells.store import read_crop_store
-from infogan_cells.validate import validate_file
+from infogan_cells.data.store import read_crop_store
+from infogan_cells.synthesis.validate import validate_file
 
 
 @pytest.mark.slow  # about 1 min on 2 idle CPU cores, 2-3 min on busy ones

@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from infogan_cells.crop import OBS_COLUMNS
-from infogan_cells.store import write_crop_store
-from infogan_cells.validate import validate_file
+from infogan_cells.data.store import write_crop_store
+from infogan_cells.preprocess.crop import OBS_COLUMNS
+from infogan_cells.synthesis.validate import validate_file
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = REPO / "workflow" / "profiles" / "slurm"

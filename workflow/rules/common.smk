@@ -39,7 +39,7 @@ def get_source_images():
     """Names of the source images, one crop job each ('all' for single-cell inputs)."""
     if SIMULATED:
         return [f"smear_{i:04d}" for i in range(CFG.simulate.n_images)]
-    from infogan_cells.readers import list_source_images
+    from infogan_cells.data.readers import list_source_images
 
     names = list_source_images(CFG.input.path, CFG.input.format)
     return [_job_name(n) for n in names] if names else ["all"]
@@ -56,7 +56,7 @@ def get_source_name(wildcards):
         return None
     if SIMULATED:
         return f"images/{wildcards.image}.png"
-    from infogan_cells.readers import list_source_images
+    from infogan_cells.data.readers import list_source_images
 
     names = {
         _job_name(n): n for n in list_source_images(CFG.input.path, CFG.input.format)

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import _checkout  # noqa: F401  (this checkout's infogan_cells)
 
-from infogan_cells.seeds import compare_seeds
-from infogan_cells.workflow import stage
+from infogan_cells.analysis.seeds import compare_seeds
+from infogan_cells.pipeline import stage
 
 smk = snakemake  # noqa: F821
 with stage(smk):

@@ -1,10 +1,10 @@
-"""Snakemake wrapper: crop the cells of one source image (infogan_cells.crop)."""
+"""Snakemake wrapper: crop the cells of one source image (infogan_cells.preprocess.crop)."""
 
 import _checkout  # noqa: F401  (this checkout's infogan_cells)
 
 from infogan_cells.config import dump_config
-from infogan_cells.crop import crop
-from infogan_cells.workflow import stage
+from infogan_cells.pipeline import stage
+from infogan_cells.preprocess.crop import crop
 
 smk = snakemake  # noqa: F821
 with stage(smk) as cfg:

@@ -3,8 +3,8 @@
 import _checkout  # noqa: F401  (this checkout's infogan_cells)
 
 from infogan_cells.config import dump_config
-from infogan_cells.crop import merge_crops
-from infogan_cells.workflow import stage
+from infogan_cells.pipeline import stage
+from infogan_cells.preprocess.crop import merge_crops
 
 smk = snakemake  # noqa: F821
 with stage(smk) as cfg:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import _checkout  # noqa: F401  (this checkout's infogan_cells)
 
-from infogan_cells.synthesise import synthesise
-from infogan_cells.workflow import stage
+from infogan_cells.pipeline import stage
+from infogan_cells.synthesis.synthesise import synthesise
 
 smk = snakemake  # noqa: F821
 with stage(smk) as cfg:

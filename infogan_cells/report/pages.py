@@ -7,7 +7,7 @@ composition, morphology). The pages are plain files: relative links, images refe
 ``../samples/cat00.png``, no scripts or fonts from the network, so they open from a disk, a
 zip or a file share. Every text from the analysis is HTML-escaped.
 
-The report reads only what :mod:`infogan_cells.analyse` wrote (``metrics.json``, the CSV tables,
+The report reads only what :mod:`infogan_cells.analysis.analyse` wrote (``metrics.json``, the CSV tables,
 the figures); any of it may be missing, and a missing measure shows as "n/a" and a missing
 figure as a note. The folder is built beside ``report/`` and renamed into place, so a killed
 job leaves the previous report, never half of a new one.
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 REPORT_DIR = "report"
 ASSETS = ("report.css", "explorer.js")
-EXPLORER_FILES = ("explorer.html", "explorer")  # written by infogan_cells.explorer
+EXPLORER_FILES = ("explorer.html", "explorer")  # written by infogan_cells.report.explorer
 
 # (key, name, plain-language meaning, which way is better)
 AGREEMENT = [
@@ -749,13 +749,13 @@ def _category_body(a: Analysis, c: Category) -> str:
 
 def copy_assets(dest: Path) -> None:
     """Copy the static CSS/JS into ``dest`` (atomically, file by file)."""
-    pkg = resources.files("infogan_cells") / "report_assets"
+    pkg = resources.files("infogan_cells.report") / "assets"
     for name in ASSETS:
         write_text_atomic(dest / name, (pkg / name).read_text())
 
 
 def write_index(out_dir: str | os.PathLike, report_dir: str | os.PathLike | None = None) -> Path:
-    """(Re)write only ``index.html``; :mod:`infogan_cells.explorer` calls this to add its link."""
+    """(Re)write only ``index.html``; :mod:`infogan_cells.report.explorer` calls this to add its link."""
     a = read_analysis(out_dir)
     report_dir = Path(report_dir) if report_dir is not None else a.root / REPORT_DIR
     path = report_dir / "index.html"
@@ -785,7 +785,7 @@ def write_report(
 ) -> Path:
     """Write ``out_dir/report/`` from the analysis files in ``out_dir``; return its ``index.html``.
 
-    With ``run_dir`` the cell explorer is rendered too (:func:`infogan_cells.explorer.write_explorer`,
+    With ``run_dir`` the cell explorer is rendered too (:func:`infogan_cells.report.explorer.write_explorer`,
     ``explorer_kwargs`` go to it); without, an explorer already in ``report/`` is kept and linked.
     """
     a = read_analysis(out_dir)
@@ -795,7 +795,7 @@ def write_report(
         os.chmod(tmp, 0o755)
         copy_assets(tmp)
         if run_dir is not None:
-            from infogan_cells.explorer import render_explorer
+            from infogan_cells.report.explorer import render_explorer
 
             render_explorer(run_dir, a.root, tmp, device=device, **explorer_kwargs)
         else:

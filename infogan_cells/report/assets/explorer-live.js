@@ -1,11 +1,11 @@
 /* infogan-cells live explorer: the generator runs in the page (onnxruntime-web, WebAssembly).
  *
  * explorer/model.js sets window.INFOGAN_LIVE (the input layout and the ONNX model in base64);
- * explorer/ort/*.js set the runtime and its WebAssembly (see infogan_cells/live.py for why they
+ * explorer/ort/*.js set the runtime and its WebAssembly (see infogan_cells/report/live.py for why they
  * are scripts: a page opened from disk may not fetch). When anything is missing or fails, the
  * page keeps the pictures rendered in advance (explorer.js) and says why.
  *
- * The generator's input is laid out as infogan_cells.latent.to_input: noise z, one one-hot block
+ * The generator's input is laid out as infogan_cells.model.latent.to_input: noise z, one one-hot block
  * per categorical code, the continuous codes. z (and the categorical codes after the first)
  * come from the noise seed through a small seeded generator (mulberry32, Box-Muller), so a seed
  * always gives the same cell in this page; window.infoganLive.input() returns the input drawn.
@@ -80,7 +80,7 @@
     var image = ctx.createImageData(n, n);
     for (var p = 0; p < plane; p++) {
       for (var ch = 0; ch < 3; ch++) {
-        // as infogan_cells.explorer.to_rgb: grey for one channel, red/green for two, the first three
+        // as infogan_cells.report.explorer.to_rgb: grey for one channel, red/green for two, the first three
         var src = c === 1 ? 0 : ch;
         var v = src < c ? out[src * plane + p] : -1;
         image.data[4 * p + ch] = Math.round((Math.min(1, Math.max(-1, v)) + 1) * 127.5);

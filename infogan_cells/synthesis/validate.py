@@ -14,7 +14,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from infogan_cells.writers import (
+from infogan_cells.synthesis.writers import (
     DRAW_STRIDE,
     FORMAT,
     FORMAT_VERSION,

@@ -27,8 +27,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from infogan_cells.augment import augment_batch, to_float
 from infogan_cells.config import AugmentConfig
+from infogan_cells.model.augment import augment_batch, to_float
 
 log = logging.getLogger(__name__)
 

@@ -50,26 +50,31 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 
-from infogan_cells import quality as q
 from infogan_cells._io import atomic_path, write_json_atomic
-from infogan_cells.augment import to_uint8
-from infogan_cells.baselines import best_single_feature
-from infogan_cells.checkpoint import load_discriminator, load_generator, resolve_device
-from infogan_cells.config import AnalyseConfig, LatentSpec
-from infogan_cells.errors import InputError
-from infogan_cells.h5ad import write_h5ad
-from infogan_cells.latent import Latent, sample_latent, to_input
-from infogan_cells.metrics import (
+from infogan_cells.analysis import quality as q
+from infogan_cells.analysis.baselines import best_single_feature
+from infogan_cells.analysis.metrics import (
     category_summary,
     contingency_table,
     label_scores,
     name_codes,
     spearman_table,
 )
-from infogan_cells.morphology import FEATURES, foreground_mask, intensity_features, measure_morphology
-from infogan_cells.plots import image_grid, save_gif, save_grid
+from infogan_cells.analysis.morphology import (
+    FEATURES,
+    foreground_mask,
+    intensity_features,
+    measure_morphology,
+)
+from infogan_cells.config import AnalyseConfig, LatentSpec
+from infogan_cells.data.h5ad import write_h5ad
+from infogan_cells.data.store import holdout_split, read_crop_store
+from infogan_cells.errors import InputError
+from infogan_cells.model.augment import to_uint8
+from infogan_cells.model.checkpoint import load_discriminator, load_generator, resolve_device
+from infogan_cells.model.latent import Latent, sample_latent, to_input
 from infogan_cells.progress import progress
-from infogan_cells.store import holdout_split, read_crop_store
+from infogan_cells.report.plots import image_grid, save_gif, save_grid
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +350,7 @@ def category_map(summary: dict, category_labels: list | None) -> pd.DataFrame:
     """Each category's label name: the semi-supervised run's name for it, else its majority
     label, else ``category_KK``; purity is the share of its labelled crops carrying that name.
 
-    ``summary`` is :func:`~infogan_cells.metrics.category_summary`'s.
+    ``summary`` is :func:`~infogan_cells.analysis.metrics.category_summary`'s.
     """
     rows = []
     for key, entry in summary.items():
@@ -424,7 +429,7 @@ def synthetic_quality(
     device: torch.device,
 ) -> dict:
     """Fréchet distance and KID on morphology and encoder features, k-NN precision/recall,
-    memorisation, and train-on-synthetic-test-on-real accuracy (see :mod:`infogan_cells.quality`).
+    memorisation, and train-on-synthetic-test-on-real accuracy (see :mod:`infogan_cells.analysis.quality`).
 
     The feature encoder learns from the training split only; ``hold`` is the memorisation
     check's reference and the classifiers' test set.
@@ -529,7 +534,7 @@ def classifier_scores(
     and, when only some crops carry labels, on both (labelled real + synthetic, each half of every
     class's draws). The test crops are never trained on.
 
-    The headline figures come from a small CNN on the pixels (:func:`infogan_cells.quality.cnn_predict`,
+    The headline figures come from a small CNN on the pixels (:func:`infogan_cells.analysis.quality.cnn_predict`,
     when ``images`` and ``syn_images`` are given); a logistic regression on encoder features is
     reported beside it (``logistic``, accuracy only). Synthetic crops whose category has no real
     label name (``category_KK``) are left out.
@@ -673,6 +678,6 @@ def _composition_figure(path: Path, k: int, counts: pd.Series) -> None:
 
 
 def _call_report(out_dir: Path, run_dir: Path, device: torch.device) -> None:
-    from infogan_cells.report import write_report
+    from infogan_cells.report.pages import write_report
 
     write_report(out_dir, run_dir=run_dir, device=str(device))

@@ -13,7 +13,7 @@ runtime would fetch is written as a script that sets a global:
 The runtime comes from the npm registry (``./setup.sh --dev`` installs the pinned
 :data:`ORT_WEB_VERSION` under ``.web/``); :func:`find_runtime` also honours ``$ORT_WEB_DIR``.
 The model is the generator synthesis uses (the EMA one when the run has it): input ``x``
-(N, input_dim) laid out as :func:`infogan_cells.latent.to_input` does (z, one-hot codes,
+(N, input_dim) laid out as :func:`infogan_cells.model.latent.to_input` does (z, one-hot codes,
 continuous codes), output ``image`` (N, C, H, W) in [-1, 1].
 """
 
@@ -47,7 +47,7 @@ def find_runtime() -> Path | None:
     folder = (
         Path(env)
         if env
-        else Path(__file__).resolve().parents[1] / ".web" / "node_modules" / "onnxruntime-web" / "dist"
+        else Path(__file__).resolve().parents[2] / ".web" / "node_modules" / "onnxruntime-web" / "dist"
     )
     return folder if all((folder / name).is_file() for name in RUNTIME_FILES) else None
 

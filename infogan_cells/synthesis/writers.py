@@ -39,8 +39,8 @@ import h5py
 import numpy as np
 
 from infogan_cells._io import atomic_path
+from infogan_cells.data.h5ad import write_dataframe
 from infogan_cells.errors import InputError
-from infogan_cells.h5ad import write_dataframe
 
 log = logging.getLogger(__name__)
 

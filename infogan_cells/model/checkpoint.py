@@ -20,7 +20,7 @@ import torch
 from infogan_cells._io import atomic_path
 from infogan_cells.config import LatentSpec
 from infogan_cells.errors import ConfigError, InputError
-from infogan_cells.networks import Discriminator, Generator
+from infogan_cells.model.networks import Discriminator, Generator
 
 log = logging.getLogger(__name__)
 

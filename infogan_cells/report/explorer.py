@@ -2,7 +2,7 @@
 one for the noise seed, and watches the generated cell change, offline, from ``file://``.
 
 Live: when onnxruntime-web is installed (``./setup.sh --dev``) the generator is exported to ONNX
-and runs in the page (:mod:`infogan_cells.live`): smooth sliders, any noise seed, drawn on a
+and runs in the page (:mod:`infogan_cells.report.live`): smooth sliders, any noise seed, drawn on a
 canvas. The lattice below is always written too, and shown when the live generator is not
 available (the page says why).
 
@@ -16,12 +16,12 @@ the number of codes. Further categorical codes, if any, take the values the nois
 Files, all under ``report/``::
 
     explorer.html          the page (controls written here, so it is readable without scripts)
-    explorer.js            the static script (``report_assets/explorer.js``)
+    explorer.js            the static script (``report/assets/explorer.js``)
     explorer/index.js      the lattice's index, loaded with <script src> as a global
                            (``fetch`` is blocked on file:// pages)
     explorer/catKK.png     one sprite sheet per category, tiles in row-major order; tile
                            ``seed_index * n_points + point`` is at column ``t % cols``, row ``t // cols``
-    explorer/live.js       the live page's script (``report_assets/explorer-live.js``)
+    explorer/live.js       the live page's script (``report/assets/explorer-live.js``)
     explorer/model.js, explorer/ort/   the ONNX generator and the runtime (live only)
 
 The script shows a tile with CSS ``background-position`` on the sprite sheet.
@@ -43,12 +43,12 @@ import torch
 from PIL import Image
 
 from infogan_cells._io import atomic_path
-from infogan_cells.checkpoint import load_generator, resolve_device
 from infogan_cells.config import LatentSpec
 from infogan_cells.errors import InputError
-from infogan_cells.latent import Latent, sample_latent_by_seed, to_input
-from infogan_cells.live import LIVE_SCRIPTS, find_runtime, write_live_files
-from infogan_cells.report import (
+from infogan_cells.model.checkpoint import load_generator, resolve_device
+from infogan_cells.model.latent import Latent, sample_latent_by_seed, to_input
+from infogan_cells.report.live import LIVE_SCRIPTS, find_runtime, write_live_files
+from infogan_cells.report.pages import (
     REPORT_DIR,
     code_meaning,
     copy_assets,
@@ -247,7 +247,7 @@ def _write_live(G: torch.nn.Module, spec: LatentSpec, data_dir: Path) -> tuple[d
         else:
             from importlib import resources
 
-            text = (resources.files("infogan_cells") / "report_assets" / "explorer-live.js").read_text()
+            text = (resources.files("infogan_cells.report") / "assets" / "explorer-live.js").read_text()
             (data_dir / "live.js").write_text(text)
             return info, ""
     log.warning("explorer: no live generator: %s; the page shows the pictures rendered in advance", why)

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from infogan_cells.data.store import FORMAT as CROPS_FORMAT
+from infogan_cells.data.store import read_obs as read_crop_obs
 from infogan_cells.errors import InputError
-from infogan_cells.store import FORMAT as CROPS_FORMAT
-from infogan_cells.store import read_obs as read_crop_obs
-from infogan_cells.writers import FORMAT, OBS_COLUMNS, load_hdf5_plugins
+from infogan_cells.synthesis.writers import FORMAT, OBS_COLUMNS, load_hdf5_plugins
 
 __all__ = ["CropDataset", "SyntheticCells", "read_obs"]
 

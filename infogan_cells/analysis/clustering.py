@@ -84,13 +84,13 @@ def assign_with_q(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Q's category for each real crop.
 
-    D : a :class:`~infogan_cells.networks.Discriminator` (put in eval mode here);
+    D : a :class:`~infogan_cells.model.networks.Discriminator` (put in eval mode here);
     images : (N, H, W, C) uint8 crops as stored. Returns (categories (N,) int64,
     probabilities (N, K) float32) of categorical code ``code``.
     """
     import torch
 
-    from infogan_cells.augment import to_float
+    from infogan_cells.model.augment import to_float
 
     D.eval()
     dev = torch.device(device)

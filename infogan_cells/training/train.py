@@ -9,7 +9,7 @@
     loss.png               the loss curves
     resume.pt              optimisers, counters, RNG states, EMA, learned prior (every checkpoint_images;
                            removed once network-final.pt is written)
-    network-final.pt       G, EMA G, D+Q and meta (see :mod:`infogan_cells.checkpoint`); D's BatchNorm
+    network-final.pt       G, EMA G, D+Q and meta (see :mod:`infogan_cells.model.checkpoint`); D's BatchNorm
                            statistics are recomputed on the real crops first (Q in eval mode reads
                            real crops)
 
@@ -21,7 +21,7 @@ The whole crop set lives on the training device as one uint8 tensor; batches are
 and augmented as tensors, so no data loader or per-sample Python runs in the loop. Randomness
 comes from ``torch.Generator`` objects made from ``seed`` (never torch's global RNG).
 
-Checkpoint meta written here, beside what :func:`~infogan_cells.checkpoint.save_network` needs:
+Checkpoint meta written here, beside what :func:`~infogan_cells.model.checkpoint.save_network` needs:
 ``channel_names``, ``img_size``, ``category_prior`` (one probability list per categorical code:
 the learned prior, or uniform), ``category_labels`` (label names of categories 0..n-1 when
 semi-supervised, else empty), ``holdout`` (store rows kept out of training), ``images_seen``, ``seed``, ``config`` (resolved config YAML),
@@ -48,8 +48,11 @@ import torch.nn.functional as F
 import yaml
 
 from infogan_cells._io import atomic_path, write_text_atomic
-from infogan_cells.augment import augment_batch, is_identity, needs_float, to_float
-from infogan_cells.checkpoint import (
+from infogan_cells.config import AugmentConfig, LatentSpec, TrainConfig, dump_config, to_dict
+from infogan_cells.data.store import holdout_split, read_crop_store
+from infogan_cells.errors import ConfigError, InputError
+from infogan_cells.model.augment import augment_batch, is_identity, needs_float, to_float
+from infogan_cells.model.checkpoint import (
     FINAL_NAME,
     autocast,
     load_payload,
@@ -57,12 +60,16 @@ from infogan_cells.checkpoint import (
     resolve_precision,
     save_network,
 )
-from infogan_cells.config import AugmentConfig, LatentSpec, TrainConfig, dump_config, to_dict
-from infogan_cells.errors import ConfigError, InputError
-from infogan_cells.latent import Latent, latent_grid, sample_latent, to_input
-from infogan_cells.losses import DiscriminatorLoss, GeneratorLoss, InfoLoss, PairMILoss, SupervisedLoss, total
-from infogan_cells.networks import Discriminator, Generator, QOutput, init_weights
-from infogan_cells.store import holdout_split, read_crop_store
+from infogan_cells.model.latent import Latent, latent_grid, sample_latent, to_input
+from infogan_cells.model.losses import (
+    DiscriminatorLoss,
+    GeneratorLoss,
+    InfoLoss,
+    PairMILoss,
+    SupervisedLoss,
+    total,
+)
+from infogan_cells.model.networks import Discriminator, Generator, QOutput, init_weights
 
 __all__ = [
     "train",
@@ -534,7 +541,7 @@ def _snapshot(
     records: list[dict],
     device: torch.device,
 ) -> None:
-    from infogan_cells import plots
+    from infogan_cells.report import plots
 
     was_training = G.training
     G.eval()

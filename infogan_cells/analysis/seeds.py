@@ -30,7 +30,7 @@ from pathlib import Path
 
 from infogan_cells._io import write_json_atomic, write_text_atomic
 from infogan_cells.errors import InputError
-from infogan_cells.report import (
+from infogan_cells.report.pages import (
     AGREEMENT,
     copy_assets,
     esc,

@@ -22,7 +22,7 @@ For each source image:
    deviation match a reference: the image ``stain_reference`` or, by default,
    :data:`GIEMSA_REFERENCE`, measured on the six BBBC041 training smears after the default
    percentile normalisation. The image's statistics are measured after step 1.
-4. **QC** (:mod:`infogan_cells.qc`): ``qc_clipped``, ``qc_inside``, ``qc_n_cells``,
+4. **QC** (:mod:`infogan_cells.preprocess.qc`): ``qc_clipped``, ``qc_inside``, ``qc_n_cells``,
    ``qc_blur`` per crop; ``qc_size_ratio`` over the set. A box running past the image edge is
    kept and flagged (``qc_clipped``), failing only when less than half of it is inside.
 5. **Align** (``align``): rotate so the cell's major axis (``regionprops`` orientation of its
@@ -55,13 +55,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from infogan_cells import qc
 from infogan_cells.config import CropConfig, InputConfig
+from infogan_cells.data.readers import BOX_COLUMNS, ImageSource, pil_to_array, read_cells, segment_boxes
+from infogan_cells.data.store import REQUIRED_OBS, merge_summaries, read_crop_store, write_crop_store
 from infogan_cells.errors import InputError
-from infogan_cells.montage import write_qc_montages
+from infogan_cells.preprocess import qc
+from infogan_cells.preprocess.montage import write_qc_montages
 from infogan_cells.progress import track
-from infogan_cells.readers import BOX_COLUMNS, ImageSource, pil_to_array, read_cells, segment_boxes
-from infogan_cells.store import REQUIRED_OBS, merge_summaries, read_crop_store, write_crop_store
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ def stage(smk: Any) -> Iterator[Config]:
         import torch
 
         torch.set_num_threads(threads)
-    log = logging.getLogger(f"infogan_cells.workflow.{smk.rule}")
+    log = logging.getLogger(f"infogan_cells.pipeline.{smk.rule}")
     try:
         yield from_mapping(Config, smk.config)
     except InputError as err:

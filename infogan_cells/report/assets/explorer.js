@@ -1,6 +1,6 @@
 /* infogan-cells cell explorer.
  *
- * The images were generated in advance (see infogan_cells/explorer.py); explorer/index.js sets
+ * The images were generated in advance (see infogan_cells/report/explorer.py); explorer/index.js sets
  * window.INFOGAN_EXPLORER, the lattice's index. This script only picks a tile of a category's
  * sprite sheet and shows it with CSS background-position. No network access, no fetch(), so it
  * works from file://.

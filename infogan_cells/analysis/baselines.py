@@ -19,7 +19,7 @@ import pandas as pd
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 
-from infogan_cells.metrics import label_scores
+from infogan_cells.analysis.metrics import label_scores
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def cluster_1d(values: np.ndarray, k: int) -> np.ndarray | None:
 def best_single_feature(features: pd.DataFrame, labels: np.ndarray, k: int) -> dict:
     """The feature of ``features`` (one row per crop) whose k clusters agree best with ``labels``.
 
-    Returns the label measures of :func:`~infogan_cells.metrics.label_scores` for the chosen
+    Returns the label measures of :func:`~infogan_cells.analysis.metrics.label_scores` for the chosen
     feature, plus ``feature`` (its column, ``log <column>`` when its logarithm won), ``chosen_by``
     (``"nmi"``, with the labels) and ``candidates`` (every feature tried and its NMI). Every
     value is ``None`` without labels or without a feature that can be split.

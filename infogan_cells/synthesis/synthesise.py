@@ -6,7 +6,7 @@
 per-category TIFF stacks of the whole set.
 
 The seed is a sample's identity. Sample ``k`` (a global index, from 0) is drawn from seed
-``config.seed + k`` (:func:`~infogan_cells.latent.sample_latent_by_seed`); its category and,
+``config.seed + k`` (:func:`~infogan_cells.model.latent.sample_latent_by_seed`); its category and,
 with ``continuous="grid"``, its continuous codes follow from ``k`` alone. Its pixels are then
 bit-identical whatever ``batch_size``, the shard layout or the number of jobs and threads, on a
 given device type and software stack, because the generator only ever runs on fixed-size
@@ -53,20 +53,20 @@ import torch
 import yaml
 
 from infogan_cells import __version__
-from infogan_cells.augment import to_float
-from infogan_cells.checkpoint import (
+from infogan_cells.config import CropConfig, LatentSpec, SynthConfig, from_mapping, to_dict
+from infogan_cells.errors import ConfigError, InputError
+from infogan_cells.model.augment import to_float
+from infogan_cells.model.checkpoint import (
     file_sha256,
     load_discriminator,
     load_generator,
     network_path,
     resolve_device,
 )
-from infogan_cells.config import CropConfig, LatentSpec, SynthConfig, from_mapping, to_dict
-from infogan_cells.errors import ConfigError, InputError
-from infogan_cells.latent import Latent, sample_latent_by_seed, to_input
-from infogan_cells.networks import Discriminator, Generator
+from infogan_cells.model.latent import Latent, sample_latent_by_seed, to_input
+from infogan_cells.model.networks import Discriminator, Generator
 from infogan_cells.progress import progress
-from infogan_cells.writers import (
+from infogan_cells.synthesis.writers import (
     DRAW_STRIDE,
     FORMAT,
     FORMAT_VERSION,
@@ -701,7 +701,7 @@ def stack_plans(
 
 
 def _shard_attrs(path: Path) -> dict:
-    from infogan_cells.validate import validate_file
+    from infogan_cells.synthesis.validate import validate_file
 
     problems = validate_file(path)
     if problems:

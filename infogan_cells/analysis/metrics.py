@@ -1,7 +1,7 @@
 """How well categories match labels, and what continuous codes correlate with.
 
 Categories against labels: the contingency table, the agreement measures of
-:mod:`infogan_cells.clustering` (Hungarian accuracy, where with more categories than labels the
+:mod:`infogan_cells.analysis.clustering` (Hungarian accuracy, where with more categories than labels the
 unmatched categories count as wrong; NMI; ARI; many-to-one purity) and each category's purity.
 Only crops with a label take part; with none, every measure is ``None``.
 
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from infogan_cells.clustering import agreement
+from infogan_cells.analysis.clustering import agreement
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Layout (documented in ``docs/hdf5.md``)::
     /images            (N, H, W, C) uint8, one crop per chunk, gzip; attrs axes="NYXC",
                        channel_names
     /obs/<column>      (N,) one dataset per metadata column; strings are UTF-8; the group
-                       carries AnnData's dataframe encoding (infogan_cells.h5ad), so
+                       carries AnnData's dataframe encoding (infogan_cells.data.h5ad), so
                        ``anndata.io.read_elem(f["obs"])`` reads it
     attrs              format="infogan-cells/crops", format_version, summary (JSON), config (YAML)
 
@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from infogan_cells._io import atomic_path
+from infogan_cells.data.h5ad import read_dataframe, write_dataframe
 from infogan_cells.errors import InputError
-from infogan_cells.h5ad import read_dataframe, write_dataframe
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ file), ``min_row``, ``min_col``, ``max_row``, ``max_col`` (pixels, max exclusive
              the CSV's folder.
 ``folder``   single-cell images (PNG, JPG, TIF); the first sub-folder is the label, loose
              files are unlabelled. With ``segment=True``: whole images (or one image file)
-             whose boxes come from :func:`infogan_cells.segment.segment_cells`.
+             whose boxes come from :func:`infogan_cells.preprocess.segment.segment_cells`.
 ``tiff``     a folder of multi-channel TIFFs, one cell each (imaging flow cytometry exports);
              channels first or last, any bit depth.
 ``npz``      ``images`` (N, C, H, W) or (N, H, W), optional ``labels`` (indices into
@@ -114,7 +114,7 @@ class CellSource:
 
 def segment_boxes(image: np.ndarray, source: int = 0) -> pd.DataFrame:
     """A box table (unlabelled) of the cells found in ``image`` (M, N[, C]) by segmentation."""
-    from infogan_cells.segment import segment_cells
+    from infogan_cells.preprocess.segment import segment_cells
 
     found = segment_cells(image)
     rows = [

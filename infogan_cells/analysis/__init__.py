@@ -1,0 +1,1 @@
+"""What a trained InfoGAN learned: agreement, codes, morphology, quality, seeds."""

@@ -1,0 +1,1 @@
+"""The InfoGAN itself: latent space, networks, losses, augmentation, checkpoints."""

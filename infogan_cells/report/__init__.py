@@ -1,0 +1,1 @@
+"""HTML pages and figures: shared helpers, the analysis report, the explorer, plots."""

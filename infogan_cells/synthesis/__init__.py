@@ -1,0 +1,1 @@
+"""Bulk synthesis: generation by seed, writers by format, validation."""
