@@ -55,7 +55,7 @@ from infogan_cells.analysis.seeds import information_score  # noqa: E402
 from infogan_cells.config import load_config, parse_set_option  # noqa: E402
 from infogan_cells.data.store import read_crop_store, write_crop_store  # noqa: E402
 from infogan_cells.model.checkpoint import load_discriminator  # noqa: E402
-from infogan_cells.training.train import train  # noqa: E402
+from infogan_cells.training.loop import train  # noqa: E402
 
 log = logging.getLogger("clustering_agreement")
 

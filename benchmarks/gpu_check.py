@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import json
 import os
@@ -41,13 +42,16 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import infogan_cells.training.train as train_mod  # noqa: E402
+import infogan_cells.training.loop as train_mod  # noqa: E402
 from infogan_cells.config import CropConfig, InputConfig, SimulateConfig, SynthConfig, load_config  # noqa: E402
 from infogan_cells.data.simulate import simulate_smears  # noqa: E402
 from infogan_cells.data.store import read_crop_store, write_crop_store  # noqa: E402
 from infogan_cells.model.latent import sample_latent_by_seed, to_input  # noqa: E402
 from infogan_cells.preprocess.crop import crop  # noqa: E402
 from infogan_cells.synthesis.synthesise import gather, generate, synthesise  # noqa: E402
+from infogan_cells.training.averaging import effective_prior, ema_update, update_prior  # noqa: E402
+from infogan_cells.training.data import Batches, load_crops  # noqa: E402
+from infogan_cells.training.step import InfoGANStep, build_networks, build_optimizers  # noqa: E402
 from infogan_cells.training.syncs import HostSyncCounter  # noqa: E402
 
 
@@ -158,30 +162,30 @@ def smoke(store: Path, work: Path, dev: str, toy: bool, precision: str) -> dict:
 
 def step_parts(config, crops_store: Path, dev: torch.device, img_size: int | None = None):
     """Networks, optimisers, the step and the batch source on ``dev``, as train() builds them."""
-    crops = train_mod.load_crops(crops_store, config, dev, torch.Generator().manual_seed(0))
+    crops = load_crops(crops_store, config, dev, torch.Generator().manual_seed(0))
     if img_size is not None and crops.img_size != img_size:
         raise ValueError(f"crops are {crops.img_size} px, wanted {img_size}")
-    G, D = train_mod.build_networks(
+    G, D = build_networks(
         config.latent, crops.img_size, crops.images.shape[1], config, torch.Generator().manual_seed(0)
     )
     G.to(dev), D.to(dev)
     if dev.type == "cuda":
         G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-    opt_G, opt_D = train_mod.build_optimizers(G, D, config, dev)
-    step = train_mod.InfoGANStep(G, D, opt_G, opt_D, config.latent, config, dev)
+    opt_G, opt_D = build_optimizers(G, D, config, dev)
+    step = InfoGANStep(G, D, opt_G, opt_D, config.latent, config, dev)
     gen = torch.Generator(device=dev).manual_seed(1)
-    batches = train_mod._Batches(crops, config, gen, torch.Generator(device=dev).manual_seed(2))
-    G_ema = train_mod.copy.deepcopy(G).requires_grad_(False)
+    batches = Batches(crops, config, gen, torch.Generator(device=dev).manual_seed(2))
+    G_ema = copy.deepcopy(G).requires_grad_(False)
     prior = [torch.full((k,), 1.0 / k, device=dev) for k in config.latent.categorical]
 
     def one_step():
         learned = config.prior == "learned"
         real, sup = batches.real()
-        latent = batches.latent(train_mod.effective_prior(prior, config.prior_floor) if learned else None)
+        latent = batches.latent(effective_prior(prior, config.prior_floor) if learned else None)
         terms, q_real = step(real, latent, sup, want_q_real=learned, generator=gen)
-        train_mod.ema_update(G_ema, G, 0.999)
+        ema_update(G_ema, G, 0.999)
         if q_real is not None:
-            train_mod.update_prior(prior, q_real, config.prior_momentum)
+            update_prior(prior, q_real, config.prior_momentum)
         return terms
 
     return one_step

@@ -2,7 +2,7 @@
 
 In one run:
 
-1. **Throughput.** Images/s of ``infogan_cells.training.train.train`` itself (read from its stats.jsonl,
+1. **Throughput.** Images/s of ``infogan_cells.training.loop.train`` itself (read from its stats.jsonl,
    first tick dropped as warm-up) and of a plain reference loop: a ``DataLoader`` with per-sample
    transforms, fp32 eager, default Adam, the same networks, losses and batch size. Both do the
    same math (InfoGAN losses, random flips); ours is also timed with the whole digits preset
@@ -52,7 +52,8 @@ from infogan_cells.model.checkpoint import resolve_device  # noqa: E402
 from infogan_cells.model.latent import sample_latent, to_input  # noqa: E402
 from infogan_cells.model.losses import InfoLoss  # noqa: E402
 from infogan_cells.model.networks import Discriminator, Generator, init_weights  # noqa: E402
-from infogan_cells.training import train as train_mod  # noqa: E402
+from infogan_cells.training import loop as train_mod  # noqa: E402
+from infogan_cells.training.step import InfoGANStep, build_networks, build_optimizers  # noqa: E402
 
 log = logging.getLogger("train_throughput")
 
@@ -202,11 +203,11 @@ def ours_throughput(
 def step_flops(config: TrainConfig, size: int, channels: int, device: torch.device) -> float:
     """FLOPs per image of one InfoGANStep (forward and backward of D and G, as counted by torch)."""
     spec = config.latent
-    G, D = train_mod.build_networks(spec, size, channels, config, torch.Generator().manual_seed(0))
+    G, D = build_networks(spec, size, channels, config, torch.Generator().manual_seed(0))
     G.to(device)
     D.to(device)
-    opt_G, opt_D = train_mod.build_optimizers(G, D, config, device)
-    step = train_mod.InfoGANStep(G, D, opt_G, opt_D, spec, config, device)
+    opt_G, opt_D = build_optimizers(G, D, config, device)
+    step = InfoGANStep(G, D, opt_G, opt_D, spec, config, device)
     b = config.batch_size
     real = torch.rand(b, channels, size, size, device=device) * 2 - 1
     latent = sample_latent(spec, b, generator=torch.Generator().manual_seed(0), device=device)

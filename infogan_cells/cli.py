@@ -109,7 +109,7 @@ def cmd_list_images(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     cfg = _load(args, device={"device": args.device})
-    from infogan_cells.training.train import train
+    from infogan_cells.training.loop import train
 
     out = Path(args.out)
     blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)

@@ -22,7 +22,7 @@ from infogan_cells.analysis.clustering import assign_with_q
 from infogan_cells.config import LatentSpec, TrainConfig
 from infogan_cells.data.store import write_crop_store
 from infogan_cells.model.checkpoint import load_discriminator
-from infogan_cells.training.train import train
+from infogan_cells.training.loop import train
 
 SIZE = 16
 TOTAL_IMAGES = 32_000

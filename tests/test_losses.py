@@ -19,7 +19,7 @@ from infogan_cells.model.losses import (
     total,
 )
 from infogan_cells.model.networks import LOG_SIGMA_MIN, QOutput
-from infogan_cells.training.train import InfoGANStep, build_networks, build_optimizers, q_of_features
+from infogan_cells.training.step import InfoGANStep, build_networks, build_optimizers, q_of_features
 
 SPEC = LatentSpec(z_dim=4, categorical=[3], n_continuous=2)
 

@@ -10,7 +10,7 @@ from infogan_cells.config import LatentSpec, TrainConfig
 from infogan_cells.model.checkpoint import load_discriminator, load_generator, save_network
 from infogan_cells.model.latent import sample_latent, to_input
 from infogan_cells.model.networks import Discriminator, Generator, init_weights
-from infogan_cells.training.train import build_networks
+from infogan_cells.training.step import build_networks
 
 SPEC = LatentSpec(z_dim=6, categorical=[4], n_continuous=2)
 

@@ -7,6 +7,7 @@ reported by CUDA itself) sits behind the ``gpu`` marker.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import subprocess
@@ -19,15 +20,18 @@ import pandas as pd
 import pytest
 import torch
 
-import infogan_cells.training.train as train_mod
+import infogan_cells.training.step as step_mod
 from infogan_cells.cli import main as cli_main
 from infogan_cells.config import LatentSpec, TrainConfig, load_config
 from infogan_cells.data.store import write_crop_store
 from infogan_cells.errors import ConfigError
 from infogan_cells.model.checkpoint import resolve_precision
 from infogan_cells.model.latent import sample_latent
+from infogan_cells.training.averaging import effective_prior, ema_update, update_prior
+from infogan_cells.training.data import Batches, load_crops
+from infogan_cells.training.loop import train
+from infogan_cells.training.step import InfoGANStep, build_networks, build_optimizers
 from infogan_cells.training.syncs import HostSyncCounter
-from infogan_cells.training.train import InfoGANStep, build_networks, build_optimizers, train
 
 PRESETS = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "config").glob("*.yaml"))
 
@@ -120,13 +124,13 @@ def test_bf16_changes_the_arithmetic_and_keeps_losses_q_and_augmentation_in_fp32
     config = preset_train_config("config.yaml")
     spec = config.latent
     seen: dict[str, set] = {"augment_in": set(), "q_last_in": set(), "q_last_out": set(), "trunk_out": set()}
-    augment = train_mod.augment_batch
+    augment = step_mod.augment_batch
 
     def recording_augment(x, cfg, generator):
         seen["augment_in"].add(x.dtype)
         return augment(x, cfg, generator)
 
-    monkeypatch.setattr(train_mod, "augment_batch", recording_augment)
+    monkeypatch.setattr(step_mod, "augment_batch", recording_augment)
 
     def run_step(precision: str) -> dict[str, torch.Tensor]:
         G, D = build_networks(spec, 32, 3, config, torch.Generator().manual_seed(0))
@@ -221,24 +225,24 @@ def test_a_training_step_makes_no_host_sync_on_cuda(tmp_path):
     dev = torch.device("cuda")
     config = preset_train_config("config.yaml", prior="learned", prior_warmup=0.0)
     store = random_store(tmp_path / "crops.h5")
-    crops = train_mod.load_crops(store, config, dev, torch.Generator().manual_seed(0))
+    crops = load_crops(store, config, dev, torch.Generator().manual_seed(0))
     G, D = build_networks(config.latent, 32, 3, config, torch.Generator().manual_seed(0))
     G.to(dev), D.to(dev)
     opt_G, opt_D = build_optimizers(G, D, config, dev)
     step = InfoGANStep(G, D, opt_G, opt_D, config.latent, config, dev)
     gen = torch.Generator(device=dev).manual_seed(0)
-    batches = train_mod._Batches(crops, config, gen, torch.Generator(device=dev).manual_seed(1))
+    batches = Batches(crops, config, gen, torch.Generator(device=dev).manual_seed(1))
     prior = [torch.full((k,), 1.0 / k, device=dev) for k in config.latent.categorical]
-    G_ema = train_mod.copy.deepcopy(G)
+    G_ema = copy.deepcopy(G)
     for i in range(3):
         if i == 1:
             torch.cuda.set_sync_debug_mode("error")
         try:
             real, sup = batches.real()
-            latent = batches.latent(train_mod.effective_prior(prior, config.prior_floor))
+            latent = batches.latent(effective_prior(prior, config.prior_floor))
             _, q_real = step(real, latent, sup, want_q_real=True, generator=gen)
-            train_mod.ema_update(G_ema, G, 0.99)
-            train_mod.update_prior(prior, q_real, 0.9)
+            ema_update(G_ema, G, 0.99)
+            update_prior(prior, q_real, 0.9)
         finally:
             torch.cuda.set_sync_debug_mode(0)
 
@@ -273,7 +277,7 @@ def test_loading_crops_costs_about_their_own_size_in_host_memory(tmp_path):
     code = textwrap.dedent(f"""
         import resource, sys, json, torch
         from infogan_cells.config import TrainConfig
-        from infogan_cells.training.train import load_crops, LOAD_BLOCK_BYTES
+        from infogan_cells.training.data import load_crops, LOAD_BLOCK_BYTES
         from infogan_cells.data.store import read_crop_store
         read_crop_store({str(store)!r}, load_images=False)  # warm up the imports and the obs reader
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -100,7 +100,7 @@ def test_training_progress_in_a_log_file_is_lines_not_carriage_returns(tmp_path,
 
     from infogan_cells.config import AugmentConfig, LatentSpec, TrainConfig
     from infogan_cells.data.store import write_crop_store
-    from infogan_cells.training.train import train
+    from infogan_cells.training.loop import train
 
     n = 16
     images = np.zeros((n, 16, 16, 1), np.uint8)

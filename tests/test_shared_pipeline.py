@@ -23,7 +23,7 @@ from infogan_cells.data.store import holdout_split, read_crop_store
 from infogan_cells.preprocess.crop import crop
 from infogan_cells.synthesis.synthesise import gather, synthesise
 from infogan_cells.synthesis.validate import validate_file
-from infogan_cells.training.train import train
+from infogan_cells.training.loop import train
 
 pytestmark = pytest.mark.shared_data
 

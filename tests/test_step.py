@@ -21,7 +21,8 @@ from infogan_cells.model.augment import augment_batch
 from infogan_cells.model.latent import Latent, sample_latent, to_input
 from infogan_cells.model.losses import DiscriminatorLoss, GeneratorLoss, InfoLoss, PairMILoss, SupervisedLoss
 from infogan_cells.model.networks import QOutput
-from infogan_cells.training.train import InfoGANStep, build_networks, build_optimizers, ema_update
+from infogan_cells.training.averaging import ema_update
+from infogan_cells.training.step import InfoGANStep, build_networks, build_optimizers
 
 SPEC = LatentSpec(z_dim=4, categorical=[3], n_continuous=2)
 CPU = torch.device("cpu")
@@ -37,7 +38,7 @@ def _config(**kw) -> TrainConfig:
         d_channels=8,
         diff_augment=OFF,
         lambda_pair_mi=0.0,
-        bf16=False,
+        precision="fp32",
     )
     base.update(kw)
     return TrainConfig(**base)

@@ -22,8 +22,9 @@ from infogan_cells.data.store import write_crop_store
 from infogan_cells.errors import ConfigError, InputError
 from infogan_cells.model.augment import augment_batch, to_float, to_uint8
 from infogan_cells.model.checkpoint import load_generator
-from infogan_cells.training import train as train_mod
-from infogan_cells.training.train import effective_prior, train
+from infogan_cells.training import loop as train_mod
+from infogan_cells.training.averaging import effective_prior
+from infogan_cells.training.loop import train
 
 SPEC = LatentSpec(z_dim=4, categorical=[2], n_continuous=1)
 
@@ -222,7 +223,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     config = tiny_config(total_images=1600, checkpoint_images=400, tick_images=200, snapshot_images=800)
     whole = train(store, tmp_path / "whole", config, seed=2, device="cpu")
     code = (
-        "import sys; from infogan_cells.training.train import train; from infogan_cells.config import TrainConfig, "
+        "import sys; from infogan_cells.training.loop import train; from infogan_cells.config import TrainConfig, "
         "from_mapping; import yaml; "
         f"train({str(store)!r}, sys.argv[1], from_mapping(TrainConfig, yaml.safe_load(open(sys.argv[2]))), "
         "seed=2, device='cpu')"
@@ -563,7 +564,7 @@ def test_over_clustering_head_trains_with_the_iic_term_and_is_saved(store, tmp_p
 
 
 def test_diff_augment_needs_a_generator():
-    from infogan_cells.training.train import InfoGANStep, build_networks, build_optimizers
+    from infogan_cells.training.step import InfoGANStep, build_networks, build_optimizers
 
     config = tiny_config(diff_augment=AugmentConfig(rot90=False, flip=True, shift=0))
     G, D = build_networks(SPEC, 16, 1, config, torch.Generator().manual_seed(0))
@@ -590,7 +591,8 @@ def test_pair_mi_runs_in_the_loop(store, tmp_path):
 
 
 def test_batchnorm_recalibration_depends_only_on_the_real_crops():
-    from infogan_cells.training.train import build_networks, recalibrate_batchnorm
+    from infogan_cells.training.averaging import recalibrate_batchnorm
+    from infogan_cells.training.step import build_networks
 
     config = tiny_config()
     _, D1 = build_networks(SPEC, 16, 1, config, torch.Generator().manual_seed(0))

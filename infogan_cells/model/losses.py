@@ -3,7 +3,7 @@
 Each call returns a dict of 0-dim tensors named like ``Loss/D/adv`` or ``Loss/Q/cat``; the
 training loop adds up the ones it back-propagates and logs them all. Nothing here prints,
 steps an optimiser or knows which parameters a gradient reaches: that plumbing (whether the
-information loss trains D's shared trunk) lives in :mod:`infogan_cells.training.train`.
+information loss trains D's shared trunk) lives in :mod:`infogan_cells.training.step`.
 
 Known bugs of public InfoGAN ports that these losses avoid on purpose (see
 ``shared/notes/infogan-prior-art.md``):

@@ -1,11 +1,11 @@
-"""Snakemake wrapper: train one InfoGAN run (infogan_cells.training.train)."""
+"""Snakemake wrapper: train one InfoGAN run (infogan_cells.training.loop)."""
 
 from pathlib import Path
 
 import _checkout  # noqa: F401  (this checkout's infogan_cells)
 
 from infogan_cells.pipeline import stage
-from infogan_cells.training.train import train
+from infogan_cells.training.loop import train
 
 smk = snakemake  # noqa: F821
 with stage(smk) as cfg:

@@ -1,0 +1,192 @@
+"""One InfoGAN optimisation step, and the networks and optimisers it updates."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from infogan_cells.config import LatentSpec, TrainConfig
+from infogan_cells.model.augment import augment_batch, is_identity
+from infogan_cells.model.checkpoint import (
+    autocast,
+    resolve_precision,
+)
+from infogan_cells.model.latent import Latent, to_input
+from infogan_cells.model.losses import (
+    DiscriminatorLoss,
+    GeneratorLoss,
+    InfoLoss,
+    PairMILoss,
+    SupervisedLoss,
+    total,
+)
+from infogan_cells.model.networks import Discriminator, Generator, QOutput, init_weights
+
+log = logging.getLogger(__name__)
+
+
+def build_networks(
+    spec: LatentSpec, img_size: int, channels: int, config: TrainConfig, generator: torch.Generator
+) -> tuple[Generator, Discriminator]:
+    """G and D+Q, initialised from ``generator`` (torch's global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):  # module constructors draw default inits from it
+        G = Generator(spec, img_size=img_size, channels=channels, width=config.g_channels)
+        D = Discriminator(
+            spec,
+            img_size=img_size,
+            channels=channels,
+            width=config.d_channels,
+            spectral_norm=config.spectral_norm,
+            q_overcluster=config.q_overcluster,
+        )
+    init_weights(G, generator=generator)
+    init_weights(D, generator=generator)
+    return G, D
+
+
+def build_optimizers(
+    G: Generator, D: Discriminator, config: TrainConfig, device: torch.device
+) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """Adam for G, and Adam for all of D: trunk, D head and Q head.
+
+    Q sits in D's optimiser with the trunk, so whether the information loss trains the trunk is
+    decided by the graph (:func:`q_of_features`), never by an optimiser that leaves it out.
+    """
+    kw: dict[str, Any] = {"betas": (config.beta1, config.beta2)}
+    if device.type in ("cuda", "cpu"):
+        kw["fused"] = True  # one kernel for all parameters (CUDA; also implemented for CPU)
+    return (
+        torch.optim.Adam(G.parameters(), lr=config.lr_g, **kw),
+        torch.optim.Adam(D.parameters(), lr=config.lr_d, **kw),
+    )
+
+
+def q_of_features(D: Discriminator, h: torch.Tensor, train_trunk: bool) -> QOutput:
+    """Q's output on trunk features ``h``; with ``train_trunk`` False its loss stops at the Q head."""
+    return D.q_head(h if train_trunk else h.detach())
+
+
+class InfoGANStep:
+    """One optimisation step of D+Q, then of G, on a real batch and a latent batch.
+
+    D's step minimises the adversarial loss on real and fake, plus the information loss on the
+    fake batch (it trains Q, and D's shared trunk iff ``config.info_trains_trunk``), plus the
+    supervised loss on a separate batch of labelled real crops (semi-supervised runs). With
+    ``config.diff_augment`` every image D and Q see (real and fake, in both steps) goes through the
+    same random differentiable transforms first. G's step minimises its adversarial loss plus the
+    information loss (the paper's min_G max_D V - lambda I, both players sharing L_I).
+    Returns the named scalars (detached 0-dim tensors; nothing is synced to the host).
+    """
+
+    def __init__(
+        self,
+        G: torch.nn.Module,
+        D: torch.nn.Module,
+        opt_G: torch.optim.Optimizer,
+        opt_D: torch.optim.Optimizer,
+        spec: LatentSpec,
+        config: TrainConfig,
+        device: torch.device,
+    ):
+        self.G, self.D, self.opt_G, self.opt_D = G, D, opt_G, opt_D
+        self.spec, self.config, self.device = spec, config, device
+        self.d_loss = DiscriminatorLoss(config.loss)
+        self.g_loss = GeneratorLoss(config.loss)
+        self.info_loss = InfoLoss(config.lambda_cat, config.lambda_cont)
+        self.sup_loss = SupervisedLoss(config.lambda_sup)
+        self.pair_loss = PairMILoss(config.lambda_pair_mi, config.pair_mi_entropy)
+        self.precision = resolve_precision(config.precision, device)
+        self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        self._D_params = list(D.parameters())
+        # the callables (compiled on CUDA when asked); G and D stay the plain modules
+        self.G_fwd, self.trunk = G, D.trunk
+        if config.compile and device.type == "cuda":
+            self.G_fwd, self.trunk = torch.compile(G), torch.compile(D.trunk)
+        elif config.compile:
+            log.info("compile: ignored on %s (CUDA only)", device)
+
+    def __call__(
+        self,
+        real: torch.Tensor,
+        latent: Latent,
+        supervised: tuple[torch.Tensor, torch.Tensor] | None = None,
+        want_q_real: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> tuple[dict[str, torch.Tensor], QOutput | None]:
+        """``real`` (B, C, H, W) float in [-1, 1]; ``supervised`` (images, categories) a batch of labelled
+        real crops for Q's supervised loss; ``generator`` draws the differentiable augmentation."""
+        cfg, D, trunk = self.config, self.D, self.trunk
+        real = real.contiguous(memory_format=self.memory_format)
+        if is_identity(cfg.diff_augment):
+
+            def T(x: torch.Tensor) -> torch.Tensor:
+                return x
+        else:
+            if generator is None:
+                raise ValueError("diff_augment needs a generator")
+
+            def T(x: torch.Tensor) -> torch.Tensor:
+                return augment_batch(x, cfg.diff_augment, generator)
+
+        prec, pair = self.precision, cfg.lambda_pair_mi > 0
+        with autocast(self.device, prec):
+            # G's output in fp32 before augmentation: DiffAugment's resampling is then the same
+            # arithmetic for real and generated images (bf16 would quantise the fakes' grid only)
+            fake = self.G_fwd(to_input(self.spec, latent)).float()
+            # --- D and Q (both see T(real) and T(fake): DiffAugment)
+            h_real = trunk(T(real))
+            h_fake = trunk(T(fake.detach()))
+            real_logits = D.d_head(h_real).squeeze(1).float()
+            fake_logits = D.d_head(h_fake).squeeze(1).float()
+            q_fake = q_of_features(D, h_fake, cfg.info_trains_trunk)
+            q_real = q_of_features(D, h_real, cfg.info_trains_trunk) if want_q_real or pair else None
+            q_sup = q_view2 = None
+            if supervised is not None:
+                x_sup = supervised[0].contiguous(memory_format=self.memory_format)
+                q_sup = q_of_features(D, trunk(T(x_sup)), cfg.info_trains_trunk)
+            if pair:
+                q_view2 = q_of_features(D, trunk(T(real)), cfg.info_trains_trunk)
+        # every loss term in fp32, outside autocast
+        terms = self.d_loss(real_logits, fake_logits)
+        terms.update(self.info_loss(q_fake, latent))
+        d_total = total(terms, "Loss/D/adv", "Loss/Q/info")
+        if q_sup is not None:
+            terms.update(self.sup_loss(q_sup.cat_logits[0], supervised[1]))
+            d_total = d_total + terms["Loss/Q/sup"]
+        if pair:
+            terms.update(self.pair_loss(q_real.cat_logits[0], q_view2.cat_logits[0]))
+            d_total = d_total + terms["Loss/Q/pair_mi"]
+            if q_real.over_logits is not None:
+                over = self.pair_loss(q_real.over_logits, q_view2.over_logits)
+                terms["Loss/Q/pair_mi_over"], terms["MI/Q/pair_over"] = (
+                    over["Loss/Q/pair_mi"],
+                    over["MI/Q/pair"],
+                )
+                d_total = d_total + terms["Loss/Q/pair_mi_over"]
+        self.opt_D.zero_grad(set_to_none=True)
+        d_total.backward()
+        self.opt_D.step()
+        # --- G (D's weights need no gradient here: skip computing them)
+        for p in self._D_params:
+            p.requires_grad_(False)
+        with autocast(self.device, prec):
+            h = trunk(T(fake))
+            g_logits = D.d_head(h).squeeze(1).float()
+            q = D.q_head(h)
+        g_terms = self.g_loss(g_logits)
+        g_info = self.info_loss(q, latent)
+        self.opt_G.zero_grad(set_to_none=True)
+        (g_terms["Loss/G/adv"] + g_info["Loss/Q/info"]).backward()
+        self.opt_G.step()
+        for p in self._D_params:
+            p.requires_grad_(True)
+        terms.update(g_terms)
+        terms["Loss/G/info"] = g_info["Loss/Q/info"]
+        terms = {k: v.detach() for k, v in terms.items()}
+        if not want_q_real:
+            return terms, None
+        return terms, QOutput(
+            [t.detach() for t in q_real.cat_logits], q_real.cont_mu.detach(), q_real.cont_log_sigma.detach()
+        )
