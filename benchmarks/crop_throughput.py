@@ -33,6 +33,7 @@ import numpy as np
 from infogan_cells.config import CropConfig, InputConfig
 from infogan_cells.data.readers import BOX_COLUMNS, list_source_images, read_cells
 from infogan_cells.preprocess import crop as crop_module
+from infogan_cells.preprocess.source import Boxes, crop_source
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 INPUTS = {
@@ -59,7 +60,7 @@ def per_image(inputs: list[tuple[Path, list[str]]], cfg: CropConfig, repeats: in
         figures = {"n_images": 0, "n_cells": 0, "decode_s": 0.0, "per_image_s": 0.0}
         for i, source in enumerate(cells.sources):
             rows = cells.boxes.iloc[groups[i]]
-            boxes = crop_module._Boxes(
+            boxes = Boxes(
                 rows["source_index"].to_numpy(np.int64),
                 rows[list(BOX_COLUMNS)].to_numpy(np.float64),
                 rows["label"].to_numpy(dtype=object),
@@ -70,7 +71,7 @@ def per_image(inputs: list[tuple[Path, list[str]]], cfg: CropConfig, repeats: in
                 source.decode()
                 best_decode = min(best_decode, time.perf_counter() - t)
                 t = time.perf_counter()
-                result = crop_module._crop_source(source, boxes, False, cfg, None)
+                result = crop_source(source, boxes, False, cfg, None)
                 best_stage = min(best_stage, time.perf_counter() - t)
             figures["decode_s"] += best_decode
             figures["per_image_s"] += best_stage

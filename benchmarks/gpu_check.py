@@ -48,7 +48,9 @@ from infogan_cells.data.simulate import simulate_smears  # noqa: E402
 from infogan_cells.data.store import read_crop_store, write_crop_store  # noqa: E402
 from infogan_cells.model.latent import sample_latent_by_seed, to_input  # noqa: E402
 from infogan_cells.preprocess.crop import crop  # noqa: E402
-from infogan_cells.synthesis.synthesise import gather, generate, synthesise  # noqa: E402
+from infogan_cells.synthesis.gather import gather  # noqa: E402
+from infogan_cells.synthesis.generate import generate  # noqa: E402
+from infogan_cells.synthesis.synthesise import synthesise  # noqa: E402
 from infogan_cells.training.averaging import effective_prior, ema_update, update_prior  # noqa: E402
 from infogan_cells.training.data import Batches, load_crops  # noqa: E402
 from infogan_cells.training.step import InfoGANStep, build_networks, build_optimizers  # noqa: E402

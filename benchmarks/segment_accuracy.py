@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from skimage import io
 
-from infogan_cells.preprocess.segment import box_iou, match_boxes, segment_cells
+from infogan_cells.preprocess.box_match import box_iou, match_boxes
+from infogan_cells.preprocess.segment import segment_cells
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # (annotation file, segment_cells options). BBBC041's annotators left out cells cut by the

@@ -36,7 +36,8 @@ import torch
 from infogan_cells.config import LatentSpec, SynthConfig
 from infogan_cells.model.checkpoint import save_network
 from infogan_cells.model.networks import Discriminator, Generator, init_weights
-from infogan_cells.synthesis.synthesise import generate, synthesise
+from infogan_cells.synthesis.generate import generate
+from infogan_cells.synthesis.synthesise import synthesise
 
 
 def make_run(folder: Path) -> Path:

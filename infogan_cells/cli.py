@@ -159,7 +159,7 @@ def cmd_synthesise(args: argparse.Namespace) -> None:
 
 
 def cmd_gather_synthesis(args: argparse.Namespace) -> None:
-    from infogan_cells.synthesis.synthesise import gather
+    from infogan_cells.synthesis.gather import gather
 
     gather(args.shards, args.out, tiff_dir=args.tiff, overwrite=args.overwrite)
 

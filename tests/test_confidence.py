@@ -25,7 +25,9 @@ from infogan_cells.errors import ConfigError, InputError
 from infogan_cells.model.checkpoint import load_discriminator, load_generator, save_network
 from infogan_cells.model.latent import sample_latent_by_seed, to_input
 from infogan_cells.model.networks import Discriminator, Generator
-from infogan_cells.synthesis.synthesise import _passes, gather, generate, synthesise
+from infogan_cells.synthesis.gather import gather
+from infogan_cells.synthesis.generate import _passes, generate
+from infogan_cells.synthesis.synthesise import synthesise
 from infogan_cells.synthesis.validate import validate_file
 from infogan_cells.synthesis.writers import DRAW_STRIDE
 

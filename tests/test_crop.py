@@ -18,18 +18,15 @@ from infogan_cells.config import CropConfig, InputConfig
 from infogan_cells.data.readers import list_source_images
 from infogan_cells.data.store import read_crop_store
 from infogan_cells.preprocess import qc
-from infogan_cells.preprocess.crop import (
+from infogan_cells.preprocess.crop import OBS_COLUMNS, crop, merge_crops
+from infogan_cells.preprocess.normalise import (
     GIEMSA_REFERENCE,
-    OBS_COLUMNS,
-    align_cells,
     background_level,
-    crop,
-    crop_cells,
     lab_stats,
-    merge_crops,
     normalise,
     reinhard,
 )
+from infogan_cells.preprocess.windows import align_cells, crop_cells
 
 BACKGROUND = 220
 
@@ -273,10 +270,10 @@ def test_edge_box_is_clipped_flagged_and_kept(tmp_path):
 def test_mask_background_blanks_everything_but_the_cell():
     image, boxes = _two_disks()
     image[5:8, 5:8] = 0  # debris in the margin of the first crop
-    from infogan_cells.preprocess.crop import _mask_background
+    from infogan_cells.preprocess.windows import mask_background
 
     crops = crop_cells(image, boxes[:1], size=32, margin=0.5, background=[BACKGROUND] * 3)
-    masked = _mask_background(crops, np.array([BACKGROUND] * 3, np.uint8))
+    masked = mask_background(crops, np.array([BACKGROUND] * 3, np.uint8))
 
     assert (masked[0, 0:3, 0:3] == BACKGROUND).all()
     assert (masked[0, 16, 16] == crops[0, 16, 16]).all()

@@ -18,7 +18,8 @@ from infogan_cells.data.store import write_crop_store
 from infogan_cells.errors import InputError
 from infogan_cells.model.checkpoint import save_network
 from infogan_cells.model.networks import Discriminator, Generator
-from infogan_cells.synthesis.synthesise import gather, synthesise
+from infogan_cells.synthesis.gather import gather
+from infogan_cells.synthesis.synthesise import synthesise
 
 SPEC = LatentSpec(z_dim=4, categorical=[3], n_continuous=1)
 CONFIG = SynthConfig(n=24, batch_size=8, micro_batch=8)

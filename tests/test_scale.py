@@ -17,9 +17,11 @@ from skimage.draw import disk
 from infogan_cells.config import CropConfig, InputConfig, load_config
 from infogan_cells.data.store import read_crop_store
 from infogan_cells.errors import ConfigError, InputError
-from infogan_cells.preprocess.crop import crop, crop_windows
-from infogan_cells.synthesis.synthesise import crop_pixel_size
-from infogan_cells.synthesis.writers import Batch, StackPlan, TiffStackWriter
+from infogan_cells.preprocess.crop import crop
+from infogan_cells.preprocess.windows import crop_windows
+from infogan_cells.synthesis.gather import crop_pixel_size
+from infogan_cells.synthesis.tiff import StackPlan, TiffStackWriter
+from infogan_cells.synthesis.writers import Batch
 
 BACKGROUND = 220
 RADII = (8, 16)
@@ -177,7 +179,8 @@ def test_synthesis_carries_the_crop_pixel_size_into_hdf5_and_tiff(tmp_path):
     from test_synthesise import make_run
 
     from infogan_cells.config import SynthConfig
-    from infogan_cells.synthesis.synthesise import gather, synthesise
+    from infogan_cells.synthesis.gather import gather
+    from infogan_cells.synthesis.synthesise import synthesise
 
     config_text = yaml.safe_dump({"crop": {"size": 16, "window_px": 40, "pixel_size_um": 0.2}})
     run = make_run(tmp_path / "run", meta={"config": config_text})

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from skimage import draw, io
 
-from infogan_cells.preprocess.segment import box_iou, label_cells, match_boxes, segment_cells
+from infogan_cells.preprocess.box_match import box_iou, match_boxes
+from infogan_cells.preprocess.segment import label_cells, segment_cells
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RADIUS = 12

@@ -21,7 +21,8 @@ from infogan_cells.analysis.quality import cnn_accuracy
 from infogan_cells.config import load_config
 from infogan_cells.data.store import holdout_split, read_crop_store
 from infogan_cells.preprocess.crop import crop
-from infogan_cells.synthesis.synthesise import gather, synthesise
+from infogan_cells.synthesis.gather import gather
+from infogan_cells.synthesis.synthesise import synthesise
 from infogan_cells.synthesis.validate import validate_file
 from infogan_cells.training.loop import train
 

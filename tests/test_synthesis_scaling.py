@@ -10,7 +10,8 @@ import torch
 
 from infogan_cells.config import LatentSpec
 from infogan_cells.model.latent import sample_latent_by_seed, seed_uniforms
-from infogan_cells.synthesis.writers import Batch, HDF5Writer, chunk_images, compression_threads
+from infogan_cells.synthesis.hdf5 import HDF5Writer
+from infogan_cells.synthesis.writers import Batch, chunk_images, compression_threads
 
 
 def batches(n: int, sizes: list[int], shape=(16, 16, 3)):

@@ -31,9 +31,13 @@ from infogan_cells.errors import InputError
 from infogan_cells.model.checkpoint import file_sha256, load_generator, save_network
 from infogan_cells.model.latent import to_input
 from infogan_cells.model.networks import Discriminator, Generator
-from infogan_cells.synthesis.synthesise import forward, gather, make_plan, sample_latents, synthesise
+from infogan_cells.synthesis.gather import gather
+from infogan_cells.synthesis.generate import forward, sample_latents
+from infogan_cells.synthesis.hdf5 import HDF5Writer
+from infogan_cells.synthesis.plan import make_plan
+from infogan_cells.synthesis.synthesise import synthesise
+from infogan_cells.synthesis.tiff import image_tiff_path
 from infogan_cells.synthesis.validate import validate_file
-from infogan_cells.synthesis.writers import HDF5Writer, image_tiff_path
 
 SPEC = LatentSpec(z_dim=8, categorical=[4], n_continuous=2)
 PRIOR = [0.1, 0.2, 0.3, 0.4]
@@ -480,7 +484,7 @@ def test_a_killed_job_leaves_no_partial_file_and_the_rerun_gives_the_same_bytes(
         import os, signal
         from infogan_cells.config import SynthConfig
         from infogan_cells.synthesis.synthesise import synthesise
-        from infogan_cells.synthesis.writers import HDF5Writer
+        from infogan_cells.synthesis.hdf5 import HDF5Writer
         original = HDF5Writer.write
         def write_then_die(self, batch):
             original(self, batch)

@@ -13,18 +13,15 @@ import pytest
 import tifffile
 
 from infogan_cells.errors import InputError
-from infogan_cells.synthesis.writers import (
-    BackgroundWriter,
-    Batch,
-    HDF5Writer,
-    MultiWriter,
+from infogan_cells.synthesis.hdf5 import HDF5Writer
+from infogan_cells.synthesis.tiff import (
     StackPlan,
     TiffImageWriter,
     TiffStackWriter,
-    Writer,
     image_tiff_path,
     stack_name,
 )
+from infogan_cells.synthesis.writers import BackgroundWriter, Batch, MultiWriter, Writer
 
 SHAPE = (8, 8, 3)
 

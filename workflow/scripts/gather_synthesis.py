@@ -5,7 +5,7 @@ from pathlib import Path
 import _checkout  # noqa: F401  (this checkout's infogan_cells)
 
 from infogan_cells.pipeline import stage
-from infogan_cells.synthesis.synthesise import gather
+from infogan_cells.synthesis.gather import gather
 
 smk = snakemake  # noqa: F821
 with stage(smk) as cfg:
