@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from infogan_cells.config import CropConfig, InputConfig
-from infogan_cells.data.readers import BOX_COLUMNS, list_source_images, read_cells
+from infogan_cells.data.cells import BOX_COLUMNS
+from infogan_cells.data.readers import list_source_images, read_cells
 from infogan_cells.preprocess import crop as crop_module
 from infogan_cells.preprocess.source import Boxes, crop_source
 

@@ -8,25 +8,25 @@ import re
 import numpy as np
 import pytest
 
-from infogan_cells.analysis import quality as q
-from infogan_cells.analysis.analyse import classifier_scores
+from infogan_cells.analysis import quality
+from infogan_cells.analysis.synthetic import classifier_scores
 
 
 def test_a_majority_class_classifier_scores_one_over_k():
     y = np.repeat(["rbc", "ring", "schizont"], [80, 15, 5])
     always = np.full(100, "rbc")
     assert (always == y).mean() == pytest.approx(0.8)  # what plain accuracy says
-    assert q.balanced_accuracy(y, always) == pytest.approx(1 / 3)
-    assert q.balanced_accuracy(y, y) == 1.0
+    assert quality.balanced_accuracy(y, always) == pytest.approx(1 / 3)
+    assert quality.balanced_accuracy(y, y) == 1.0
     # one class of three wholly right, the others half right
     pred = y.copy()
     pred[80:88] = "rbc"
     pred[95:97] = "ring"
     assert pred[80:95].tolist().count("ring") == 7 and pred[95:].tolist().count("schizont") == 3
-    assert q.balanced_accuracy(y, pred) == pytest.approx((1 + 7 / 15 + 3 / 5) / 3)
-    assert q.balanced_accuracy(y[:0], y[:0]) is None
+    assert quality.balanced_accuracy(y, pred) == pytest.approx((1 + 7 / 15 + 3 / 5) / 3)
+    assert quality.balanced_accuracy(y[:0], y[:0]) is None
     with pytest.raises(ValueError, match="differ in shape"):
-        q.balanced_accuracy(y, y[:3])
+        quality.balanced_accuracy(y, y[:3])
 
 
 def crops(n: int, level: np.ndarray, rng: np.random.Generator, size: int = 8) -> np.ndarray:

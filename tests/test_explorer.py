@@ -17,8 +17,8 @@ from infogan_cells.model.checkpoint import save_network
 from infogan_cells.model.latent import Latent, sample_latent_by_seed, to_input
 from infogan_cells.model.networks import Discriminator, Generator
 from infogan_cells.report import explorer
-from infogan_cells.report.explorer import lattice, pack_sprite, to_rgb, write_explorer
-from infogan_cells.report.pages import write_report
+from infogan_cells.report.explorer import lattice, pack_sprite, to_rgb
+from infogan_cells.report.pages import write_explorer, write_report
 
 
 def make_run(

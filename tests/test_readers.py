@@ -14,13 +14,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from infogan_cells.data.readers import (
-    BOX_TABLE_COLUMNS,
-    detect_format,
-    list_source_images,
-    load_tiff,
-    read_cells,
-)
+from infogan_cells.data.cells import BOX_TABLE_COLUMNS
+from infogan_cells.data.images import load_tiff
+from infogan_cells.data.readers import detect_format, list_source_images, read_cells
 
 
 def _png(path: Path, shape=(40, 50, 3), value=200) -> Path:

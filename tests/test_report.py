@@ -13,7 +13,8 @@ from PIL import Image
 
 from infogan_cells.errors import InputError
 from infogan_cells.report import pages as report
-from infogan_cells.report.pages import read_analysis, write_report
+from infogan_cells.report.folder import read_analysis
+from infogan_cells.report.pages import write_report
 
 LABELS = ["ring", "trophozoite", "<b>RBC</b> & co"]
 

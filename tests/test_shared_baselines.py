@@ -10,9 +10,10 @@ import sys
 import pandas as pd
 import pytest
 
-from infogan_cells.analysis.analyse import _pixels, kmeans_scores
 from infogan_cells.analysis.baselines import best_single_feature
+from infogan_cells.analysis.codes import kmeans_scores
 from infogan_cells.analysis.morphology import foreground_mask, intensity_features, measure_morphology
+from infogan_cells.analysis.synthetic import flat_pixels
 from infogan_cells.data.store import read_crop_store
 
 pytestmark = pytest.mark.shared_data
@@ -60,4 +61,4 @@ def test_the_best_single_feature_is_the_known_rule(name, shared_data, repo_root,
     best = best_single_feature(features.drop(columns="orientation"), cs.labels, k)
     assert expected in best["feature"]
     assert best["nmi"] >= least_nmi and best["purity"] >= least_purity
-    assert best["nmi"] > kmeans_scores(_pixels(cs.images), cs.labels, k)["nmi"]
+    assert best["nmi"] > kmeans_scores(flat_pixels(cs.images), cs.labels, k)["nmi"]

@@ -39,26 +39,30 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
-from sklearn.cluster import KMeans
-from sklearn.decomposition import PCA
-from sklearn.exceptions import ConvergenceWarning
 
 from infogan_cells._io import atomic_path, write_json_atomic
-from infogan_cells.analysis import quality as q
 from infogan_cells.analysis.baselines import best_single_feature
+from infogan_cells.analysis.codes import (
+    assign,
+    category_map,
+    generate,
+    kmeans_scores,
+    save_sample_grid,
+    traverse,
+    with_category,
+    write_cells,
+)
 from infogan_cells.analysis.metrics import (
     category_summary,
     contingency_table,
     label_scores,
     name_codes,
-    spearman_table,
 )
 from infogan_cells.analysis.morphology import (
     FEATURES,
@@ -66,24 +70,18 @@ from infogan_cells.analysis.morphology import (
     intensity_features,
     measure_morphology,
 )
-from infogan_cells.config import AnalyseConfig, LatentSpec
-from infogan_cells.data.h5ad import write_h5ad
+from infogan_cells.analysis.synthetic import flat_pixels, standardise, synthetic_quality
+from infogan_cells.config import AnalyseConfig
 from infogan_cells.data.store import holdout_split, read_crop_store
 from infogan_cells.errors import InputError
-from infogan_cells.model.augment import to_uint8
 from infogan_cells.model.checkpoint import load_discriminator, load_generator, resolve_device
-from infogan_cells.model.latent import Latent, sample_latent, to_input
+from infogan_cells.model.latent import sample_latent
 from infogan_cells.progress import progress
-from infogan_cells.report.plots import image_grid, save_gif, save_grid
 
 log = logging.getLogger(__name__)
 
 GRID_SIDE = 6  # samples/ grids are GRID_SIDE x GRID_SIDE
-TRAVERSAL_ROWS = 5
-MIN_TILE = 64  # small crops are enlarged to this many pixels in figures
 HIST_FEATURES = ("area", "eccentricity", "intensity", "focus")
-# Above this many pixel values k-means on pixels runs on 50 principal components instead.
-PIXEL_KMEANS_LIMIT = 20_000_000
 STEPS = ("assign", "traversals", "quality", "figures", "report")  # progress of an analysis
 
 
@@ -161,8 +159,8 @@ def _analyse(
         uns={"run": str(run_dir), "crops": str(crops_path)},
     )
     baselines = {
-        "kmeans_pixels": kmeans_scores(_pixels(images), labels, n_cat),
-        "kmeans_morphology": kmeans_scores(_standardise(real_morph[list(FEATURES)])[0], labels, n_cat),
+        "kmeans_pixels": kmeans_scores(flat_pixels(images), labels, n_cat),
+        "kmeans_morphology": kmeans_scores(standardise(real_morph[list(FEATURES)])[0], labels, n_cat),
         "best_feature": best_single_feature(one_number, labels, n_cat),
     }
 
@@ -227,10 +225,12 @@ def _analyse(
     log.info("figures for %d categories", n_cat)
     grid_base = sample_latent(spec, GRID_SIDE**2, generator=torch.Generator().manual_seed(2))
     for k in range(n_cat):
-        grid_latent = _with_category(grid_base, k) if spec.categorical else grid_base
-        _save_grid(out_dir / "samples" / f"cat{k:02d}.png", generate(G, spec, grid_latent, dev), GRID_SIDE)
+        grid_latent = with_category(grid_base, k) if spec.categorical else grid_base
+        save_sample_grid(
+            out_dir / "samples" / f"cat{k:02d}.png", generate(G, spec, grid_latent, dev), GRID_SIDE
+        )
         top = np.argsort(-probs[:, k], kind="stable")[: config.nearest]
-        _save_grid(out_dir / "nearest" / f"cat{k:02d}.png", images[top], math.ceil(math.sqrt(len(top))))
+        save_sample_grid(out_dir / "nearest" / f"cat{k:02d}.png", images[top], math.ceil(math.sqrt(len(top))))
         _morphology_figure(
             out_dir / "morphology" / f"cat{k:02d}.png",
             k,
@@ -277,332 +277,8 @@ def _check_crops(images: np.ndarray, d_kwargs: dict, crops_path: str | Path, run
         )
 
 
-@torch.no_grad()
-def assign(
-    D: torch.nn.Module, images: np.ndarray, n_cat: int, *, batch_size: int = 256
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Q's category probabilities (N, n_cat) for the first categorical code, its continuous
-    code means (N, n_continuous) and its hidden layer (N, q_hidden), for crops (N, H, W, C) uint8."""
-    device = next(D.parameters()).device
-    probs, cont, hidden = [], [], []
-    for i in range(0, len(images), batch_size):
-        h = D.trunk(q.to_unit_range(images[i : i + batch_size]).to(device))
-        out = D.q_head(h)
-        if out.cat_logits:
-            probs.append(torch.softmax(out.cat_logits[0], dim=1).cpu().numpy())
-        else:
-            probs.append(np.ones((len(out.cont_mu), 1), np.float32))
-        cont.append(out.cont_mu.cpu().numpy())
-        hidden.append(D.q_net[:-1](h).float().cpu().numpy())
-    return np.concatenate(probs), np.concatenate(cont), np.concatenate(hidden)
-
-
-def write_cells(
-    path: Path,
-    obs: pd.DataFrame,
-    crop_index: np.ndarray,
-    probs: np.ndarray,
-    cont: np.ndarray,
-    q_features: np.ndarray,
-    morphology: pd.DataFrame,
-    cmap: pd.DataFrame,
-    *,
-    uns: dict[str, str] | None = None,
-) -> None:
-    """``cells.h5ad``: one row per crop (named by its crop index) with its metadata, category and
-    confidence in ``obs``, its morphology as ``X`` and Q's outputs in ``obsm``."""
-    obs = obs.reset_index(drop=True).set_axis(crop_index.astype(str))
-    categories = probs.argmax(axis=1)
-    obs["category"] = categories
-    names = cmap["label"].astype(str).tolist()  # category_map.csv's name of each category
-    obs["category_label"] = pd.Categorical([names[k] for k in categories], categories=sorted(set(names)))
-    obs["confidence"] = probs.max(axis=1)
-    write_h5ad(
-        path,
-        morphology.to_numpy(np.float32),
-        obs,
-        pd.DataFrame(index=morphology.columns.astype(str)),
-        obsm={
-            "q_probabilities": probs.astype(np.float32),
-            "q_continuous": cont.astype(np.float32),
-            "q_features": q_features.astype(np.float32),
-        },
-        uns=uns,
-    )
-
-
-@torch.no_grad()
-def generate(
-    G: torch.nn.Module, spec: LatentSpec, latent: Latent, device: torch.device, *, batch_size: int = 256
-) -> np.ndarray:
-    """Generated crops (N, H, W, C) uint8 for ``latent``."""
-    parts = []
-    for i in range(0, len(latent), batch_size):
-        part = Latent(
-            latent.z[i : i + batch_size], latent.cat[i : i + batch_size], latent.cont[i : i + batch_size]
-        )
-        x = G(to_input(spec, part.to(device)))
-        parts.append(to_uint8(x).permute(0, 2, 3, 1).cpu().numpy())
-    return np.concatenate(parts)
-
-
-def category_map(summary: dict, category_labels: list | None) -> pd.DataFrame:
-    """Each category's label name: the semi-supervised run's name for it, else its majority
-    label, else ``category_KK``; purity is the share of its labelled crops carrying that name.
-
-    ``summary`` is :func:`~infogan_cells.analysis.metrics.category_summary`'s.
-    """
-    rows = []
-    for key, entry in summary.items():
-        k = int(key)
-        name = category_labels[k] if category_labels and k < len(category_labels) else None
-        name = str(name) if name else entry["majority_label"] or f"category_{k:02d}"
-        n_labelled = sum(entry["label_counts"].values())
-        purity = entry["label_counts"].get(name, 0) / n_labelled if n_labelled else np.nan
-        rows.append({"category": k, "label": name, "purity": purity, "size": entry["size"]})
-    return pd.DataFrame(rows, columns=["category", "label", "purity", "size"])
-
-
-def kmeans_scores(x: np.ndarray, labels: np.ndarray, k: int) -> dict:
-    """Label measures of k-means clusters of ``x``; ``None`` values without labels."""
-    if not (labels != "").any() or len(x) < k:
-        return dict.fromkeys(("accuracy", "nmi", "ari", "purity"))
-    if x.shape[0] * x.shape[1] > PIXEL_KMEANS_LIMIT:
-        log.info("k-means on %d x %d values: on 50 principal components instead", *x.shape)
-        x = PCA(50, random_state=0).fit_transform(x)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        clusters = KMeans(k, n_init=3, random_state=0).fit_predict(x)
-    for w in caught:
-        log.warning("k-means: %s", w.message)
-    return label_scores(clusters, labels)
-
-
-def traverse(
-    G: torch.nn.Module,
-    spec: LatentSpec,
-    n_cat: int,
-    config: AnalyseConfig,
-    out_dir: Path,
-    device: torch.device,
-    channel_names: list[str],
-) -> pd.DataFrame:
-    """Sweep each continuous code from -r to r for each category; write the strips and GIFs and
-    return the Spearman table of code value against morphology of the generated cells.
-
-    The same ``config.traversal_samples`` z and other codes (seed 3) are used at every step and
-    in every category, so only the swept code changes along a row.
-    """
-    if spec.n_continuous == 0:
-        return pd.DataFrame(columns=["code", "feature", "rho", "p"])
-    steps = np.linspace(-1, 1, config.traversal_steps) * spec.continuous_range
-    n_s = config.traversal_samples
-    base = sample_latent(spec, n_s, generator=torch.Generator().manual_seed(3))
-    tables = []
-    for j in range(spec.n_continuous):
-        values, morph = [], []
-        for k in range(n_cat):
-            lat = _with_category(base, k) if spec.categorical else base
-            lat = Latent(
-                lat.z.repeat(len(steps), 1), lat.cat.repeat(len(steps), 1), lat.cont.repeat(len(steps), 1)
-            )
-            lat.cont[:, j] = torch.as_tensor(np.repeat(steps, n_s), dtype=lat.cont.dtype)
-            imgs = generate(G, spec, lat, device)  # step-major: (steps * n_s, H, W, C)
-            _write_traversal(out_dir, f"cat{k:02d}_code{j}", imgs.reshape(len(steps), n_s, *imgs.shape[1:]))
-            values.append(lat.cont[:, j].numpy())
-            morph.append(measure_morphology(imgs, channel_names=channel_names))
-        feats = pd.concat(morph, ignore_index=True).drop(columns="orientation")
-        tables.append(spearman_table(np.concatenate(values)[:, None], feats, code_names=[f"c{j}"]))
-    return pd.concat(tables, ignore_index=True)
-
-
-def synthetic_quality(
-    images: np.ndarray,
-    labels: np.ndarray,
-    hold: np.ndarray,
-    train: np.ndarray,
-    real_morph: pd.DataFrame,
-    syn_images: np.ndarray,
-    syn_labels: np.ndarray,
-    syn_morph: pd.DataFrame,
-    config: AnalyseConfig,
-    device: torch.device,
-) -> dict:
-    """Fréchet distance and KID on morphology and encoder features, k-NN precision/recall,
-    memorisation, and train-on-synthetic-test-on-real accuracy (see :mod:`infogan_cells.analysis.quality`).
-
-    The feature encoder learns from the training split only; ``hold`` is the memorisation
-    check's reference and the classifiers' test set.
-    """
-    rng = np.random.default_rng(1)
-    m_real, mean, std = _standardise(real_morph[list(FEATURES)])
-    m_syn = (syn_morph[list(FEATURES)].to_numpy(np.float64) - mean) / std
-    enc, enc_loss = q.train_encoder(images[train], epochs=config.encoder_epochs, device=device)
-    log.info(
-        "feature encoder: %d epochs on %d crops, reconstruction loss %.4f",
-        config.encoder_epochs,
-        len(train),
-        enc_loss,
-    )
-    f_real, f_syn = q.encode(enc, images), q.encode(enc, syn_images)
-    kid_m = q.kernel_distance(m_real, m_syn, rng=np.random.default_rng(0))
-    kid_e = q.kernel_distance(f_real, f_syn, rng=np.random.default_rng(0))
-    # Equal sample sizes: the k-NN radii shrink as a set grows
-    n_pr = min(len(f_real), len(f_syn))
-    precision, recall = q.knn_precision_recall(
-        f_real[rng.choice(len(f_real), n_pr, replace=False)],
-        f_syn[rng.choice(len(f_syn), n_pr, replace=False)],
-        k=config.k_nn,
-    )
-    pixels = _pixels(images)
-    morphology = {"frechet": q.frechet_distance(m_real, m_syn), "kid": kid_m[0], "kid_std": kid_m[1]}
-    encoder = {
-        "frechet": q.frechet_distance(f_real, f_syn),
-        "kid": kid_e[0],
-        "kid_std": kid_e[1],
-        "precision": precision,
-        "recall": recall,
-        "k": config.k_nn,
-        "epochs": config.encoder_epochs,
-        "loss": enc_loss,
-    }
-    memorised = {
-        "pixels": q.memorisation(_pixels(syn_images), pixels[hold], pixels[train]),
-        "encoder": q.memorisation(f_syn, f_real[hold], f_real[train]),
-    }
-    classifier = classifier_scores(
-        f_real,
-        labels,
-        hold,
-        train,
-        f_syn,
-        syn_labels,
-        images=images,
-        syn_images=syn_images,
-        steps=config.classifier_steps,
-        device=device,
-    )
-    return {
-        # the headline numbers under flat keys (the report's contract), the details below
-        "fd_morphology": morphology["frechet"],
-        "kid_morphology": morphology["kid"],
-        "fd_encoder": encoder["frechet"],
-        "kid_encoder": encoder["kid"],
-        "knn_precision": precision,
-        "knn_recall": recall,
-        "memorisation_ratio": memorised["encoder"]["ratio"],
-        **{k: classifier[k] for k in CLASSIFIER_FIGURES},
-        "n_real": len(images),
-        "n_train": len(train),
-        "n_holdout": len(hold),
-        "n_synthetic": len(syn_images),
-        "morphology": morphology,
-        "encoder": encoder,
-        "memorisation": memorised,
-        "classifier": classifier,
-    }
-
-
-#: classifier_scores' headline figures (also flat keys of quality.json); ``mixed``: labelled real +
-#: synthetic, only when some crops carry no label.
-CLASSIFIER_FIGURES = (
-    "tstr_accuracy",
-    "trtr_accuracy",
-    "tstr_balanced_accuracy",
-    "trtr_balanced_accuracy",
-    "mixed_accuracy",
-    "mixed_balanced_accuracy",
-)
-
-
-def classifier_scores(
-    f_real: np.ndarray,
-    labels: np.ndarray,
-    hold: np.ndarray,
-    train: np.ndarray,
-    f_syn: np.ndarray,
-    syn_labels: np.ndarray,
-    *,
-    images: np.ndarray | None = None,
-    syn_images: np.ndarray | None = None,
-    steps: int = 400,
-    device: torch.device | str = "cpu",
-) -> dict:
-    """Accuracy and balanced accuracy (mean recall over classes) on the labelled held-out crops of
-    one fixed classifier trained on synthetic crops (labels from the category map: train on
-    synthetic, test on real), on the labelled training crops (train on real: labelled real only)
-    and, when only some crops carry labels, on both (labelled real + synthetic, each half of every
-    class's draws). The test crops are never trained on.
-
-    The headline figures come from a small CNN on the pixels (:func:`infogan_cells.analysis.quality.cnn_predict`,
-    when ``images`` and ``syn_images`` are given); a logistic regression on encoder features is
-    reported beside it (``logistic``, accuracy only). Synthetic crops whose category has no real
-    label name (``category_KK``) are left out.
-    """
-    known = labels != ""
-    test = hold[known[hold]]
-    real_train = train[known[train]]
-    keep = np.isin(syn_labels, np.unique(labels[known]))
-    partial = bool(known.any() and not known.all())
-    logistic = {"tstr_accuracy": None, "trtr_accuracy": None}
-    cnn: dict = {"steps": steps}
-    if len(test):
-        logistic["tstr_accuracy"] = q.classifier_accuracy(
-            f_syn[keep], syn_labels[keep], f_real[test], labels[test]
-        )
-        logistic["trtr_accuracy"] = q.classifier_accuracy(
-            f_real[real_train], labels[real_train], f_real[test], labels[test]
-        )
-    sets = {
-        "tstr": (syn_images[keep] if syn_images is not None else None, syn_labels[keep], None),
-        "trtr": (images[real_train] if images is not None else None, labels[real_train], None),
-    }
-    if partial and images is not None and syn_images is not None:
-        sets["mixed"] = (
-            np.concatenate([images[real_train], syn_images[keep]]),
-            np.concatenate([labels[real_train], syn_labels[keep]]),
-            np.repeat([0, 1], [len(real_train), int(keep.sum())]),
-        )
-    for name, (x, y, groups) in sets.items():
-        pred = (
-            q.cnn_predict(x, y, images[test], steps=steps, device=device, groups=groups)
-            if len(test) and x is not None
-            else None
-        )
-        cnn[f"{name}_accuracy"] = None if pred is None else float((pred == labels[test]).mean())
-        cnn[f"{name}_balanced_accuracy"] = None if pred is None else q.balanced_accuracy(labels[test], pred)
-    headline = cnn if images is not None and syn_images is not None else logistic
-    model = (
-        "small CNN on the pixels (balanced classes, 90-degree rotations and flips)"
-        if headline is cnn
-        else "logistic regression on encoder features"
-    )
-    return {
-        "model": model,
-        **{k: headline.get(k) for k in CLASSIFIER_FIGURES},
-        "n_test": len(test),
-        "n_test_classes": len(np.unique(labels[test])),
-        "n_real_train": len(real_train),
-        "n_synthetic_train": int(keep.sum()),
-        "labels_partial": partial,
-        "cnn": cnn,
-        "logistic": logistic,
-    }
-
-
 # --------------------------------------------------------------------------------------
 # Helpers
-
-
-def _pixels(images: np.ndarray) -> np.ndarray:
-    return images.reshape(len(images), -1).astype(np.float32) / 255
-
-
-def _standardise(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    x = frame.to_numpy(np.float64)
-    mean, std = x.mean(axis=0), x.std(axis=0)
-    std = np.where(std > 0, std, 1.0)
-    return (x - mean) / std, mean, std
 
 
 def _prior(prior: object, n_cat: int) -> np.ndarray:
@@ -615,31 +291,6 @@ def _prior(prior: object, n_cat: int) -> np.ndarray:
             log.warning("category_prior %r does not fit %d categories; using a uniform prior", prior, n_cat)
         return np.full(n_cat, 1 / n_cat)
     return p / p.sum()
-
-
-def _with_category(latent: Latent, k: int) -> Latent:
-    cat = latent.cat.clone()
-    cat[:, 0] = k
-    return Latent(latent.z.clone(), cat, latent.cont.clone())
-
-
-def _save_grid(path: Path, images: np.ndarray, n_cols: int) -> np.ndarray:
-    """Tile crops (N, H, W, C) uint8 into a PNG, enlarged so that a tile is at least 64 px."""
-    scale = max(1, math.ceil(MIN_TILE / images.shape[1]))
-    return save_grid(path, images.transpose(0, 3, 1, 2), min(n_cols, max(len(images), 1)), scale=scale)
-
-
-def _write_traversal(out_dir: Path, stem: str, imgs: np.ndarray) -> None:
-    """imgs: (steps, samples, H, W, C); strip rows = samples, columns = steps; GIF frames = steps."""
-    rows = min(TRAVERSAL_ROWS, imgs.shape[1])
-    grid = imgs[:, :rows].transpose(1, 0, 2, 3, 4).reshape(-1, *imgs.shape[2:])
-    _save_grid(out_dir / f"{stem}.png", grid, imgs.shape[0])
-    scale = max(1, math.ceil(MIN_TILE / imgs.shape[2]))
-    frames = [
-        image_grid(imgs[s, :rows].transpose(0, 3, 1, 2), rows).repeat(scale, 0).repeat(scale, 1)
-        for s in range(len(imgs))
-    ]
-    save_gif(out_dir / f"{stem}.gif", frames + frames[-2:0:-1], duration_ms=150)  # back and forth
 
 
 def _write_csv(path: Path, frame: pd.DataFrame, *, index: bool = False) -> None:

@@ -30,18 +30,8 @@ from pathlib import Path
 
 from infogan_cells._io import write_json_atomic, write_text_atomic
 from infogan_cells.errors import InputError
-from infogan_cells.report.pages import (
-    AGREEMENT,
-    copy_assets,
-    esc,
-    fmt,
-    href,
-    number,
-    page,
-    quality_value,
-    read_analysis,
-    table,
-)
+from infogan_cells.report.folder import AGREEMENT, number, quality_value, read_analysis
+from infogan_cells.report.html import copy_assets, esc, fmt, href, page, table
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
-from infogan_cells.data.readers import BOX_COLUMNS
+from infogan_cells.data.cells import BOX_COLUMNS
 
 
 def box_iou(boxes_a, boxes_b):

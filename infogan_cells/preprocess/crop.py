@@ -50,7 +50,9 @@ import numpy as np
 import pandas as pd
 
 from infogan_cells.config import CropConfig, InputConfig
-from infogan_cells.data.readers import BOX_COLUMNS, ImageSource, pil_to_array, read_cells
+from infogan_cells.data.cells import BOX_COLUMNS, ImageSource
+from infogan_cells.data.images import pil_to_array
+from infogan_cells.data.readers import read_cells
 from infogan_cells.data.store import REQUIRED_OBS, merge_summaries, read_crop_store, write_crop_store
 from infogan_cells.errors import InputError
 from infogan_cells.preprocess import qc

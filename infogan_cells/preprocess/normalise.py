@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from infogan_cells.data.readers import pil_to_array
+from infogan_cells.data.images import pil_to_array
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ import numpy as np
 from PIL import Image
 
 from infogan_cells.config import CropConfig
-from infogan_cells.data.readers import BOX_COLUMNS, ImageSource, pil_to_array, segment_boxes
+from infogan_cells.data.cells import BOX_COLUMNS, ImageSource, segment_boxes
+from infogan_cells.data.images import pil_to_array
 from infogan_cells.errors import InputError
 from infogan_cells.preprocess import qc
 from infogan_cells.preprocess.normalise import (

@@ -34,30 +34,19 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from infogan_cells._io import atomic_path
 from infogan_cells.config import LatentSpec
 from infogan_cells.errors import InputError
 from infogan_cells.model.checkpoint import load_generator, resolve_device
 from infogan_cells.model.latent import Latent, sample_latent_by_seed, to_input
+from infogan_cells.report.folder import code_meaning, read_analysis
+from infogan_cells.report.html import esc, page
 from infogan_cells.report.live import LIVE_SCRIPTS, find_runtime, write_live_files
-from infogan_cells.report.pages import (
-    REPORT_DIR,
-    code_meaning,
-    copy_assets,
-    esc,
-    page,
-    read_analysis,
-    replace_dir,
-    write_index,
-)
 
 log = logging.getLogger(__name__)
 
@@ -342,45 +331,4 @@ aria-label="generated cell"></canvas>
 </div>"""
 
 
-def write_explorer(
-    run_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    n_noise_seeds: int = 4,
-    n_steps: int = 7,
-    device: str = "cpu",
-    max_tiles: int = MAX_TILES,
-    live: bool = True,
-) -> Path:
-    """Write the explorer into ``out_dir/report/`` (replacing an older one) and return its page.
-
-    If the report's ``index.html`` is already there it is rewritten to link the explorer.
-    """
-    out_dir = Path(out_dir)
-    report_dir = out_dir / REPORT_DIR
-    report_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".explorer.", dir=report_dir))
-    try:
-        render_explorer(
-            run_dir,
-            out_dir,
-            tmp,
-            n_noise_seeds=n_noise_seeds,
-            n_steps=n_steps,
-            device=device,
-            max_tiles=max_tiles,
-            live=live,
-        )
-        copy_assets(report_dir)
-        replace_dir(tmp / "explorer", report_dir / "explorer")
-        with atomic_path(report_dir / "explorer.html") as dest:
-            os.replace(tmp / "explorer.html", dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if (report_dir / "index.html").is_file():
-        write_index(out_dir)
-    log.info("explorer: %s", report_dir / "explorer.html")
-    return report_dir / "explorer.html"
-
-
-__all__ = ["lattice", "pack_sprite", "render_explorer", "to_rgb", "write_explorer"]
+__all__ = ["lattice", "pack_sprite", "render_explorer", "to_rgb"]

@@ -15,445 +15,43 @@ job leaves the previous report, never half of a new one.
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import html
-import json
 import logging
-import math
 import os
-import re
 import shutil
 import tempfile
-import urllib.parse
-from collections.abc import Iterable, Sequence
-from importlib import resources
 from pathlib import Path
 
-from infogan_cells._io import write_text_atomic
-from infogan_cells.errors import InputError
+from infogan_cells._io import atomic_path, write_text_atomic
+from infogan_cells.report.folder import (
+    AGREEMENT,
+    BASELINES,
+    QUALITY,
+    Analysis,
+    Category,
+    _dict,
+    code_meaning,
+    number,
+    quality_value,
+    read_analysis,
+)
+from infogan_cells.report.html import (
+    CURRENT,
+    REPORT_DIR,
+    copy_assets,
+    esc,
+    figure,
+    fmt,
+    href,
+    num_td,
+    page,
+    replace_dir,
+    table,
+)
 
 log = logging.getLogger(__name__)
 
-REPORT_DIR = "report"
-ASSETS = ("report.css", "explorer.js")
+
 EXPLORER_FILES = ("explorer.html", "explorer")  # written by infogan_cells.report.explorer
-
-# (key, name, plain-language meaning, which way is better)
-AGREEMENT = [
-    (
-        "accuracy",
-        "Accuracy",
-        "Share of annotated cells grouped correctly when each category is paired with one annotation "
-        "(the pairing that gets the most cells right).",
-        "higher; 100% = every cell matches",
-    ),
-    (
-        "nmi",
-        "NMI (normalised mutual information)",
-        "How much knowing a cell's category tells you about its annotation, whatever the category numbers. "
-        "0 = nothing, 1 = the categories reproduce the annotations exactly.",
-        "higher; 0 to 1",
-    ),
-    (
-        "ari",
-        "ARI (adjusted Rand index)",
-        "Agreement between categories and annotations over all pairs of cells, corrected for chance. "
-        "0 = no better than random grouping, 1 = identical grouping.",
-        "higher; about 0 to 1",
-    ),
-]
-BASELINES = [
-    ("kmeans_pixels", "k-means on pixels"),
-    ("kmeans_morphology", "k-means on morphology"),
-    ("best_feature", "best single feature"),
-]
-QUALITY = [
-    (
-        "fd_morphology",
-        "Fréchet distance, morphology",
-        "Distance between real and synthetic cells in measured shape and intensity features (area, "
-        "eccentricity, mean intensity, ...). 0 = the two populations have the same averages and spreads.",
-        "lower",
-    ),
-    (
-        "kid_morphology",
-        "Kernel distance (KID), morphology",
-        "Like the Fréchet distance on the same features, but unbiased for small numbers of cells; "
-        "values near 0 mean no detectable difference.",
-        "lower",
-    ),
-    (
-        "fd_encoder",
-        "Fréchet distance, learned features",
-        "The same comparison in the features of a small network trained on the real crops; it sees "
-        "texture and detail that the morphology features miss.",
-        "lower",
-    ),
-    (
-        "kid_encoder",
-        "Kernel distance (KID), learned features",
-        "Small-sample version of the previous line.",
-        "lower",
-    ),
-    (
-        "knn_precision",
-        "Realism (k-NN precision)",
-        "Share of synthetic cells that look like some real cell (fall inside the real cells' cloud). "
-        "Low = many implausible cells.",
-        "higher",
-    ),
-    (
-        "knn_recall",
-        "Coverage (k-NN recall)",
-        "Share of real cells that some synthetic cell resembles. Low = the generator misses kinds of "
-        "cells (for example a rare stage).",
-        "higher",
-    ),
-    (
-        "memorisation_ratio",
-        "Memorisation ratio",
-        "How close synthetic cells sit to the training cells, relative to new real cells held out from "
-        "training. About 1 = no copying; well below 1 = the generator may be reproducing training cells.",
-        "about 1; below 1 is a warning",
-    ),
-    (
-        "tstr_accuracy",
-        "Train on synthetic, test on real",
-        "Accuracy on held-out real cells of a classifier trained only on synthetic cells (labelled through "
-        "the category map). Close to the next line = the synthetic data teach as much as real data.",
-        "higher",
-    ),
-    (
-        "trtr_accuracy",
-        "Train on real, test on real",
-        "The same classifier trained on real cells: the ceiling for the previous line.",
-        "higher",
-    ),
-    (
-        "tstr_balanced_accuracy",
-        "Train on synthetic, test on real: balanced accuracy",
-        "The average over annotated classes of the share of that class's held-out real cells the classifier "
-        "trained on synthetic cells gets right. Unlike plain accuracy, a classifier that always answers the "
-        "commonest class scores only 1/K for K classes, however imbalanced the cells.",
-        "higher; 1/K = chance",
-    ),
-    (
-        "trtr_balanced_accuracy",
-        "Labelled real only: balanced accuracy",
-        "The same classifier trained on the annotated real cells (of the training split) instead.",
-        "higher; 1/K = chance",
-    ),
-    (
-        "mixed_balanced_accuracy",
-        "Labelled real + synthetic: balanced accuracy",
-        "The same classifier trained on the annotated real cells and the synthetic cells together (half of "
-        "each class's examples from each); measured when only some cells carry annotations. Above the "
-        "previous line = the synthetic cells add something to the few annotated ones.",
-        "higher; 1/K = chance",
-    ),
-]
-CURRENT = ' class="current"'
-# Where an older or nested metrics.json keeps a quality measure (the flat key is the contract)
-QUALITY_PATHS = {
-    "fd_morphology": [("morphology", "frechet")],
-    "kid_morphology": [("morphology", "kid")],
-    "fd_encoder": [("encoder", "frechet")],
-    "kid_encoder": [("encoder", "kid")],
-    "knn_precision": [("encoder", "precision")],
-    "knn_recall": [("encoder", "recall")],
-    "memorisation_ratio": [("memorisation", "encoder", "ratio"), ("memorisation", "pixels", "ratio")],
-    "tstr_accuracy": [("classifier", "tstr_accuracy")],
-    "trtr_accuracy": [("classifier", "trtr_accuracy")],
-    **{
-        f"{k}_balanced_accuracy": [("classifier", f"{k}_balanced_accuracy")]
-        for k in ("tstr", "trtr", "mixed")
-    },
-}
-PERCENT = {
-    "accuracy",
-    "purity",
-    "knn_precision",
-    "knn_recall",
-    "tstr_accuracy",
-    "trtr_accuracy",
-    "tstr_balanced_accuracy",
-    "trtr_balanced_accuracy",
-    "mixed_balanced_accuracy",
-}
-
-
-# --------------------------------------------------------------------------------------
-# Reading an analysis folder (every piece optional)
-
-
-def _placeholder(name: str | None) -> bool:
-    """``category_07``: the analysis's name for a category that has no label."""
-    return name is None or re.fullmatch(r"category_\d+", name) is not None
-
-
-@dataclasses.dataclass
-class Category:
-    index: int
-    size: int | None = None
-    purity: float | None = None
-    majority_label: str | None = None
-    name: str | None = None  # category_map.csv's label: a semi-supervised name or the majority label
-    label_counts: dict[str, int] = dataclasses.field(default_factory=dict)
-    mean_confidence: float | None = None
-
-    @property
-    def slug(self) -> str:
-        return f"cat{self.index:02d}"
-
-    @property
-    def page(self) -> str:
-        return f"category_{self.index:02d}.html"
-
-    @property
-    def label(self) -> str | None:
-        """The name to show: the category map's label unless it is a ``category_KK`` placeholder."""
-        if self.name and not _placeholder(self.name):
-            return self.name
-        return self.majority_label
-
-    @property
-    def title(self) -> str:
-        return f"Category {self.index}" + (f" ({self.label})" if self.label else "")
-
-
-@dataclasses.dataclass
-class Analysis:
-    """What the report needs from an analysis folder; missing pieces are None or empty."""
-
-    root: Path
-    metrics: dict
-    categories: list[Category]
-    codes: list[int]
-    assignments: dict | None
-
-    @property
-    def has_labels(self) -> bool:
-        return (
-            number(self.metrics.get("accuracy")) is not None
-            or any(c.majority_label for c in self.categories)
-            or (self.root / "contingency.csv").exists()
-        )
-
-
-def number(value: object) -> float | None:
-    """A finite float, or None for null, NaN, text and booleans."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        return None
-    try:
-        v = float(value)
-    except ValueError:
-        return None
-    return v if math.isfinite(v) else None
-
-
-def _dict(value: object) -> dict:
-    """``value`` if it is a dict, else ``{}``: a malformed entry reads as a missing one."""
-    return value if isinstance(value, dict) else {}
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object from ``path``; ``{}`` (with a warning) when it is missing or unreadable."""
-    try:
-        obj = json.loads(path.read_text())
-    except FileNotFoundError:
-        log.warning("%s: missing; its measures show as n/a", path)
-        return {}
-    except (OSError, ValueError) as err:
-        log.warning("%s: unreadable (%s); its measures show as n/a", path, err)
-        return {}
-    return _dict(obj)
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV table; ``[]`` when it is missing or unreadable."""
-    try:
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-    except FileNotFoundError:
-        return []
-    except (OSError, csv.Error, UnicodeDecodeError) as err:
-        log.warning("%s: unreadable (%s)", path, err)
-        return []
-
-
-def read_assignments(path: Path) -> dict | None:
-    """Summary of ``assignments.csv``: crops per category and mean Q confidence (overall, per category)."""
-    rows = read_csv(path)
-    counts: dict[int, int] = {}
-    conf_sum: dict[int, float] = {}
-    conf_n: dict[int, int] = {}
-    for row in rows:
-        k = number(row.get("category"))
-        if k is None:
-            continue
-        k = int(k)
-        counts[k] = counts.get(k, 0) + 1
-        c = number(row.get("confidence"))
-        if c is not None:
-            conf_sum[k] = conf_sum.get(k, 0.0) + c
-            conf_n[k] = conf_n.get(k, 0) + 1
-    if not counts:
-        return None
-    n_conf = sum(conf_n.values())
-    return {
-        "n": sum(counts.values()),
-        "counts": counts,
-        "mean_confidence": sum(conf_sum.values()) / n_conf if n_conf else None,
-        "confidence_by_category": {k: conf_sum[k] / conf_n[k] for k in conf_n},
-    }
-
-
-def _sorted_indices(*groups: Iterable[int]) -> list[int]:
-    return sorted({i for g in groups for i in g if i >= 0})
-
-
-def _file_indices(root: Path, pattern: str, regex: str) -> list[int]:
-    return [int(m.group(1)) for p in root.glob(pattern) if (m := re.fullmatch(regex, p.name))]
-
-
-def read_analysis(path: str | os.PathLike) -> Analysis:
-    """Collect metrics, category tables and assignments of an analysis folder, tolerating gaps."""
-    root = Path(path)
-    if not root.is_dir():
-        raise InputError(f"{root}: analysis folder not found")
-    metrics = read_json(root / "metrics.json")
-    cats_json = _dict(metrics.get("categories"))
-    cat_map = {
-        int(k): row
-        for row in read_csv(root / "category_map.csv")
-        if (k := number(row.get("category"))) is not None
-    }
-    n = number(metrics.get("n_categories"))
-    from_json = [int(k) for k in cats_json if number(k) is not None]
-    indices = _sorted_indices(
-        range(int(n)) if n is not None else [],
-        from_json,
-        cat_map,
-        _file_indices(root / "samples", "cat*.png", r"cat(\d+)\.png"),
-    )
-    assignments = read_assignments(root / "assignments.csv")
-    categories = []
-    for k in indices:
-        info = _dict(cats_json.get(str(k)))
-        row = cat_map.get(k, {})
-        size = number(info.get("size", row.get("size")))
-        if size is None and assignments:
-            size = assignments["counts"].get(k, 0)
-        name = row.get("label") or None
-        label = info.get("majority_label") if info else (None if _placeholder(name) else name)
-        counts = _dict(info.get("label_counts"))
-        categories.append(
-            Category(
-                index=k,
-                size=None if size is None else int(size),
-                purity=number(info.get("purity", row.get("purity"))),
-                majority_label=str(label) if label else None,
-                name=str(name) if name else None,
-                label_counts={str(lab): int(number(c)) for lab, c in counts.items() if number(c) is not None},
-                mean_confidence=(assignments or {}).get("confidence_by_category", {}).get(k),
-            )
-        )
-    codes_json = _dict(metrics.get("codes"))
-    codes = _sorted_indices(
-        [int(m.group(1)) for key in codes_json if (m := re.fullmatch(r"c(\d+)", key))],
-        _file_indices(root / "traversals", "cat*_code*.png", r"cat\d+_code(\d+)\.png"),
-    )
-    return Analysis(root, metrics, categories, codes, assignments)
-
-
-def quality_value(quality: object, key: str) -> float | None:
-    """A quality measure by its flat key (the contract), else from the nested layout, else None."""
-    if not isinstance(quality, dict):
-        return None
-    if key in quality:
-        return number(quality[key])
-    for path in QUALITY_PATHS.get(key, []):
-        node: object = quality
-        for part in path:
-            node = node.get(part) if isinstance(node, dict) else None
-        if number(node) is not None:
-            return number(node)
-    return None
-
-
-def code_meaning(analysis: Analysis, j: int) -> tuple[str | None, float | None]:
-    """The feature code ``j`` follows most closely and its Spearman correlation, or Nones."""
-    entry = _dict(analysis.metrics.get("codes")).get(f"c{j}")
-    if not isinstance(entry, dict):
-        return None, None
-    feature = entry.get("feature")
-    return (str(feature) if feature else None), number(entry.get("rho"))
-
-
-# --------------------------------------------------------------------------------------
-# HTML pieces
-
-
-def esc(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def fmt(value: object, key: str = "") -> str:
-    """A measure for display: "n/a" when missing, percentages for shares, 3 significant digits else."""
-    v = number(value)
-    if v is None:
-        return "n/a"
-    if key in PERCENT:
-        return f"{100 * v:.1f}%"
-    if float(v).is_integer() and abs(v) < 1e9:
-        return f"{int(v)}"
-    return f"{v:.3g}"
-
-
-def href(rel: str) -> str:
-    """An escaped relative URL for ``href``/``src`` (file names are URL-quoted)."""
-    return esc(urllib.parse.quote(rel, safe="/.#_-"))
-
-
-def page(
-    title: str, body: str, *, nav: str = "", css: str = "report.css", scripts: Sequence[str] = ()
-) -> str:
-    tags = "".join(f'<script src="{href(s)}"></script>\n' for s in scripts)
-    return (
-        f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f'<link rel="icon" href="data:,">\n<link rel="stylesheet" href="{href(css)}">\n'
-        f"<title>{esc(title)}</title>\n</head>\n<body>\n<header>\n{nav}\n<h1>{esc(title)}</h1>\n"
-        f"</header>\n<main>\n{body}\n</main>\n<footer>Written by infogan-cells. Every page "
-        f"here opens from disk; nothing is loaded from the internet.</footer>\n{tags}</body>\n</html>\n"
-    )
-
-
-def table(header: Sequence[str], rows: Iterable[Sequence[str]], *, raw: bool = False, cls: str = "") -> str:
-    """A table; cells are escaped unless ``raw`` (then the caller has escaped them)."""
-    cell = (lambda c: c) if raw else esc
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "\n".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{esc(cls)}">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>'
-
-
-def figure(root: Path, rel: str, alt: str, caption: str, *, cells: bool = True) -> str:
-    """``<figure>`` of ``root/rel`` referenced as ``../rel``, or a note when the file is missing.
-
-    ``cells``: the image shows cell crops (kept pixel-sharp when scaled), not a plot.
-    """
-    if not (root / rel).is_file():
-        return f'<p class="missing">Not available: {esc(rel)} was not written by the analysis.</p>'
-    cls = ' class="cells"' if cells else ""
-    return (
-        f'<figure{cls}><img src="{href("../" + rel)}" alt="{esc(alt)}" loading="eager">'
-        f"<figcaption>{esc(caption)}</figcaption></figure>"
-    )
-
-
-def _num_td(value: object, key: str = "") -> str:
-    return f'<span class="num">{esc(fmt(value, key))}</span>'
 
 
 def _strength(rho: float | None) -> str:
@@ -522,9 +120,9 @@ def _index_body(a: Analysis, explorer: bool) -> str:
     base = _dict(m.get("baselines"))
     rows = []
     for key, name, what, better in AGREEMENT:
-        vals = [_num_td(m.get(key), key)]
+        vals = [num_td(m.get(key), key)]
         for bkey, _ in BASELINES:
-            vals.append(_num_td(_dict(base.get(bkey)).get(key), key))
+            vals.append(num_td(_dict(base.get(bkey)).get(key), key))
         rows.append([esc(name), *vals, f'<span class="what">{esc(what)} Better: {esc(better)}.</span>'])
     feature = _dict(base.get("best_feature")).get("feature")
     names = [
@@ -562,7 +160,7 @@ def _index_body(a: Analysis, explorer: bool) -> str:
                     + "</details>"
                 )
             rows.append(
-                [esc(code_line(a, j)), esc(feature or "n/a"), _num_td(rho), esc(_strength(rho)) + detail]
+                [esc(code_line(a, j)), esc(feature or "n/a"), num_td(rho), esc(_strength(rho)) + detail]
             )
         parts.append(table(["Code", "Closest feature", "ρ", "Strength"], rows, raw=True))
     else:
@@ -576,7 +174,7 @@ def _index_body(a: Analysis, explorer: bool) -> str:
             [
                 [
                     esc(name),
-                    _num_td(quality_value(q, key), key),
+                    num_td(quality_value(q, key), key),
                     f'<span class="what">{esc(what)}</span>',
                     esc(better),
                 ]
@@ -614,11 +212,11 @@ def _index_body(a: Analysis, explorer: bool) -> str:
                 [
                     f'<a href="{href(c.page)}">{esc(c.title)}</a>',
                     thumb,
-                    _num_td(c.size),
+                    num_td(c.size),
                     esc(share),
                     esc(c.majority_label or "n/a"),
-                    _num_td(c.purity, "purity"),
-                    _num_td(c.mean_confidence),
+                    num_td(c.purity, "purity"),
+                    num_td(c.mean_confidence),
                 ]
             )
         parts.append(
@@ -747,33 +345,14 @@ def _category_body(a: Analysis, c: Category) -> str:
     return "\n".join(parts)
 
 
-def copy_assets(dest: Path) -> None:
-    """Copy the static CSS/JS into ``dest`` (atomically, file by file)."""
-    pkg = resources.files("infogan_cells.report") / "assets"
-    for name in ASSETS:
-        write_text_atomic(dest / name, (pkg / name).read_text())
-
-
 def write_index(out_dir: str | os.PathLike, report_dir: str | os.PathLike | None = None) -> Path:
-    """(Re)write only ``index.html``; :mod:`infogan_cells.report.explorer` calls this to add its link."""
+    """(Re)write only ``index.html``; :func:`write_explorer` calls this to add its link."""
     a = read_analysis(out_dir)
     report_dir = Path(report_dir) if report_dir is not None else a.root / REPORT_DIR
     path = report_dir / "index.html"
     explorer = (report_dir / "explorer.html").is_file()
     write_text_atomic(path, page(f"InfoGAN analysis: {a.root.name}", _index_body(a, explorer)))
     return path
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Put the finished folder ``tmp`` at ``final``, replacing an older one."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old.{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_report(
@@ -815,3 +394,47 @@ def write_report(
         raise
     log.info("report: %s (%d category pages)", final / "index.html", len(a.categories))
     return final / "index.html"
+
+
+def write_explorer(
+    run_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    n_noise_seeds: int = 4,
+    n_steps: int = 7,
+    device: str = "cpu",
+    max_tiles: int | None = None,
+    live: bool = True,
+) -> Path:
+    """Write the explorer into ``out_dir/report/`` (replacing an older one) and return its page.
+
+    If the report's ``index.html`` is already there it is rewritten to link the explorer.
+    ``max_tiles`` defaults to :data:`infogan_cells.report.explorer.MAX_TILES`.
+    """
+    from infogan_cells.report.explorer import MAX_TILES, render_explorer  # torch, only when asked
+
+    out_dir = Path(out_dir)
+    report_dir = out_dir / REPORT_DIR
+    report_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".explorer.", dir=report_dir))
+    try:
+        render_explorer(
+            run_dir,
+            out_dir,
+            tmp,
+            n_noise_seeds=n_noise_seeds,
+            n_steps=n_steps,
+            device=device,
+            max_tiles=MAX_TILES if max_tiles is None else max_tiles,
+            live=live,
+        )
+        copy_assets(report_dir)
+        replace_dir(tmp / "explorer", report_dir / "explorer")
+        with atomic_path(report_dir / "explorer.html") as dest:
+            os.replace(tmp / "explorer.html", dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if (report_dir / "index.html").is_file():
+        write_index(out_dir)
+    log.info("explorer: %s", report_dir / "explorer.html")
+    return report_dir / "explorer.html"

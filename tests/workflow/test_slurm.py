@@ -194,6 +194,9 @@ def test_training_memory_and_time_follow_the_crops_and_the_budget(tmp_path, devi
             "qc_size_ratio": 1.0,
             "qc_n_cells": 1,
             "qc_blur": 1.0,
+            "box_height": 10.0,
+            "box_width": 10.0,
+            "scale": 10 / 64,
         }
     )
     store = tmp_path / "results" / "crops" / "crops.h5"

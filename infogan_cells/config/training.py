@@ -1,0 +1,266 @@
+"""The configs of the model and its training: the latent space, augmentation, the training run."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from infogan_cells.config.fields import param
+from infogan_cells.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentSpec:
+    """The latent space: noise, categorical codes and continuous codes.
+
+    The one description used by sampling, the networks, the losses, traversals and synthesis.
+    """
+
+    z_dim: int = param(62, help="Size of the incompressible noise z ~ N(0, 1).", ge=0)
+    categorical: list = param(
+        default_factory=lambda: [10], help="Sizes of the categorical codes (one entry per code)."
+    )
+    n_continuous: int = param(2, help="Number of continuous codes c ~ U(-r, r).", ge=0)
+    continuous_range: float = param(1.0, help="Half-width r of the continuous codes' range.", gt=0)
+
+    def check(self, prefix: str = "") -> None:
+        if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 2 for k in self.categorical):
+            raise ConfigError(
+                f"config key '{prefix}categorical': expected a list of integers >= 2, "
+                f"got {self.categorical!r}"
+            )
+        if self.z_dim + self.n_cat_dims + self.n_continuous == 0:
+            raise ConfigError(f"config key '{prefix.rstrip('.')}': the latent space is empty")
+
+    @property
+    def n_cat_dims(self) -> int:
+        return int(sum(self.categorical))
+
+    @property
+    def input_dim(self) -> int:
+        """Length of the generator's input vector: z, one-hot codes, continuous codes."""
+        return self.z_dim + self.n_cat_dims + self.n_continuous
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation of real crops on the training device."""
+
+    rot90: bool = param(True, help="Random 90-degree rotations (cells have no canonical orientation).")
+    flip: bool = param(True, help="Random horizontal/vertical flips.")
+    shift: int = param(2, help="Largest random shift in pixels (0 disables).", ge=0)
+    rotate: float = param(
+        0.0, help="Largest random rotation in degrees, any angle, bilinear (0 disables).", ge=0, le=180
+    )
+    scale: float = param(
+        0.0, help="Largest random zoom as a fraction: 0.1 draws 0.9x to 1.1x (0 disables).", ge=0, le=0.5
+    )
+    brightness: float = param(
+        0.0,
+        help="Largest random brightness offset as a fraction of the intensity "
+        "range, the same for every channel (0 disables).",
+        ge=0,
+        le=0.5,
+    )
+    contrast: float = param(
+        0.0,
+        help="Largest random contrast change as a fraction: 0.2 scales each image's "
+        "deviation from its mean by 0.8x to 1.2x (0 disables).",
+        ge=0,
+        le=0.9,
+    )
+    saturation: float = param(
+        0.0,
+        help="Largest random saturation change as a fraction: scales each pixel's "
+        "deviation from its mean over channels (0 disables; no effect on one channel).",
+        ge=0,
+        le=0.9,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """InfoGAN training. Budgets are counted in images seen, not epochs."""
+
+    latent: LatentSpec = param(
+        default_factory=lambda: LatentSpec(z_dim=16),
+        help="The latent space "
+        "(little noise: with a large z, z rather than the category decides the cell's kind).",
+    )
+    seeds: list = param(
+        default_factory=lambda: [0], help="Training seeds; the workflow trains one run per seed."
+    )
+    total_images: int = param(
+        20480,
+        help="Training length in real images shown to D. The default trains "
+        "for a few minutes on 2 CPU cores; a GPU run wants 1-5 million.",
+        ge=1,
+    )
+    batch_size: int = param(
+        128,
+        help="Batch size, at least 2 for BatchNorm (lambda_pair_mi needs ~10 images per category per batch).",
+        ge=2,
+    )
+    lr_g: float = param(1e-3, help="Generator (and Q) learning rate.", gt=0)
+    lr_d: float = param(2e-4, help="Discriminator learning rate.", gt=0)
+    beta1: float = param(0.5, help="Adam beta1.", ge=0, le=1)
+    beta2: float = param(0.999, help="Adam beta2.", ge=0, le=1)
+    loss: str = param("nonsaturating", help="GAN loss.", choices=["nonsaturating", "hinge"])
+    lambda_cat: float = param(1.0, help="Weight of the categorical information loss.", ge=0)
+    lambda_cont: float = param(0.1, help="Weight of the continuous information loss (Gaussian NLL).", ge=0)
+    info_trains_trunk: bool = param(
+        True, help="The information loss also trains D's shared trunk (the InfoGAN paper: yes)."
+    )
+    spectral_norm: bool = param(False, help="Spectral normalisation on D's layers.")
+    g_channels: int = param(
+        16,
+        help="Generator width (channels of its last hidden layer); 16 keeps 64 px "
+        "crops fast on a CPU, a GPU run wants 64.",
+        ge=4,
+    )
+    d_channels: int = param(
+        16, help="Discriminator width (channels of its first layer); a GPU run wants 64.", ge=4
+    )
+    ema_beta: float = param(0.999, help="EMA of the generator's weights (0 disables).", ge=0, le=1)
+    prior: str = param(
+        "uniform",
+        help="Categorical prior: uniform, or learned from Q's assignments of "
+        "real crops as training goes (finds rare classes).",
+        choices=["uniform", "learned"],
+    )
+    prior_momentum: float = param(0.99, help="Momentum of the learned prior's running estimate.", ge=0, le=1)
+    prior_floor: float = param(
+        0.01, help="Smallest probability a learned prior gives any category.", ge=0, le=1
+    )
+    prior_warmup: float = param(
+        0.2,
+        help="Fraction of training that samples the categorical code uniformly "
+        "before the learned prior takes over (Q's early assignments are noise).",
+        ge=0,
+        le=1,
+    )
+    holdout_fraction: float = param(
+        0.0,
+        help="Fraction of the crops (that passed QC) kept out of training, "
+        "a fixed split recorded in the checkpoint; the analysis uses them as its "
+        "hold-out (memorisation check, train-on-synthetic-test-on-real). 0: train on "
+        "all, and the analysis marks its hold-out as seen in training.",
+        ge=0,
+        le=0.9,
+    )
+    partial_labels: bool = param(
+        True,
+        help="When the crop store labels some crops and leaves the rest "
+        "unlabelled (class sub-folders beside loose cells, an NPZ or CSV with some labels "
+        "empty), every labelled crop supervises Q's first categorical code, so categories "
+        "take the classes' names (semi-supervised InfoGAN); the unlabelled crops train "
+        "everything else. A fully labelled store stays unsupervised (its labels score the "
+        "result). false: ignore the labels.",
+    )
+    supervised_fraction: float = param(
+        0.0,
+        help="Fraction of labelled crops whose label supervises Q's categorical head (0 = unsupervised).",
+        ge=0,
+        le=1,
+    )
+    lambda_pair_mi: float = param(
+        1.0,
+        help="Weight of invariant information clustering (IIC) of Q's first "
+        "categorical head on two diff_augment views of each real batch (0 disables; "
+        "needs diff_augment). Not part of InfoGAN: it makes Q cluster real crops.",
+        ge=0,
+    )
+    pair_mi_entropy: float = param(
+        0.5,
+        help="Weight of the entropy of the categories' marginal in the IIC "
+        "term (1: mutual information; below 1 lets Q's categories on real crops be "
+        "unequal in size, as on imbalanced smears; above 1 pushes them to be equal).",
+        ge=0,
+    )
+    q_overcluster: int = param(
+        0,
+        help="Categories of an auxiliary over-clustering head on Q, trained only by "
+        "the IIC term (IIC's recipe: about 5x the categories of the code; 0: none). It "
+        "shapes D's features; the code's own head is what the analysis reads.",
+        ge=0,
+    )
+    lambda_sup: float = param(
+        1.0, help="Weight of the supervised cross-entropy on labelled real crops.", ge=0
+    )
+    supervised_batch: int = param(
+        32,
+        help="Labelled real crops per step for the supervised loss, drawn with "
+        "classes equally often (semi-supervised runs only).",
+        ge=1,
+    )
+    augment: AugmentConfig = param(
+        default_factory=AugmentConfig,
+        help="On-device augmentation of real crops (G learns the augmented distribution).",
+    )
+    diff_augment: AugmentConfig = param(
+        default_factory=lambda: AugmentConfig(rot90=True, flip=True, shift=2),
+        help="Differentiable augmentation of every image D and Q see, real and generated (DiffAugment): G "
+        "still learns the un-augmented distribution, D overfits small sets less, and the codes cannot "
+        "encode what these transforms change (position, orientation, size). All off: none.",
+    )
+    tick_images: int = param(4096, help="Images between progress records in stats.jsonl.", ge=1)
+    snapshot_images: int = param(10240, help="Images between sample grids.", ge=1)
+    checkpoint_images: int = param(10240, help="Images between resume checkpoints.", ge=1)
+    compile: bool = param(False, help="torch.compile the networks (CUDA only).")
+    tf32: bool = param(True, help="Allow TF32 matrix multiplies on CUDA (recorded in the run).")
+    precision: str = param(
+        "auto",
+        help="Mixed precision: auto (bf16 autocast on a CUDA device that supports "
+        "it, fp32 elsewhere), fp32, or bf16 (autocast on any device, the CPU too). Losses "
+        "and Q's last layer stay fp32 either way.",
+        choices=["auto", "fp32", "bf16"],
+    )
+
+    def check(self, prefix: str = "") -> None:
+        """The rules between keys, so a bad combination is refused when the config is read (and the
+        workflow fails at parse time), not when training starts after every crop job has run."""
+        if not self.seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds
+        ):
+            raise ConfigError(
+                f"config key '{prefix}seeds': expected a non-empty list of integers >= 0, got {self.seeds!r}"
+            )
+        if self.batch_size < 2:
+            raise ConfigError(
+                f"config key '{prefix}batch_size': {self.batch_size} is too small "
+                "(BatchNorm needs batches of 2 or more)"
+            )
+        categorical = self.latent.categorical
+        if self.prior == "learned":
+            if not categorical:
+                raise ConfigError(
+                    f"config key '{prefix}prior': 'learned' needs a categorical code "
+                    f"({prefix}latent.categorical is empty)"
+                )
+            k = max(categorical)
+            if k * self.prior_floor > 1:
+                raise ConfigError(
+                    f"config key '{prefix}prior_floor': {self.prior_floor} x {k} categories "
+                    f"exceeds 1 (with {prefix}prior: learned the floor must be at most 1/{k})"
+                )
+        if self.lambda_pair_mi > 0:
+            if not categorical:
+                raise ConfigError(
+                    f"config key '{prefix}lambda_pair_mi': needs a categorical code "
+                    f"({prefix}latent.categorical is empty); set it to 0"
+                )
+            if not any(dataclasses.astuple(self.diff_augment)):
+                raise ConfigError(
+                    f"config key '{prefix}lambda_pair_mi': needs diff_augment (two different "
+                    f"views of each real crop), but every {prefix}diff_augment transform is off; "
+                    "turn one on or set lambda_pair_mi to 0"
+                )
+        if self.q_overcluster > 0 and self.lambda_pair_mi <= 0:
+            raise ConfigError(
+                f"config key '{prefix}q_overcluster': the over-clustering head is trained by the "
+                f"IIC term only; set {prefix}lambda_pair_mi above 0 (or q_overcluster to 0)"
+            )
+        if self.supervised_fraction > 0 and not categorical:
+            raise ConfigError(
+                f"config key '{prefix}supervised_fraction': semi-supervision needs a categorical "
+                f"code ({prefix}latent.categorical is empty)"
+            )
