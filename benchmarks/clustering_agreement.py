@@ -50,7 +50,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
 
-from infogan_cells.analysis.clustering import agreement, assign_with_q  # noqa: E402
+from infogan_cells.analysis.clustering import agreement  # noqa: E402
+from infogan_cells.analysis.codes import assign_with_q  # noqa: E402
 from infogan_cells.analysis.seeds import information_score  # noqa: E402
 from infogan_cells.config import load_config, parse_set_option  # noqa: E402
 from infogan_cells.data.store import read_crop_store, write_crop_store  # noqa: E402

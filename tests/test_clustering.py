@@ -8,12 +8,12 @@ import torch
 
 from infogan_cells.analysis.clustering import (
     agreement,
-    assign_with_q,
     contingency,
     hungarian_accuracy,
     hungarian_mapping,
     many_to_one_accuracy,
 )
+from infogan_cells.analysis.codes import assign_with_q
 from infogan_cells.config import LatentSpec
 from infogan_cells.model.networks import Discriminator
 

@@ -18,7 +18,7 @@ import tifffile
 import torch
 from test_synthesise import SPEC, assert_same, randomise, read_all
 
-from infogan_cells.analysis.clustering import assign_with_q
+from infogan_cells.analysis.codes import assign_with_q
 from infogan_cells.cli import main
 from infogan_cells.config import SynthConfig, load_config
 from infogan_cells.errors import ConfigError, InputError

@@ -18,7 +18,7 @@ import torch
 from skimage.draw import disk
 from sklearn.metrics import normalized_mutual_info_score
 
-from infogan_cells.analysis.clustering import assign_with_q
+from infogan_cells.analysis.codes import assign_with_q
 from infogan_cells.config import LatentSpec, TrainConfig
 from infogan_cells.data.store import write_crop_store
 from infogan_cells.model.checkpoint import load_discriminator

@@ -289,7 +289,7 @@ def test_semi_supervision_teaches_q_the_labels_from_a_few_crops(tmp_path):
     """4 labelled disks and 4 labelled squares (a class-balanced batch of 32 drawn from them every step:
     with 8, most seeds never separate them) are enough
     for Q to sort all 48 crops by shape."""
-    from infogan_cells.analysis.clustering import assign_with_q
+    from infogan_cells.analysis.codes import assign_with_q
     from infogan_cells.data.store import read_crop_store
     from infogan_cells.model.checkpoint import load_discriminator
 

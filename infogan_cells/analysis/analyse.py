@@ -122,7 +122,7 @@ def _analyse(
 
     # Assign the real crops
     bar.set_postfix(step="assign")
-    probs, cont, q_features = assign(D, images, n_cat)
+    probs, cont, q_features = assign(D, images)
     categories = probs.argmax(axis=1)
     assignments = pd.DataFrame(
         {"crop_index": crop_index, "category": categories, "confidence": probs.max(axis=1)}

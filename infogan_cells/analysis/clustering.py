@@ -6,8 +6,8 @@ normalised mutual information and the adjusted Rand index (``sklearn.metrics``).
 clusters than classes (over-clustering) the one-to-one accuracy caps below 1, so
 :func:`many_to_one_accuracy` (each cluster takes its majority class) is reported beside it.
 
-Labels may be any hashable values (strings, ints); nothing here needs torch except
-:func:`assign_with_q`, which imports it when called.
+Labels may be any hashable values (strings, ints); nothing here needs torch. Q's categories
+for real crops come from :func:`infogan_cells.analysis.codes.assign_with_q`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ __all__ = [
     "hungarian_accuracy",
     "many_to_one_accuracy",
     "agreement",
-    "assign_with_q",
 ]
 
 
@@ -77,32 +76,3 @@ def agreement(y_true: Sequence, y_pred: Sequence) -> dict[str, float]:
         "ari": float(adjusted_rand_score(y_true, y_pred)),
         "purity": many_to_one_accuracy(y_true, y_pred),
     }
-
-
-def assign_with_q(
-    D, images: np.ndarray, *, code: int = 0, batch_size: int = 256, device="cpu"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Q's category for each real crop.
-
-    D : a :class:`~infogan_cells.model.networks.Discriminator` (put in eval mode here);
-    images : (N, H, W, C) uint8 crops as stored. Returns (categories (N,) int64,
-    probabilities (N, K) float32) of categorical code ``code``.
-    """
-    import torch
-
-    from infogan_cells.model.augment import to_float
-
-    D.eval()
-    dev = torch.device(device)
-    probs = []
-    with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(dev)
-            x = to_float(x.permute(0, 3, 1, 2))
-            q = D.q_head(D.trunk(x))
-            probs.append(torch.softmax(q.cat_logits[code].float(), dim=1).cpu())
-    if not probs:
-        k = D.spec.categorical[code]
-        return np.zeros(0, np.int64), np.zeros((0, k), np.float32)
-    p = torch.cat(probs).numpy()
-    return p.argmax(1).astype(np.int64), p

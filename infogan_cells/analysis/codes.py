@@ -25,9 +25,9 @@ from infogan_cells.analysis.morphology import (
 )
 from infogan_cells.config import AnalyseConfig, LatentSpec
 from infogan_cells.data.h5ad import write_h5ad
-from infogan_cells.model.augment import to_uint8
 from infogan_cells.model.latent import Latent, sample_latent, to_input
 from infogan_cells.report.plots import image_grid, save_gif, save_grid
+from infogan_cells.synthesis.generate import generate as generate_images
 
 log = logging.getLogger(__name__)
 
@@ -39,22 +39,36 @@ PIXEL_KMEANS_LIMIT = 20_000_000
 
 @torch.no_grad()
 def assign(
-    D: torch.nn.Module, images: np.ndarray, n_cat: int, *, batch_size: int = 256
+    D: torch.nn.Module, images: np.ndarray, *, code: int = 0, batch_size: int = 256
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Q's category probabilities (N, n_cat) for the first categorical code, its continuous
-    code means (N, n_continuous) and its hidden layer (N, q_hidden), for crops (N, H, W, C) uint8."""
+    """Q's category probabilities (N, K) for categorical code ``code`` (a single column of ones
+    without categorical codes), its continuous code means (N, n_continuous) and its hidden layer
+    (N, q_hidden), for crops (N, H, W, C) uint8, on D's device in D's current mode."""
     device = next(D.parameters()).device
     probs, cont, hidden = [], [], []
     for i in range(0, len(images), batch_size):
         h = D.trunk(quality.to_unit_range(images[i : i + batch_size]).to(device))
         out = D.q_head(h)
         if out.cat_logits:
-            probs.append(torch.softmax(out.cat_logits[0], dim=1).cpu().numpy())
+            probs.append(torch.softmax(out.cat_logits[code].float(), dim=1).cpu().numpy())
         else:
             probs.append(np.ones((len(out.cont_mu), 1), np.float32))
         cont.append(out.cont_mu.cpu().numpy())
         hidden.append(D.q_net[:-1](h).float().cpu().numpy())
     return np.concatenate(probs), np.concatenate(cont), np.concatenate(hidden)
+
+
+def assign_with_q(
+    D, images: np.ndarray, *, code: int = 0, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """Q's category for each real crop: (categories (N,) int64, probabilities (N, K) float32) of
+    categorical code ``code``. D (a :class:`~infogan_cells.model.networks.Discriminator`) is put
+    in eval mode; images are (N, H, W, C) uint8 crops as stored."""
+    D.eval()
+    if len(images) == 0:
+        return np.zeros(0, np.int64), np.zeros((0, D.spec.categorical[code]), np.float32)
+    probs = assign(D, images, code=code, batch_size=batch_size)[0]
+    return probs.argmax(1).astype(np.int64), probs
 
 
 def write_cells(
@@ -91,19 +105,12 @@ def write_cells(
     )
 
 
-@torch.no_grad()
 def generate(
     G: torch.nn.Module, spec: LatentSpec, latent: Latent, device: torch.device, *, batch_size: int = 256
 ) -> np.ndarray:
-    """Generated crops (N, H, W, C) uint8 for ``latent``."""
-    parts = []
-    for i in range(0, len(latent), batch_size):
-        part = Latent(
-            latent.z[i : i + batch_size], latent.cat[i : i + batch_size], latent.cont[i : i + batch_size]
-        )
-        x = G(to_input(spec, part.to(device)))
-        parts.append(to_uint8(x).permute(0, 2, 3, 1).cpu().numpy())
-    return np.concatenate(parts)
+    """Generated crops (N, H, W, C) uint8 for ``latent``, made as synthesis makes them
+    (:func:`infogan_cells.synthesis.generate.generate`, ``batch_size`` rows a pass)."""
+    return generate_images(G, to_input(spec, latent), np.arange(len(latent)), batch_size, device)
 
 
 def category_map(summary: dict, category_labels: list | None) -> pd.DataFrame:

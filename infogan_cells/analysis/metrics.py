@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from infogan_cells.analysis.clustering import agreement
+from infogan_cells.analysis.clustering import agreement, contingency
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +31,10 @@ def contingency_table(categories: np.ndarray, labels: np.ndarray, n_categories: 
     categories = np.asarray(categories, dtype=np.int64)
     labels = np.asarray(labels, dtype=str)
     known = labels != ""
-    names = sorted(set(labels[known]))
+    counts, rows, names = contingency(labels[known], categories[known])
     table = np.zeros((n_categories, len(names)), dtype=np.int64)
-    col = {name: j for j, name in enumerate(names)}
-    for k, lab in zip(categories[known], labels[known], strict=True):
-        table[k, col[lab]] += 1
+    table[rows] = counts
+    names = names.tolist()
     return pd.DataFrame(table, index=pd.RangeIndex(n_categories, name="category"), columns=names)
 
 

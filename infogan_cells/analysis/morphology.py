@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from infogan_cells.preprocess.qc import fill_holes, laplacian, otsu_index
+
 log = logging.getLogger(__name__)
 
 #: Crops whose contrast never exceeds this many grey levels are treated as holding no cell.
@@ -47,14 +49,7 @@ def _otsu_thresholds(values: np.ndarray, nbins: int = 256) -> np.ndarray:
     hist = np.zeros((values.shape[0], nbins))
     np.add.at(hist, (np.arange(values.shape[0])[:, None], idx), 1.0)
     centres = lo + (np.arange(nbins) + 0.5) * width
-    w0 = np.cumsum(hist, axis=1)
-    w1 = w0[:, -1:] - w0
-    m0 = np.cumsum(hist * centres, axis=1)
-    m1 = m0[:, -1:] - m0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = w0 * w1 * (m0 / w0 - m1 / w1) ** 2
-    between = np.nan_to_num(between[:, :-1], nan=-1.0)
-    best = np.argmax(between, axis=1)
+    best = otsu_index(hist, centres)
     return lo[:, 0] + (best + 1) * width[:, 0]
 
 
@@ -81,29 +76,14 @@ def foreground_mask(images: np.ndarray) -> np.ndarray:
     thresholds = _otsu_thresholds(contrast.reshape(n, -1))
     masks = contrast > thresholds[:, None, None]
     masks &= (contrast.reshape(n, -1).max(axis=1) >= MIN_CONTRAST)[:, None, None]
+    masks = fill_holes(masks)
     for i in range(n):
-        if not masks[i].any():
-            continue
-        filled = ndi.binary_fill_holes(masks[i])
-        labels, n_comp = ndi.label(filled)
+        labels, n_comp = ndi.label(masks[i])
         if n_comp > 1:
             sizes = np.bincount(labels.ravel())
             sizes[0] = 0
-            filled = labels == np.argmax(sizes)
-        masks[i] = filled
+            masks[i] = labels == np.argmax(sizes)
     return masks
-
-
-def _focus(grey: np.ndarray) -> np.ndarray:
-    """Variance of the 4-neighbour Laplacian of each (H, W) image in ``grey`` (N, H, W)."""
-    lap = (
-        grey[:, :-2, 1:-1]
-        + grey[:, 2:, 1:-1]
-        + grey[:, 1:-1, :-2]
-        + grey[:, 1:-1, 2:]
-        - 4 * grey[:, 1:-1, 1:-1]
-    )
-    return lap.reshape(len(grey), -1).var(axis=1)
 
 
 def measure_morphology(
@@ -203,7 +183,7 @@ def _measure(images: np.ndarray, masks: np.ndarray, names: list[str]) -> pd.Data
     }
     for i, name in enumerate(names):
         out[f"intensity_{name}"] = per_channel[:, i]
-    out["focus"] = _focus(x.mean(axis=3))
+    out["focus"] = laplacian(x.mean(axis=3)).reshape(len(x), -1).var(axis=1)
     out["centroid_offset"] = offset
     return pd.DataFrame(out)
 

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from infogan_cells.data.h5ad import read_dataframe
 from infogan_cells.data.store import FORMAT as CROPS_FORMAT
-from infogan_cells.data.store import read_obs as read_crop_obs
 from infogan_cells.errors import InputError
 from infogan_cells.synthesis.writers import FORMAT, OBS_COLUMNS, load_hdf5_plugins
 
@@ -46,7 +46,34 @@ def _open(path: Path, fmt: str = FORMAT) -> h5py.File:
     return f
 
 
-class SyntheticCells(torch.utils.data.Dataset):
+class _ImagesOnDemand(torch.utils.data.Dataset):
+    """The ``images`` dataset of ``self.path``, opened on first use in each process: a forked
+    DataLoader worker drops its parent's handle (never uses or closes it) and opens its own."""
+
+    _format = FORMAT
+    _file: h5py.File | None = None
+    _images: h5py.Dataset | None = None
+    _pid: int | None = None
+
+    def _dataset(self) -> h5py.Dataset:
+        if self._images is None or self._pid != os.getpid():
+            self._file = _open(self.path, self._format)
+            self._images = self._file["images"]
+            self._pid = os.getpid()
+        return self._images
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = self._images = self._pid = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.update(_file=None, _images=None, _pid=None)
+        return state
+
+
+class SyntheticCells(_ImagesOnDemand):
     """Synthetic cells from ``synth.h5`` (a shard or the master file).
 
     ``dataset[i]`` is ``(image, label)``: image (C, H, W) float32 in [0, 1], label the sample's
@@ -62,20 +89,9 @@ class SyntheticCells(torch.utils.data.Dataset):
             self.category_names: list[str] = json.loads(f.attrs["category_names"])
             self.channel_names = [str(c) for c in f["images"].attrs["channel_names"]]
             self.image_shape = tuple(f["images"].shape[1:])
-        self._file: h5py.File | None = None
-        self._images: h5py.Dataset | None = None
-        self._pid: int | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
-
-    def _dataset(self) -> h5py.Dataset:
-        if self._images is None or self._pid != os.getpid():
-            # in a forked worker the parent's handle is dropped, never used or closed here
-            self._file = _open(self.path)
-            self._images = self._file["images"]
-            self._pid = os.getpid()
-        return self._images
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         i = range(len(self))[i]  # negative indices; IndexError past the end
@@ -84,18 +100,8 @@ class SyntheticCells(torch.utils.data.Dataset):
             image = self.transform(image)
         return image, int(self.labels[i])
 
-    def close(self) -> None:
-        if self._file is not None and self._pid == os.getpid():
-            self._file.close()
-        self._file = self._images = self._pid = None
 
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state.update(_file=None, _images=None, _pid=None)
-        return state
-
-
-class CropDataset(torch.utils.data.Dataset):
+class CropDataset(_ImagesOnDemand):
     """Real crops from a crop store ``crops.h5``, with the conventions of :class:`SyntheticCells`.
 
     ``dataset[i]`` is ``(image, target)``: image (C, H, W) float32 in [0, 1] (``transform`` is
@@ -116,6 +122,8 @@ class CropDataset(torch.utils.data.Dataset):
     chunked one per HDF5 chunk read one crop per item in any order (``docs/benchmarks.md``).
     """
 
+    _format = CROPS_FORMAT
+
     def __init__(
         self,
         path: str | Path,
@@ -128,7 +136,7 @@ class CropDataset(torch.utils.data.Dataset):
         self.path = Path(path)
         self.transform, self.target_transform = transform, target_transform
         with _open(self.path, CROPS_FORMAT) as f:
-            obs = read_crop_obs(f)
+            obs = read_dataframe(f["obs"])
             self.channel_names = [str(c) for c in f["images"].attrs.get("channel_names", [])]
             self.image_shape = tuple(f["images"].shape[1:])
         keep = (
@@ -162,19 +170,9 @@ class CropDataset(torch.utils.data.Dataset):
             lookup = {name: k for k, name in enumerate(self.classes)}
             self.targets = np.array([lookup.get(v, -1) for v in values], dtype=np.int64)
         self.obs = obs.iloc[self.crop_index].reset_index(drop=True)
-        self._file: h5py.File | None = None
-        self._images: h5py.Dataset | None = None
-        self._pid: int | None = None
 
     def __len__(self) -> int:
         return len(self.crop_index)
-
-    def _dataset(self) -> h5py.Dataset:
-        if self._images is None or self._pid != os.getpid():
-            self._file = _open(self.path, CROPS_FORMAT)
-            self._images = self._file["images"]
-            self._pid = os.getpid()
-        return self._images
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, object]:
         i = range(len(self))[i]
@@ -186,21 +184,11 @@ class CropDataset(torch.utils.data.Dataset):
         target = int(self.targets[i])
         return image, (self.target_transform(target) if self.target_transform is not None else target)
 
-    def close(self) -> None:
-        if self._file is not None and self._pid == os.getpid():
-            self._file.close()
-        self._file = self._images = self._pid = None
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state.update(_file=None, _images=None, _pid=None)
-        return state
-
 
 def read_obs(path: str | Path) -> pd.DataFrame:
     """The data set's label table: one row per image, columns ``index, seed, category, label, confidence``."""
     with _open(Path(path)) as f:
-        obs = f["obs"]
-        return pd.DataFrame(
-            {name: (obs[name].asstr()[:] if name == "label" else obs[name][:]) for name in OBS_COLUMNS}
-        )
+        obs = read_dataframe(f["obs"])  # the crop store's reader: both tables are AnnData dataframes
+        if "index" not in obs:  # the row names, stored as the encoding's index
+            obs.insert(0, "index", f["obs"]["index"][:])
+        return obs[list(OBS_COLUMNS)]

@@ -122,11 +122,6 @@ def write_crop_store(
     log.info("wrote %d crops (%dx%dx%d) to %s", n, h, w, c, path)
 
 
-def read_obs(f: h5py.File) -> pd.DataFrame:
-    """The ``obs`` table of an open crop store (index 0 .. N-1)."""
-    return read_dataframe(f["obs"])
-
-
 def read_crop_store(path: str | Path, *, load_images: bool = True) -> CropSet:
     """Read a crop store; raise :class:`InputError` naming the file if it is not one of ours."""
     path = Path(path)
@@ -149,7 +144,7 @@ def read_crop_store(path: str | Path, *, load_images: bool = True) -> CropSet:
             raise InputError(f"{path}: /images must be (N, H, W, C) uint8, found {ds.shape} {ds.dtype}")
         images = ds[...] if load_images else None
         channel_names = [str(c) for c in ds.attrs.get("channel_names", [])]
-        obs = read_obs(f)
+        obs = read_dataframe(f["obs"])
         summary = json.loads(f.attrs.get("summary", "{}"))
         config = str(f.attrs.get("config", ""))
     if len(obs) != (len(images) if images is not None else len(obs)):

@@ -6,7 +6,6 @@ first ones), so a glance tells whether the boxes, normalisation and QC did what 
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,14 +43,28 @@ def montage(crops: np.ndarray, *, ncols: int = 8, max_tiles: int = MAX_TILES, pa
     channels = 3 if c == 3 else 1
     if n == 0:
         return np.full((h + 2 * pad, w + 2 * pad, channels), 255, np.uint8).squeeze()
-    ncols = min(ncols, n)
-    nrows = math.ceil(n / ncols)
-    grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, channels), 255, np.uint8)
-    for k in range(n):
-        r, q = divmod(k, ncols)
-        top, left = pad + r * (h + pad), pad + q * (w + pad)
-        grid[top : top + h, left : left + w] = crops[k]
+    grid = tile(crops, min(ncols, n), pad=pad, fill=255)
     return grid.squeeze(axis=2) if channels == 1 else grid
+
+
+def tile(
+    tiles: np.ndarray, n_cols: int, *, pad: int = 0, fill: int = 0, group_cols: int | None = None
+) -> np.ndarray:
+    """Tiles (N, H, W, K) uint8 in row-major order -> one sheet (R, S, K) uint8.
+
+    ``pad`` pixels of ``fill`` around and between tiles; ``group_cols`` adds a wider gap (4 * pad)
+    after every that many columns (separates panels). At least one row, empty where no tile.
+    """
+    n, h, w, k = tiles.shape
+    n_rows = max(1, -(-n // n_cols))
+    gaps = [pad + (3 * pad if group_cols and j and j % group_cols == 0 else 0) for j in range(n_cols)]
+    col0 = np.cumsum([0] + [gaps[j] + w for j in range(n_cols)])[:-1] + np.array(gaps)
+    out = np.full((n_rows * (h + pad) + pad, int(col0[-1]) + w + pad, k), fill, np.uint8)
+    for i in range(n):
+        r, c = divmod(i, n_cols)
+        y, x = pad + r * (h + pad), int(col0[c])
+        out[y : y + h, x : x + w] = tiles[i]
+    return out
 
 
 def montage_name(stem: str, label: str) -> str:

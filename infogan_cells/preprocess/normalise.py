@@ -56,7 +56,7 @@ def channel_limits(
     return lo, hi
 
 
-def to_uint8(image: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+def rescale_to_uint8(image: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
     """Map ``low``..``high`` (per channel, last axis) linearly onto 0..255, clipped: uint8, same shape."""
     low = np.asarray(low, np.float32)
     scale = np.where(high > low, 255.0 / np.maximum(np.asarray(high, np.float32) - low, 1e-12), 0.0)
@@ -69,7 +69,7 @@ def normalise(
 ) -> np.ndarray:
     """Per-channel normalisation of an (M, N, C) image (or a (K, M, N, C) stack) to uint8."""
     lo, hi = channel_limits(image, method=method, percentiles=percentiles)
-    return to_uint8(image, lo, hi)
+    return rescale_to_uint8(image, lo, hi)
 
 
 def background_level(image: np.ndarray, boxes: np.ndarray | None = None) -> np.ndarray:

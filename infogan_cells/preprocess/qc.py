@@ -60,14 +60,24 @@ def otsu_levels(distance: np.ndarray) -> np.ndarray:
     n = len(distance)
     flat = distance.reshape(n, -1).astype(np.int32) + 256 * np.arange(n, dtype=np.int32)[:, None]
     hist = np.bincount(flat.ravel(), minlength=256 * n).reshape(n, 256).astype(np.float64)
-    levels = np.arange(256, dtype=np.float64)
+    best = otsu_index(hist, np.arange(256, dtype=np.float64))
+    return np.maximum(best + 1, MIN_LEVEL)  # values >= level are foreground
+
+
+def otsu_index(hist: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Otsu's split of each row of histograms ``hist`` (N, B) with bin centres ``centres`` ((B,) or
+    (N, B)): the last bin of the lower class, (N,) int, maximising the between-class variance.
+
+    Splits that leave a class empty never win; a row with no valid split gives 0.
+    """
     w0 = np.cumsum(hist, axis=1)
     w1 = w0[:, -1:] - w0
-    m0 = np.cumsum(hist * levels, axis=1)
-    mean0 = np.divide(m0, w0, out=np.zeros_like(m0), where=w0 > 0)
-    mean1 = np.divide(m0[:, -1:] - m0, w1, out=np.zeros_like(m0), where=w1 > 0)
-    between = w0 * w1 * (mean0 - mean1) ** 2
-    return np.maximum(np.argmax(between, axis=1) + 1, MIN_LEVEL)  # values >= level are foreground
+    m0 = np.cumsum(hist * centres, axis=1)
+    valid = (w0 > 0) & (w1 > 0)
+    mean0 = np.divide(m0, w0, out=np.zeros_like(m0), where=valid)
+    mean1 = np.divide(m0[:, -1:] - m0, w1, out=np.zeros_like(m0), where=valid)
+    between = np.where(valid, w0 * w1 * (mean0 - mean1) ** 2, -1.0)
+    return np.argmax(between, axis=1)
 
 
 def cell_masks(distance: np.ndarray, levels: np.ndarray) -> np.ndarray:
@@ -75,10 +85,13 @@ def cell_masks(distance: np.ndarray, levels: np.ndarray) -> np.ndarray:
 
     Filling holes closes the central pallor of red blood cells, as bright as the background.
     """
-    masks = distance >= np.asarray(levels, np.int16).reshape(-1, 1, 1)
-    # Holes: background components (labelled for the whole stack at once, crops kept apart)
-    # that do not reach their crop's border.
-    labels, n = ndi.label(~masks, structure=_IN_PLANE)
+    return fill_holes(distance >= np.asarray(levels, np.int16).reshape(-1, 1, 1))
+
+
+def fill_holes(masks: np.ndarray) -> np.ndarray:
+    """Masks (N, H, W) bool with their holes filled: background components (4-connected, each crop
+    apart) that do not reach their crop's border. A new array; ``masks`` is not modified."""
+    labels, n = ndi.label(~masks, structure=_IN_PLANE)  # the whole stack at once, crops kept apart
     reaches_border = np.zeros(n + 1, bool)
     for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
         reaches_border[edge] = True
@@ -137,21 +150,23 @@ def laplacian_variance(crops: np.ndarray) -> np.ndarray:
     grey = crops[..., 0].astype(np.int16)
     for k in range(1, crops.shape[3]):
         grey += crops[..., k]
-    lap = (
-        (
-            grey[:, :-2, 1:-1]
-            + grey[:, 2:, 1:-1]
-            + grey[:, 1:-1, :-2]
-            + grey[:, 1:-1, 2:]
-            - 4 * grey[:, 1:-1, 1:-1]
-        )
-        .reshape(len(crops), -1)
-        .astype(np.int32)
-    )
+    lap = laplacian(grey).reshape(len(crops), -1).astype(np.int32)
     count = max(1, lap.shape[1])
     mean = lap.sum(axis=1, dtype=np.int64) / count
     var = np.einsum("ij,ij->i", lap, lap, dtype=np.int64) / count - mean**2
     return np.maximum(var, 0) / crops.shape[3] ** 2
+
+
+def laplacian(grey: np.ndarray) -> np.ndarray:
+    """The 4-neighbour Laplacian of each (H, W) image of ``grey`` (N, H, W): (N, H - 2, W - 2), in
+    ``grey``'s dtype (integers: make sure it cannot overflow)."""
+    return (
+        grey[:, :-2, 1:-1]
+        + grey[:, 2:, 1:-1]
+        + grey[:, 1:-1, :-2]
+        + grey[:, 1:-1, 2:]
+        - 4 * grey[:, 1:-1, 1:-1]
+    )
 
 
 def size_ratio(areas: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:

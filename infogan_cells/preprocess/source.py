@@ -26,8 +26,8 @@ from infogan_cells.preprocess.normalise import (
     lab_stats,
     outside_boxes_median,
     reinhard,
+    rescale_to_uint8,
     subsample,
-    to_uint8,
 )
 from infogan_cells.preprocess.windows import (
     align_cells,
@@ -169,8 +169,8 @@ def crop_source(
     else:
         measured = decoded if good_cells is None else decoded[good_cells]  # limits from finite cells only
         lo, hi = channel_limits(measured, method=cfg.normalise, percentiles=cfg.percentiles)
-        background = to_uint8(background_level(measured, known), lo, hi)
-        image = to_uint8(decoded if finite is None else np.where(finite, decoded, 0), lo, hi)
+        background = rescale_to_uint8(background_level(measured, known), lo, hi)
+        image = rescale_to_uint8(decoded if finite is None else np.where(finite, decoded, 0), lo, hi)
         sample = subsample(image) if reference is not None else None
         if source.is_stack:
             crops = np.zeros((len(index), size, size, n_channels), np.uint8)
@@ -261,7 +261,7 @@ def pil_levels(im: Image.Image, boxes: np.ndarray, cfg: CropConfig) -> tuple[np.
     if cfg.normalise != "none":
         hist = np.asarray(im.histogram(), np.int64).reshape(bands, 256)
         lo, hi = histogram_levels(hist, cfg.percentiles)
-        lut = to_uint8(np.arange(256, dtype=np.float32)[:, None].repeat(bands, axis=1), lo, hi)
+        lut = rescale_to_uint8(np.arange(256, dtype=np.float32)[:, None].repeat(bands, axis=1), lo, hi)
     w, h = im.size
     factor = max(1.0, max(w, h) / GRID)
     gw, gh = max(1, round(w / factor)), max(1, round(h / factor))

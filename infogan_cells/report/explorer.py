@@ -44,6 +44,7 @@ from infogan_cells.config import LatentSpec
 from infogan_cells.errors import InputError
 from infogan_cells.model.checkpoint import load_generator, resolve_device
 from infogan_cells.model.latent import Latent, sample_latent_by_seed, to_input
+from infogan_cells.preprocess.montage import tile
 from infogan_cells.report.folder import code_meaning, read_analysis
 from infogan_cells.report.html import esc, page
 from infogan_cells.report.live import LIVE_SCRIPTS, find_runtime, write_live_files
@@ -91,13 +92,7 @@ def to_rgb(images: torch.Tensor) -> np.ndarray:
 
 def pack_sprite(tiles: np.ndarray, cols: int) -> np.ndarray:
     """Tiles (N, H, W, 3) -> one sheet (rows*H, cols*W, 3), row-major, black where no tile."""
-    n, h, w, _ = tiles.shape
-    rows = max(1, math.ceil(n / cols))
-    sheet = np.zeros((rows * h, cols * w, 3), dtype=np.uint8)
-    for t in range(n):
-        r, c = divmod(t, cols)
-        sheet[r * h : (r + 1) * h, c * w : (c + 1) * w] = tiles[t]
-    return sheet
+    return tile(tiles, cols)
 
 
 @torch.inference_mode()

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from infogan_cells._io import atomic_path
+from infogan_cells.preprocess.montage import tile
 
 __all__ = ["image_grid", "save_grid", "save_gif", "plot_losses"]
 
@@ -42,17 +43,7 @@ def image_grid(
     images = np.asarray(images)
     if images.dtype != np.uint8:
         images = np.clip(np.rint((images.astype(np.float32) + 1) * 127.5), 0, 255).astype(np.uint8)
-    tiles = _to_rgb_tiles(images)
-    n, h, w, _ = tiles.shape
-    n_rows = -(-n // n_cols)
-    gaps = [pad + (3 * pad if group_cols and j and j % group_cols == 0 else 0) for j in range(n_cols)]
-    col0 = np.cumsum([0] + [gaps[j] + w for j in range(n_cols)])[:-1] + np.array(gaps)
-    out = np.full((n_rows * (h + pad) + pad, int(col0[-1]) + w + pad, 3), pad_value, np.uint8)
-    for i in range(n):
-        r, c = divmod(i, n_cols)
-        y, x = pad + r * (h + pad), int(col0[c])
-        out[y : y + h, x : x + w] = tiles[i]
-    return out
+    return tile(_to_rgb_tiles(images), n_cols, pad=pad, fill=pad_value, group_cols=group_cols)
 
 
 def save_grid(path: str | Path, images: np.ndarray, n_cols: int, *, scale: int = 1, **kwargs) -> np.ndarray:

@@ -14,7 +14,7 @@ import torch
 
 from infogan_cells.config import LatentSpec, SynthConfig
 from infogan_cells.errors import InputError
-from infogan_cells.model.augment import to_float
+from infogan_cells.model.augment import to_float, to_uint8
 from infogan_cells.model.latent import Latent, sample_latent_by_seed, to_input
 from infogan_cells.model.networks import Discriminator, Generator
 from infogan_cells.synthesis.plan import Plan
@@ -103,15 +103,6 @@ def forward(
         yield y
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """Images (B, C, H, W) in [-1, 1] to (B, H, W, C) uint8 (on their device, then to the CPU)."""
-    return _quantise(images).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def _quantise(images: torch.Tensor) -> torch.Tensor:
-    return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)  # separate ops: no FMA
-
-
 def generate(
     G: Generator, x: torch.Tensor, index: np.ndarray, micro_batch: int, device: torch.device
 ) -> np.ndarray:
@@ -132,7 +123,7 @@ def _generate(
     """Quantised images (B, C, H, W) uint8 on ``device``, passes as :func:`_aligned`'s."""
 
     def quantised(rows: torch.Tensor) -> torch.Tensor:
-        return _quantise(G(rows))
+        return to_uint8(G(rows))  # separate ops, as on the host: no FMA
 
     return _in_order(
         _aligned(quantised, x.to(device), np.asarray(index, dtype=np.int64), micro_batch, pack=pack),
