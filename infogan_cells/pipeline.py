@@ -1,4 +1,4 @@
-"""Glue for the Snakemake scripts: logging to the rule's log, threads, the typed config.
+"""Glue for the Snakemake scripts: logging to the rule's log, torch's threads, the typed config.
 
 Each script in ``workflow/scripts`` is a few lines: ``with stage(snakemake) as cfg:`` and one
 package call. A user's mistake (``InputError``) is written to the log as one line and the job
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -33,8 +32,9 @@ def stage(smk: Any) -> Iterator[Config]:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     use_bars(False)  # jobs share the terminal and each has its log: progress as plain lines
+    # OMP_NUM_THREADS and the BLAS variables are set by workflow/scripts/_checkout.py, before
+    # numpy and torch are imported (they read them then); torch's own count is set here.
     threads = max(1, int(getattr(smk, "threads", 1) or 1))
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     if "torch" in sys.modules or _wants_torch(smk):
         import torch
 

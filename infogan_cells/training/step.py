@@ -8,20 +8,13 @@ from typing import Any
 import torch
 
 from infogan_cells.config import LatentSpec, TrainConfig
+from infogan_cells.model import losses
 from infogan_cells.model.augment import augment_batch, is_identity
 from infogan_cells.model.checkpoint import (
     autocast,
     resolve_precision,
 )
 from infogan_cells.model.latent import Latent, to_input
-from infogan_cells.model.losses import (
-    DiscriminatorLoss,
-    GeneratorLoss,
-    InfoLoss,
-    PairMILoss,
-    SupervisedLoss,
-    total,
-)
 from infogan_cells.model.networks import Discriminator, Generator, QOutput, init_weights
 
 log = logging.getLogger(__name__)
@@ -92,11 +85,11 @@ class InfoGANStep:
     ):
         self.G, self.D, self.opt_G, self.opt_D = G, D, opt_G, opt_D
         self.spec, self.config, self.device = spec, config, device
-        self.d_loss = DiscriminatorLoss(config.loss)
-        self.g_loss = GeneratorLoss(config.loss)
-        self.info_loss = InfoLoss(config.lambda_cat, config.lambda_cont)
-        self.sup_loss = SupervisedLoss(config.lambda_sup)
-        self.pair_loss = PairMILoss(config.lambda_pair_mi, config.pair_mi_entropy)
+        self.d_loss = losses.DiscriminatorLoss(config.loss)
+        self.g_loss = losses.GeneratorLoss(config.loss)
+        self.info_loss = losses.InfoLoss(config.lambda_cat, config.lambda_cont)
+        self.sup_loss = losses.SupervisedLoss(config.lambda_sup)
+        self.pair_loss = losses.PairMILoss(config.lambda_pair_mi, config.pair_mi_entropy)
         self.precision = resolve_precision(config.precision, device)
         self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         self._D_params = list(D.parameters())
@@ -151,7 +144,7 @@ class InfoGANStep:
         # every loss term in fp32, outside autocast
         terms = self.d_loss(real_logits, fake_logits)
         terms.update(self.info_loss(q_fake, latent))
-        d_total = total(terms, "Loss/D/adv", "Loss/Q/info")
+        d_total = losses.total(terms, "Loss/D/adv", "Loss/Q/info")
         if q_sup is not None:
             terms.update(self.sup_loss(q_sup.cat_logits[0], supervised[1]))
             d_total = d_total + terms["Loss/Q/sup"]
