@@ -25,9 +25,9 @@ import h5py
 import numpy as np
 
 from infogan_cells.config import load_config
-from infogan_cells.data.dataset import CropDataset
 from infogan_cells.data.store import read_crop_store
 from infogan_cells.preprocess.crop import crop
+from infogan_cells.synthesis.dataset import CropDataset
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "nih_malaria_cell_images_4k"

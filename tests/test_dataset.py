@@ -13,11 +13,11 @@ import torch
 
 import infogan_cells
 from infogan_cells.config import LatentSpec, SynthConfig
-from infogan_cells.data.dataset import CropDataset, SyntheticCells, read_obs
 from infogan_cells.data.store import write_crop_store
 from infogan_cells.errors import InputError
 from infogan_cells.model.checkpoint import save_network
 from infogan_cells.model.networks import Discriminator, Generator
+from infogan_cells.synthesis.dataset import CropDataset, SyntheticCells, read_obs
 from infogan_cells.synthesis.gather import gather
 from infogan_cells.synthesis.synthesise import synthesise
 

@@ -364,7 +364,7 @@ def write_report(
 ) -> Path:
     """Write ``out_dir/report/`` from the analysis files in ``out_dir``; return its ``index.html``.
 
-    With ``run_dir`` the cell explorer is rendered too (:func:`infogan_cells.report.explorer.write_explorer`,
+    With ``run_dir`` the cell explorer is rendered too (:func:`infogan_cells.report.pages.write_explorer`,
     ``explorer_kwargs`` go to it); without, an explorer already in ``report/`` is kept and linked.
     """
     a = read_analysis(out_dir)

@@ -6,7 +6,7 @@ from snakemake.utils import validate
 
 from infogan_cells.config import Config, ConfigError, from_mapping
 
-# The config's own checks (infogan_cells/config.py: types, ranges and the rules between keys)
+# The config's own checks (infogan_cells/config/: types, ranges and the rules between keys)
 # fail the DAG at parse time with one line naming the keys, before any job runs; then the JSON
 # schema generated from the same dataclasses (`infogan-cells schema`).
 try:
