@@ -99,6 +99,28 @@ def _check_config(config: TrainConfig) -> None:
     config.check("train.")
 
 
+def _show_tick(rec: dict, pbar: Any) -> None:
+    """One tick's record as a log line, and on the progress bar when there is one."""
+    log.info(
+        "kimg %.1f  D %.3f  G %.3f  Q cat %.3f cont %.3f  %.0f img/s",
+        rec["kimg"],
+        rec["Loss/D/adv"],
+        rec["Loss/G/adv"],
+        rec["Loss/Q/cat"],
+        rec["Loss/Q/cont"],
+        rec["images_per_s"],
+    )
+    if pbar is not None:
+        pbar.set_postfix(
+            {
+                "img/s": f"{rec['images_per_s']:.0f}",
+                "D": f"{rec['Loss/D/adv']:.2f}",
+                "G": f"{rec['Loss/G/adv']:.2f}",
+                "Q": f"{rec['Loss/Q/cat']:.2f}",
+            }
+        )
+
+
 def _save_resume(path: Path, state: ResumeState) -> None:
     """Write the resume state (tests replace this to simulate a kill after a checkpoint)."""
     state.save(path)
@@ -266,24 +288,7 @@ def train(
                     ]
                 records.append(rec)
                 write_stats(stats_path, records)
-                log.info(
-                    "kimg %.1f  D %.3f  G %.3f  Q cat %.3f cont %.3f  %.0f img/s",
-                    rec["kimg"],
-                    rec["Loss/D/adv"],
-                    rec["Loss/G/adv"],
-                    rec["Loss/Q/cat"],
-                    rec["Loss/Q/cont"],
-                    rec["images_per_s"],
-                )
-                if pbar is not None:
-                    pbar.set_postfix(
-                        {
-                            "img/s": f"{rec['images_per_s']:.0f}",
-                            "D": f"{rec['Loss/D/adv']:.2f}",
-                            "G": f"{rec['Loss/G/adv']:.2f}",
-                            "Q": f"{rec['Loss/Q/cat']:.2f}",
-                        }
-                    )
+                _show_tick(rec, pbar)
                 tick_sums, tick_steps = {}, 0
                 t_tick = time.perf_counter()
             if crossed(config.snapshot_images) or done:
