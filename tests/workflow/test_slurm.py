@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from infogan_cells.crop import OBS_COLUMNS
 from infogan_cells.store import write_crop_store
 from infogan_cells.validate import validate_file
 
@@ -162,7 +161,7 @@ def test_training_memory_and_time_follow_the_crops_and_the_budget(tmp_path, devi
                         "qc_clipped": False, "qc_inside": 1.0, "qc_size_ratio": 1.0, "qc_n_cells": 1, "qc_blur": 1.0})
     store = tmp_path / "results" / "crops" / "crops.h5"
     store.parent.mkdir(parents=True)
-    write_crop_store(store, np.zeros((n, 64, 64, 3), np.uint8), obs[list(OBS_COLUMNS)], ["R", "G", "B"],
+    write_crop_store(store, np.zeros((n, 64, 64, 3), np.uint8), obs, ["R", "G", "B"],
                      summary={}, config="", compression=1)
     assert store.stat().st_size < 2e6
     extra = tmp_path / "extra.yaml"

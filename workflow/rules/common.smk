@@ -151,7 +151,9 @@ def get_torch_mem_mb(wildcards, input, attempt):
 
 def get_train_mem_mb(wildcards, input, attempt):
     """Training: the crops loaded block by block into one tensor, beside torch and the networks."""
-    return int((4000 + TRAIN_CROPS_MEMORY_FACTOR * crops_mb(input, [input.crops])) * attempt)
+    return int(
+        (4000 + TRAIN_CROPS_MEMORY_FACTOR * crops_mb(input, [input.crops])) * attempt
+    )
 
 
 def get_train_runtime(wildcards, attempt):
