@@ -47,3 +47,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real test data not found at {SHARED_DATA} (../shared/data beside the repo)")
     return SHARED_DATA
+
+
+@pytest.fixture()
+def one_thread():
+    """torch on one intra-op thread for the test, restored after: tiny networks train faster so
+    (OpenMP barriers dominate, worse on a loaded machine), and synthesis runs each pass so."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
-import torch
 from skimage.draw import disk
 from sklearn.metrics import normalized_mutual_info_score
 
@@ -44,14 +42,6 @@ def two_kinds(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
             img[disk(centre, rng.uniform(2.5, 3.5), shape=(SIZE, SIZE))] = rng.uniform(80, 110)
         images[i, ..., 0] = np.clip(img, 0, 255)
     return images, kinds
-
-
-@pytest.fixture()
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_q_categories_find_two_kinds_of_cells(tmp_path, one_thread):

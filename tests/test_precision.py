@@ -36,12 +36,7 @@ from infogan_cells.training.syncs import HostSyncCounter
 PRESETS = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "config").glob("*.yaml"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_store(path: Path, n: int = 32, size: int = 32, channels: int = 3, labels=("a", "b")) -> Path:

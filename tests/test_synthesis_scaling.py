@@ -40,19 +40,13 @@ def batches(n: int, sizes: list[int], shape=(16, 16, 3)):
     return images, out
 
 
-@pytest.mark.parametrize("threads", ["1", "3"])
-@pytest.mark.parametrize(
-    "sizes", [[1000], [7, 300, 1, 511, 181], [64] * 15 + [40]], ids=["one", "odd", "chunky"]
-)
-def test_threaded_gzip_writes_the_same_images_whatever_the_batches(tmp_path, monkeypatch, threads, sizes):
-    monkeypatch.setenv("INFOGAN_CELLS_COMPRESSION_THREADS", threads)
-    assert compression_threads() == int(threads)
-    images, parts = batches(1000, sizes)
-    path = tmp_path / "synth.h5"
+def write(path, n: int, images: np.ndarray, parts) -> None:
+    """Write ``parts`` into an ``n``-row gzip HDF5 file (committed on success, aborted on an error)."""
+    shape = images.shape[1:]
     with HDF5Writer(
         path,
-        n=1000,
-        image_shape=images.shape[1:],
+        n=n,
+        image_shape=shape,
         channel_names=["r", "g", "b"],
         z_dim=2,
         n_codes=1,
@@ -62,6 +56,18 @@ def test_threaded_gzip_writes_the_same_images_whatever_the_batches(tmp_path, mon
     ) as writer:
         for part in parts:
             writer.write(part)
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+@pytest.mark.parametrize(
+    "sizes", [[1000], [7, 300, 1, 511, 181], [64] * 15 + [40]], ids=["one", "odd", "chunky"]
+)
+def test_threaded_gzip_writes_the_same_images_whatever_the_batches(tmp_path, monkeypatch, threads, sizes):
+    monkeypatch.setenv("INFOGAN_CELLS_COMPRESSION_THREADS", threads)
+    assert compression_threads() == int(threads)
+    images, parts = batches(1000, sizes)
+    path = tmp_path / "synth.h5"
+    write(path, 1000, images, parts)
     with h5py.File(path, "r") as f:
         ds = f["images"]
         assert ds.compression == "gzip" and ds.chunks[0] == chunk_images(images.shape[1:], 1000)
@@ -75,19 +81,7 @@ def test_an_aborted_threaded_writer_leaves_nothing(tmp_path):
     images, parts = batches(200, [50, 50, 100])
     path = tmp_path / "synth.h5"
     with pytest.raises(RuntimeError, match="100 of 200"):
-        with HDF5Writer(
-            path,
-            n=200,
-            image_shape=images.shape[1:],
-            channel_names=["r", "g", "b"],
-            z_dim=2,
-            n_codes=1,
-            n_continuous=1,
-            attrs={},
-            compression="gzip",
-        ) as writer:
-            for part in parts[:2]:
-                writer.write(part)
+        write(path, 200, images, parts[:2])
     assert list(tmp_path.iterdir()) == []
 
 

@@ -136,14 +136,6 @@ def test_generator_rows_do_not_depend_on_their_neighbours(run_dir):
         torch.set_num_threads(threads)
 
 
-@pytest.fixture()
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as synthesis runs each forward pass
-    yield
-    torch.set_num_threads(threads)
-
-
 def latents(run_dir: Path, n: int) -> tuple[Generator, torch.Tensor]:
     G, spec, meta = load_generator(run_dir)
     plan = make_plan(spec, meta, CONFIG, per_category=False, category_map=None)

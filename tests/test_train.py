@@ -79,13 +79,7 @@ def make_store(path, n=24, size=16, channels=1, labels=("disk", "square"), qc_pa
     return path
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks train faster on one thread (OpenMP barriers dominate, worse on a loaded machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
