@@ -297,3 +297,18 @@ def test_the_sync_counter_sees_reads_copies_and_data_dependent_shapes():
         torch.nonzero(x)
         x + 1  # no sync
     assert counter.calls == {"item": 1, "to": 1, "__bool__": 1, "nonzero": 1}
+
+
+def test_crops_larger_than_the_free_memory_are_refused_before_reading(tmp_path, monkeypatch, capsys):
+    """Size needed and size free in one line, before any crop is read or any output written
+    (the free memory is made small here; a real device reports its own through free_memory)."""
+    import infogan_cells.training.data as data_mod
+
+    assert data_mod.free_memory(torch.device("cpu")) > 0  # /proc/meminfo's MemAvailable here
+    store = random_store(tmp_path / "crops.h5", n=32)  # 32 x 3 x 32 x 32 bytes = 96 KiB
+    monkeypatch.setattr(data_mod, "free_memory", lambda device: 20 * 1024)
+    code = cli_main(["train", "--crops", str(store), "--out", str(tmp_path / "run"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "need 0.1 MiB on cpu" in err[0] and "only 0.0 MiB is free" in err[0] and str(store) in err[0]
+    assert not (tmp_path / "run" / "network-final.pt").exists()

@@ -157,6 +157,10 @@ def free_memory(device: torch.device) -> int | None:
     return None
 
 
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
 def _read_images(
     path: Path, keep: np.ndarray, shape: tuple[int, int, int, int], device: torch.device
 ) -> torch.Tensor:
@@ -166,8 +170,8 @@ def _read_images(
     free = free_memory(device)
     if free is not None and need > free:
         raise InputError(
-            f"{path}: the crops need {need / 2**30:.2f} GiB on {device} and only "
-            f"{free / 2**30:.2f} GiB is free; train on fewer or smaller crops, or on a device "
+            f"{path}: the crops need {_size(need)} on {device} and only "
+            f"{_size(free)} is free; train on fewer or smaller crops, or on a device "
             "with more memory"
         )
     out = torch.empty(shape, dtype=torch.uint8, device=device)
