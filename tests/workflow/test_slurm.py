@@ -17,7 +17,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -119,30 +118,11 @@ def read_every_dataset(path: Path) -> int:
     return n
 
 
-def dry_run_resources(tmp_path: Path, *configs: Path) -> dict[str, str]:
+def dry_run_resources(smk, tmp_path: Path, *configs: Path) -> dict[str, str]:
     """The `resources:` line of the first job of each rule in a dry run of the shipped profile."""
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--snakefile",
-            str(REPO / "Snakefile"),
-            "--directory",
-            str(tmp_path),
-            "--workflow-profile",
-            str(PROFILE),
-            "--configfile",
-            *map(str, configs),
-            "--default-resources",
-            "slurm_partition=local",
-            "-n",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    profile = ["--workflow-profile", str(PROFILE)]
+    local = ["--default-resources", "slurm_partition=local"]
+    res = smk(tmp_path, *profile, "--configfile", *map(str, configs), *local, "-n", timeout=300)
     assert res.returncode == 0, res.stderr[-5000:]
     text = res.stdout + res.stderr
     return {
@@ -151,7 +131,7 @@ def dry_run_resources(tmp_path: Path, *configs: Path) -> dict[str, str]:
     }
 
 
-def test_slurm_profile_asks_for_a_gpu_only_when_the_config_says_cuda(tmp_path):
+def test_slurm_profile_asks_for_a_gpu_only_when_the_config_says_cuda(tmp_path, smk):
     """The shipped profile, dry-run against the real workflow: no GPU with `device: cpu` (tiny.yaml)
     or `auto`; one per torch job with `device: cuda`; memory and time left to the job's input."""
     pytest.importorskip("snakemake_executor_plugin_slurm")
@@ -160,7 +140,7 @@ def test_slurm_profile_asks_for_a_gpu_only_when_the_config_says_cuda(tmp_path):
         extra.write_text(f"device: {device}\n")
         work = tmp_path / device
         work.mkdir()
-        lines = dry_run_resources(work, TINY, extra)
+        lines = dry_run_resources(smk, work, TINY, extra)
         for rule, line in lines.items():
             wants_gpu = device == "cuda" and rule in GPU_RULES
             assert bool(re.search(r"\bgpu=1\b", line)) == wants_gpu, (device, rule, line)
@@ -172,7 +152,7 @@ def test_slurm_profile_asks_for_a_gpu_only_when_the_config_says_cuda(tmp_path):
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
-def test_training_memory_and_time_follow_the_crops_and_the_budget(tmp_path, device):
+def test_training_memory_and_time_follow_the_crops_and_the_budget(tmp_path, device, smk):
     """With a crop store in place, the dry run resolves the training job's requests: memory from
     the store's uncompressed crops (2000 x 64 x 64 x 3 bytes = 24.6 MB; the file is ~0.5 MB),
     time from train.total_images at the device's assumed speed."""
@@ -213,31 +193,9 @@ def test_training_memory_and_time_follow_the_crops_and_the_budget(tmp_path, devi
     assert store.stat().st_size < 2e6
     extra = tmp_path / "extra.yaml"
     extra.write_text(f"device: {device}\ntrain:\n  total_images: 1200000\n")
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--snakefile",
-            str(REPO / "Snakefile"),
-            "--directory",
-            str(tmp_path),
-            "--workflow-profile",
-            str(PROFILE),
-            "--configfile",
-            str(TINY),
-            str(extra),
-            "-n",
-            "--allowed-rules",
-            "train",
-            "--",
-            "results/train/seed0/network-final.pt",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    configs = ["--configfile", str(TINY), str(extra)]
+    target = ["--allowed-rules", "train", "--", "results/train/seed0/network-final.pt"]
+    res = smk(tmp_path, "--workflow-profile", str(PROFILE), *configs, "-n", *target, timeout=300)
     assert res.returncode == 0, res.stderr[-5000:]
     line = (res.stdout + res.stderr).split("rule train:")[1].split("resources:")[1].splitlines()[0]
     resources = dict(re.findall(r"(\w+)=([^,\s]+)", line))
@@ -248,21 +206,15 @@ def test_training_memory_and_time_follow_the_crops_and_the_budget(tmp_path, devi
 
 
 @pytest.mark.slurm
-def test_workflow_runs_as_slurm_jobs(tmp_path, slurm_cluster):
+def test_workflow_runs_as_slurm_jobs(tmp_path, slurm_cluster, smk_command):
     # Plumbing, not learning: one seed and a few training steps on top of tiny.yaml (device: cpu).
     smaller = tmp_path / "smaller.yaml"
     smaller.write_text("train:\n  seeds: [0]\n  total_images: 128\n  tick_images: 64\n")
     workdir = tmp_path / "work"
     workdir.mkdir()
     # The profile as shipped; only the partition comes from the command line.
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
+    cmd = smk_command(
+        workdir,
         "--workflow-profile",
         str(PROFILE),
         "--configfile",
@@ -270,7 +222,7 @@ def test_workflow_runs_as_slurm_jobs(tmp_path, slurm_cluster):
         str(smaller),
         "--default-resources",
         f"slurm_partition={partition()}",
-    ]
+    )
 
     started = time.monotonic()
     res = run_with_interrupt(cmd, workdir, timeout=1200)
