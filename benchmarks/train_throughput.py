@@ -66,19 +66,10 @@ def _sync(device: torch.device) -> None:
 def random_store(path: Path, n: int, size: int, channels: int) -> Path:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, size, size, channels), dtype=np.uint8)
-    obs = pd.DataFrame(
-        {
-            "source_image": "random",
-            "source_index": np.arange(n),
-            "min_row": 0,
-            "min_col": 0,
-            "max_row": size,
-            "max_col": size,
-            "label": "",
-            "qc_pass": True,
-            "qc_reason": "",
-        }
-    )
+    # One whole-image box per crop, unlabelled, every crop passing QC.
+    columns = ["source_image", "source_index", "min_row", "min_col", "max_row", "max_col"]
+    boxes = pd.DataFrame([("random", i, 0, 0, size, size) for i in range(n)], columns=columns)
+    obs = boxes.assign(label="", qc_pass=True, qc_reason="")
     write_crop_store(path, images, obs, [f"c{i}" for i in range(channels)], csv=False)
     return path
 
