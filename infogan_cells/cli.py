@@ -38,6 +38,13 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     _verbose_arg(p)
 
 
+def _input_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", help="input file or folder (input.path)")
+    p.add_argument(
+        "--format", choices=FORMATS, help="input format (input.format; auto guesses from the path)"
+    )
+
+
 def _verbose_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
 
@@ -116,14 +123,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     if blocking is not None:
         raise InputError(f"{blocking}: is a file; --out {args.out} must name a run directory")
     seed = args.seed if args.seed is not None else cfg.train.seeds[0]
+    progress = not args.no_progress
     train(
-        args.crops,
-        args.out,
-        cfg.train,
-        seed=seed,
-        device=cfg.device,
-        progress=not args.no_progress,
-        resolved_config=cfg,
+        args.crops, args.out, cfg.train, seed=seed, device=cfg.device, progress=progress, resolved_config=cfg
     )
 
 
@@ -226,10 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("crop", help="read images and boxes (or segment), crop, QC, write crops.h5")
-    p.add_argument("--input", help="input file or folder (input.path)")
-    p.add_argument(
-        "--format", choices=FORMATS, help="input format (input.format; auto guesses from the path)"
-    )
+    _input_args(p)
     p.add_argument("--size", type=int, help="crop side in pixels (crop.size)")
     p.add_argument("--segment", action="store_true", help="find cells by segmentation (no boxes)")
     p.add_argument("--keep-failed", action="store_true", help="keep QC failures, flagged")
@@ -246,10 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_merge_crops)
 
     p = sub.add_parser("list-images", help="list the source images of an input (one job each)")
-    p.add_argument("--input", help="input file or folder (input.path)")
-    p.add_argument(
-        "--format", choices=FORMATS, help="input format (input.format; auto guesses from the path)"
-    )
+    _input_args(p)
     _config_args(p)
     p.set_defaults(func=cmd_list_images)
 
