@@ -24,6 +24,8 @@ from infogan_cells.config import LatentSpec
 
 LOG_SIGMA_MIN, LOG_SIGMA_MAX = -5.0, 2.0
 
+SpecArg = LatentSpec | dict  # a spec, or its dict as a checkpoint's ``kwargs`` hold it
+
 
 def _n_levels(img_size: int) -> int:
     levels = math.log2(img_size / 4)
@@ -32,8 +34,14 @@ def _n_levels(img_size: int) -> int:
     return int(levels)
 
 
-def _spec_dict(spec: LatentSpec | dict) -> dict:
+def _spec_dict(spec: SpecArg) -> dict:
     return dataclasses.asdict(spec) if isinstance(spec, LatentSpec) else dict(spec)
+
+
+def _record(net: nn.Module, spec: SpecArg, **sizes) -> None:
+    """Set ``net.spec``, and ``net.kwargs``: the constructor arguments a checkpoint rebuilds ``net`` from."""
+    net.spec = spec if isinstance(spec, LatentSpec) else LatentSpec(**spec)
+    net.kwargs = dict(spec=_spec_dict(spec), **sizes)
 
 
 class Generator(nn.Module):
@@ -44,18 +52,10 @@ class Generator(nn.Module):
     """
 
     def __init__(
-        self,
-        spec: LatentSpec | dict,
-        img_size: int = 64,
-        channels: int = 3,
-        width: int = 64,
-        max_width: int = 512,
+        self, spec: SpecArg, img_size: int = 64, channels: int = 3, width: int = 64, max_width: int = 512
     ):
         super().__init__()
-        self.spec = spec if isinstance(spec, LatentSpec) else LatentSpec(**spec)
-        self.kwargs = dict(
-            spec=_spec_dict(spec), img_size=img_size, channels=channels, width=width, max_width=max_width
-        )
+        _record(self, spec, img_size=img_size, channels=channels, width=width, max_width=max_width)
         n = _n_levels(img_size)
         chans = [min(width * 2 ** (n - 1 - i), max_width) for i in range(n)]  # 4x4 ... H/2
         self.img_size, self.channels = img_size, channels
@@ -99,7 +99,7 @@ class Discriminator(nn.Module):
 
     def __init__(
         self,
-        spec: LatentSpec | dict,
+        spec: SpecArg,
         img_size: int = 64,
         channels: int = 3,
         width: int = 64,
@@ -109,16 +109,8 @@ class Discriminator(nn.Module):
         q_overcluster: int = 0,
     ):
         super().__init__()
-        self.spec = spec if isinstance(spec, LatentSpec) else LatentSpec(**spec)
-        self.kwargs = dict(
-            spec=_spec_dict(spec),
-            img_size=img_size,
-            channels=channels,
-            width=width,
-            max_width=max_width,
-            spectral_norm=spectral_norm,
-            q_hidden=q_hidden,
-        )
+        sizes = dict(img_size=img_size, channels=channels, width=width, max_width=max_width)
+        _record(self, spec, **sizes, spectral_norm=spectral_norm, q_hidden=q_hidden)
         if q_overcluster:  # only when used, so checkpoints without it keep their constructor arguments
             self.kwargs["q_overcluster"] = q_overcluster
         n = _n_levels(img_size)
