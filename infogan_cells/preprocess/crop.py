@@ -164,16 +164,8 @@ def crop(
         "skipped_images": dict(sorted(skipped_images.items())),
         "size_qc": "deferred" if deferred else "applied",
     }
-    _finish(
-        crops,
-        obs,
-        channel_names,
-        summary,
-        crop_cfg,
-        out_path,
-        config_text,
-        montage_dir if montages else False,
-    )
+    montages_to = montage_dir if montages else False
+    _finish(crops, obs, channel_names, summary, crop_cfg, out_path, config_text, montages_to)
     return summary
 
 
