@@ -34,6 +34,22 @@ def crops(n: int, level: np.ndarray, rng: np.random.Generator, size: int = 8) ->
     return np.clip(level[:, None, None, None] + noise, 0, 255).astype(np.uint8)
 
 
+def _scores(rng, labels, hold, train, syn_labels, images, syn_images, steps: int) -> dict:
+    """``classifier_scores`` with random 2-d features, real ones first (the CNN sees the images)."""
+    features, syn_features = rng.normal(size=(len(labels), 2)), rng.normal(size=(len(syn_labels), 2))
+    return classifier_scores(
+        features,
+        labels,
+        hold,
+        train,
+        syn_features,
+        syn_labels,
+        images=images,
+        syn_images=syn_images,
+        steps=steps,
+    )
+
+
 def test_figures_that_cannot_tell_classes_apart_score_one_over_k_while_accuracy_flatters():
     """Every held-out crop looks the same: whatever the classifier answers, it answers it for all,
     so on 3 imbalanced classes the balanced figures are exactly 1/3."""
@@ -45,17 +61,7 @@ def test_figures_that_cannot_tell_classes_apart_score_one_over_k_while_accuracy_
     train = np.setdiff1d(np.arange(40), hold)
     syn_labels = np.repeat(["rbc", "ring", "schizont"], 10).astype(str)
     syn_images = crops(30, np.repeat([60.0, 130.0, 200.0], 10), rng)
-    scores = classifier_scores(
-        rng.normal(size=(40, 2)),
-        labels,
-        hold,
-        train,
-        rng.normal(size=(30, 2)),
-        syn_labels,
-        images=images,
-        syn_images=syn_images,
-        steps=20,
-    )
+    scores = _scores(rng, labels, hold, train, syn_labels, images, syn_images, steps=20)
     assert scores["n_test_classes"] == 3 and scores["labels_partial"] is False
     for name in ("tstr", "trtr"):
         assert scores[f"{name}_balanced_accuracy"] == pytest.approx(1 / 3)
@@ -72,17 +78,7 @@ def test_a_classifier_that_learns_scores_near_one_and_the_mixed_figure_appears_w
     hold, train = np.arange(0, 60, 3), np.setdiff1d(np.arange(60), np.arange(0, 60, 3))
     syn_labels = np.repeat(["rbc", "ring"], 20).astype(str)
     syn_images = crops(40, np.repeat([60.0, 190.0], 20), rng)
-    scores = classifier_scores(
-        rng.normal(size=(60, 2)),
-        labels,
-        hold,
-        train,
-        rng.normal(size=(40, 2)),
-        syn_labels,
-        images=images,
-        syn_images=syn_images,
-        steps=60,
-    )
+    scores = _scores(rng, labels, hold, train, syn_labels, images, syn_images, steps=60)
     assert scores["labels_partial"] is True and scores["n_test"] == 20
     assert scores["n_real_train"] == int((labels[train] != "").sum())
     for name in ("tstr", "trtr", "mixed"):
