@@ -331,13 +331,18 @@ def _wait_live(page) -> None:
     raise AssertionError("the live generator did not start in 60 s")
 
 
-@pytest.mark.browser
-def test_the_live_page_runs_the_generator(tmp_path: Path, browser) -> None:
+def _needs_live_runtime() -> None:
+    """Skip unless the page's ONNX runtime and the ONNX exporter are installed."""
     from infogan_cells.report.live import find_runtime
 
     if find_runtime() is None:
         pytest.skip("onnxruntime-web not installed (./setup.sh --dev installs it)")
     pytest.importorskip("onnxscript", reason="the ONNX exporter is in the onnx extra")
+
+
+@pytest.mark.browser
+def test_the_live_page_runs_the_generator(tmp_path: Path, browser) -> None:
+    _needs_live_runtime()
     run = make_run(tmp_path / "run")
     out = make_analysis(tmp_path / "seed0")
     write_report(out, run_dir=run, n_noise_seeds=1, n_steps=2)
@@ -374,11 +379,7 @@ def test_the_live_page_runs_the_generator(tmp_path: Path, browser) -> None:
 
 @pytest.mark.browser
 def test_when_the_runtime_fails_in_the_page_the_lattice_shows(tmp_path: Path, browser) -> None:
-    from infogan_cells.report.live import find_runtime
-
-    if find_runtime() is None:
-        pytest.skip("onnxruntime-web not installed (./setup.sh --dev installs it)")
-    pytest.importorskip("onnxscript", reason="the ONNX exporter is in the onnx extra")
+    _needs_live_runtime()
     run = make_run(tmp_path / "run")
     page_path = write_explorer(run, tmp_path / "seed0", n_noise_seeds=1, n_steps=2)
     (tmp_path / "seed0" / "report" / "explorer" / "ort" / "wasm.js").unlink()  # a report copied in part
