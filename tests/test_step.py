@@ -456,19 +456,15 @@ def test_pair_mi_gradient_reaches_both_views(info_trains_trunk, want_q_real):
         info_trains_trunk=info_trains_trunk,
         pair_mi_entropy=0.7,
     )
-    _, D_on, terms = _grads_of_step(
-        _config(lambda_pair_mi=2.0, **kw),
-        real,
-        latent,
-        want_q_real=want_q_real,
-        generator=torch.Generator().manual_seed(1),
-    )
-    _, D_off, terms_off = _grads_of_step(
-        _config(lambda_pair_mi=0.0, **kw),
-        real,
-        latent,
-        want_q_real=want_q_real,
-        generator=torch.Generator().manual_seed(1),
+    (_, D_on, terms), (_, D_off, terms_off) = (
+        _grads_of_step(
+            _config(lambda_pair_mi=weight, **kw),
+            real,
+            latent,
+            want_q_real=want_q_real,
+            generator=torch.Generator().manual_seed(1),
+        )
+        for weight in (2.0, 0.0)
     )
     assert "Loss/Q/pair_mi" in terms and "Loss/Q/pair_mi" not in terms_off
 
