@@ -340,14 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channels", type=int, default=1)
     p.add_argument("--batch", type=int, help="batch size (default: config/digits.yaml's)")
     p.add_argument("--width", type=int, help="G and D width (default: config/digits.yaml's)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        dest="set_",
-        metavar="KEY=VALUE",
-        help="override of config/digits.yaml for our loop (e.g. train.compile=true)",
-    )
+    set_help = "override of config/digits.yaml for our loop (e.g. train.compile=true)"
+    p.add_argument("--set", action="append", default=[], dest="set_", metavar="KEY=VALUE", help=set_help)
     p.add_argument("--seconds", type=float, default=30.0, help="timing window per loop")
     p.add_argument("--tta", action="store_true", help="also measure time to the digits accuracy goal")
     p.add_argument("--goal", type=float, default=0.90)
