@@ -120,18 +120,11 @@ def test_training_progress_in_a_log_file_is_lines_not_carriage_returns(tmp_path,
         }
     )
     write_crop_store(tmp_path / "crops.h5", images, obs, ["ch0"], csv=False)
-    config = TrainConfig(
-        latent=LatentSpec(z_dim=4, categorical=[2], n_continuous=1),
-        total_images=64,
-        batch_size=8,
-        g_channels=4,
-        d_channels=4,
-        tick_images=32,
-        snapshot_images=64,
-        checkpoint_images=64,
-        lambda_pair_mi=0.0,
-        diff_augment=AugmentConfig(rot90=False, flip=False, shift=0),
-    )
+    spec = LatentSpec(z_dim=4, categorical=[2], n_continuous=1)
+    schedule = dict(total_images=64, tick_images=32, snapshot_images=64, checkpoint_images=64)
+    no_augment = AugmentConfig(rot90=False, flip=False, shift=0)
+    small = dict(batch_size=8, g_channels=4, d_channels=4, lambda_pair_mi=0.0)
+    config = TrainConfig(latent=spec, diff_augment=no_augment, **small, **schedule)
     handler = logging.StreamHandler()
     progress_mod.log.addHandler(handler)
     progress_mod.log.setLevel(logging.INFO)
