@@ -31,17 +31,8 @@ OFF = AugmentConfig(rot90=False, flip=False, shift=0)
 
 def _config(**kw) -> TrainConfig:
     """A tiny config; the differentiable augmentation and the IIC term off unless asked."""
-    base = dict(
-        latent=SPEC,
-        batch_size=8,
-        g_channels=8,
-        d_channels=8,
-        diff_augment=OFF,
-        lambda_pair_mi=0.0,
-        precision="fp32",
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    small = dict(latent=SPEC, batch_size=8, g_channels=8, d_channels=8)
+    return TrainConfig(**{**small, "diff_augment": OFF, "lambda_pair_mi": 0.0, "precision": "fp32", **kw})
 
 
 def _setup(config: TrainConfig, seed: int = 0):

@@ -42,18 +42,9 @@ def batches(n: int, sizes: list[int], shape=(16, 16, 3)):
 
 def write(path, n: int, images: np.ndarray, parts) -> None:
     """Write ``parts`` into an ``n``-row gzip HDF5 file (committed on success, aborted on an error)."""
-    shape = images.shape[1:]
-    with HDF5Writer(
-        path,
-        n=n,
-        image_shape=shape,
-        channel_names=["r", "g", "b"],
-        z_dim=2,
-        n_codes=1,
-        n_continuous=1,
-        attrs={},
-        compression="gzip",
-    ) as writer:
+    sizes = dict(n=n, image_shape=images.shape[1:], channel_names=["r", "g", "b"])
+    latent = dict(z_dim=2, n_codes=1, n_continuous=1)
+    with HDF5Writer(path, **sizes, **latent, attrs={}, compression="gzip") as writer:
         for part in parts:
             writer.write(part)
 
