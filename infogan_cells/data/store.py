@@ -122,16 +122,20 @@ def write_crop_store(
     log.info("wrote %d crops (%dx%dx%d) to %s", n, h, w, c, path)
 
 
+def open_hdf5(path: Path, what: str, *, unreadable: str = "not an HDF5 file") -> h5py.File:
+    """Open ``path`` to read; raise :class:`InputError` naming it (as ``what``) if it is missing or not HDF5."""
+    if not path.exists():
+        raise InputError(f"{path}: {what} not found")
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise InputError(f"{path}: {unreadable} ({err})") from None
+
+
 def read_crop_store(path: str | Path, *, load_images: bool = True) -> CropSet:
     """Read a crop store; raise :class:`InputError` naming the file if it is not one of ours."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: crop store not found")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise InputError(f"{path}: not a readable HDF5 file ({err})") from None
-    with f:
+    with open_hdf5(path, "crop store", unreadable="not a readable HDF5 file") as f:
         if f.attrs.get("format") != FORMAT:
             raise InputError(
                 f"{path}: not an infogan-cells crop store (no format='{FORMAT}' attribute; "

@@ -20,6 +20,7 @@ import torch
 
 from infogan_cells.data.h5ad import read_dataframe
 from infogan_cells.data.store import FORMAT as CROPS_FORMAT
+from infogan_cells.data.store import open_hdf5
 from infogan_cells.errors import InputError
 from infogan_cells.synthesis.writers import FORMAT, OBS_COLUMNS, load_hdf5_plugins
 
@@ -29,12 +30,7 @@ __all__ = ["CropDataset", "SyntheticCells", "read_obs"]
 def _open(path: Path, fmt: str = FORMAT) -> h5py.File:
     load_hdf5_plugins()  # Blosc-compressed files need the filter registered before reading
     what = "synthetic data set" if fmt == FORMAT else "crop store"
-    if not path.exists():
-        raise InputError(f"{path}: {what} not found")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise InputError(f"{path}: not an HDF5 file ({err})") from None
+    f = open_hdf5(path, what)
     if f.attrs.get("format") != fmt:
         f.close()
         hint = (
