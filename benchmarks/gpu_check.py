@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import dataclasses
 import json
 import os
@@ -51,9 +50,8 @@ from infogan_cells.preprocess.crop import crop  # noqa: E402
 from infogan_cells.synthesis.gather import gather  # noqa: E402
 from infogan_cells.synthesis.generate import generate  # noqa: E402
 from infogan_cells.synthesis.synthesise import synthesise  # noqa: E402
-from infogan_cells.training.averaging import effective_prior, ema_update, update_prior  # noqa: E402
 from infogan_cells.training.data import Batches, load_crops  # noqa: E402
-from infogan_cells.training.step import InfoGANStep, build_networks, build_optimizers  # noqa: E402
+from infogan_cells.training.parts import advance, build_parts  # noqa: E402
 from infogan_cells.training.syncs import HostSyncCounter  # noqa: E402
 
 
@@ -163,32 +161,19 @@ def smoke(store: Path, work: Path, dev: str, toy: bool, precision: str) -> dict:
 
 
 def step_parts(config, crops_store: Path, dev: torch.device, img_size: int | None = None):
-    """Networks, optimisers, the step and the batch source on ``dev``, as train() builds them."""
+    """One turn of train()'s loop on ``dev`` (its own build_parts and advance), as a function."""
     crops = load_crops(crops_store, config, dev, torch.Generator().manual_seed(0))
     if img_size is not None and crops.img_size != img_size:
         raise ValueError(f"crops are {crops.img_size} px, wanted {img_size}")
-    G, D = build_networks(
-        config.latent, crops.img_size, crops.images.shape[1], config, torch.Generator().manual_seed(0)
-    )
-    G.to(dev), D.to(dev)
-    if dev.type == "cuda":
-        G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-    opt_G, opt_D = build_optimizers(G, D, config, dev)
-    step = InfoGANStep(G, D, opt_G, opt_D, config.latent, config, dev)
+    parts = build_parts(config, crops.img_size, crops.images.shape[1], dev, torch.Generator().manual_seed(0))
     gen = torch.Generator(device=dev).manual_seed(1)
     batches = Batches(crops, config, gen, torch.Generator(device=dev).manual_seed(2))
-    G_ema = copy.deepcopy(G).requires_grad_(False)
     prior = [torch.full((k,), 1.0 / k, device=dev) for k in config.latent.categorical]
+    learned = config.prior == "learned"
+    steps = iter(range(1 << 62))
 
     def one_step():
-        learned = config.prior == "learned"
-        real, sup = batches.real()
-        latent = batches.latent(effective_prior(prior, config.prior_floor) if learned else None)
-        terms, q_real = step(real, latent, sup, want_q_real=learned, generator=gen)
-        ema_update(G_ema, G, 0.999)
-        if q_real is not None:
-            update_prior(prior, q_real, config.prior_momentum)
-        return terms
+        return advance(parts, batches, prior, config, n_steps=next(steps), learned=learned, generator=gen)
 
     return one_step
 

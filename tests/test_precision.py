@@ -7,7 +7,6 @@ reported by CUDA itself) sits behind the ``gpu`` marker.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import subprocess
@@ -27,9 +26,9 @@ from infogan_cells.data.store import write_crop_store
 from infogan_cells.errors import ConfigError
 from infogan_cells.model.checkpoint import resolve_precision
 from infogan_cells.model.latent import sample_latent
-from infogan_cells.training.averaging import effective_prior, ema_update, update_prior
 from infogan_cells.training.data import Batches, load_crops
 from infogan_cells.training.loop import train
+from infogan_cells.training.parts import advance, build_parts
 from infogan_cells.training.step import InfoGANStep, build_networks, build_optimizers
 from infogan_cells.training.syncs import HostSyncCounter
 
@@ -221,23 +220,15 @@ def test_a_training_step_makes_no_host_sync_on_cuda(tmp_path):
     config = preset_train_config("config.yaml", prior="learned", prior_warmup=0.0)
     store = random_store(tmp_path / "crops.h5")
     crops = load_crops(store, config, dev, torch.Generator().manual_seed(0))
-    G, D = build_networks(config.latent, 32, 3, config, torch.Generator().manual_seed(0))
-    G.to(dev), D.to(dev)
-    opt_G, opt_D = build_optimizers(G, D, config, dev)
-    step = InfoGANStep(G, D, opt_G, opt_D, config.latent, config, dev)
+    parts = build_parts(config, 32, 3, dev, torch.Generator().manual_seed(0))  # channels_last, as train()
     gen = torch.Generator(device=dev).manual_seed(0)
     batches = Batches(crops, config, gen, torch.Generator(device=dev).manual_seed(1))
     prior = [torch.full((k,), 1.0 / k, device=dev) for k in config.latent.categorical]
-    G_ema = copy.deepcopy(G)
     for i in range(3):
         if i == 1:
             torch.cuda.set_sync_debug_mode("error")
         try:
-            real, sup = batches.real()
-            latent = batches.latent(effective_prior(prior, config.prior_floor))
-            _, q_real = step(real, latent, sup, want_q_real=True, generator=gen)
-            ema_update(G_ema, G, 0.99)
-            update_prior(prior, q_real, 0.9)
+            advance(parts, batches, prior, config, n_steps=i, learned=True, generator=gen)
         finally:
             torch.cuda.set_sync_debug_mode(0)
 

@@ -30,7 +30,6 @@ semi-supervised, else empty), ``holdout`` (store rows kept out of training), ``i
 """
 
 import contextlib
-import copy
 import logging
 import time
 from pathlib import Path
@@ -50,8 +49,9 @@ from infogan_cells.model.checkpoint import (
     resolve_precision,
     save_network,
 )
-from infogan_cells.training.averaging import effective_prior, ema_update, recalibrate_batchnorm, update_prior
+from infogan_cells.training.averaging import effective_prior, recalibrate_batchnorm
 from infogan_cells.training.data import Batches, load_crops
+from infogan_cells.training.parts import advance, build_parts
 from infogan_cells.training.rundir import (
     RESUME_NAME,
     STATS_NAME,
@@ -63,7 +63,6 @@ from infogan_cells.training.rundir import (
     save_snapshot,
     write_stats,
 )
-from infogan_cells.training.step import InfoGANStep, build_networks, build_optimizers
 
 __all__ = ["train"]
 
@@ -182,15 +181,8 @@ def train(
     )
 
     # --- networks and optimisers
-    G, D = build_networks(spec, img_size, channels, config, torch.Generator().manual_seed(s_init))
-    G.to(dev)
-    D.to(dev)
-    if dev.type == "cuda":
-        G.to(memory_format=torch.channels_last)
-        D.to(memory_format=torch.channels_last)
-    G_ema = copy.deepcopy(G).eval().requires_grad_(False) if config.ema_beta > 0 else None
-    opt_G, opt_D = build_optimizers(G, D, config, dev)
-    step_fn = InfoGANStep(G, D, opt_G, opt_D, spec, config, dev)
+    parts = build_parts(config, img_size, channels, dev, torch.Generator().manual_seed(s_init))
+    G, D, G_ema, opt_G, opt_D = parts.G, parts.D, parts.G_ema, parts.opt_G, parts.opt_D
     prior = [torch.full((k,), 1.0 / k, device=dev) for k in spec.categorical]
     cur_nimg, n_steps, seconds, records = 0, 0, 0.0, []
     tick_sums: dict[str, torch.Tensor] = {}
@@ -249,13 +241,9 @@ def train(
         while cur_nimg < config.total_images:
             # --- one step: every draw and update stays on the device (no host sync until a tick)
             learned = want_q_real and cur_nimg >= prior_start
-            real, supervised = batches.real()
-            latent = batches.latent(effective_prior(prior, config.prior_floor) if learned else None)
-            terms, q_real = step_fn(real, latent, supervised, want_q_real=want_q_real, generator=data_gen)
-            if G_ema is not None:
-                ema_update(G_ema, G, min(config.ema_beta, (1 + n_steps) / (10 + n_steps)))
-            if q_real is not None:
-                update_prior(prior, q_real, config.prior_momentum)
+            terms = advance(
+                parts, batches, prior, config, n_steps=n_steps, learned=learned, generator=data_gen
+            )
             for k, v in terms.items():
                 tick_sums[k] = tick_sums[k] + v if k in tick_sums else v.clone()
             tick_steps += 1
