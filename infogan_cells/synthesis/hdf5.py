@@ -101,8 +101,9 @@ class HDF5Writer(Writer):
         self._deflate = compression == "gzip" and self.n > 0
         self._partial: list[np.ndarray] = []
         self._partial_start = 0
+        self._threads = compression_threads()
         self._pool = (
-            ThreadPoolExecutor(compression_threads(), thread_name_prefix="deflate") if self._deflate else None
+            ThreadPoolExecutor(self._threads, thread_name_prefix="deflate") if self._deflate else None
         )
         self._compressing: collections.deque = collections.deque()
 
@@ -148,14 +149,14 @@ class HDF5Writer(Writer):
             )
         self._partial = [images[n_whole:]] if n_whole < len(images) else []
         self._partial_start = start + n_whole
-        self._write_compressed(wait=len(self._compressing) > 2 * self._pool._max_workers)
+        self._write_compressed(wait=len(self._compressing) > 2 * self._threads)
 
     def _write_compressed(self, wait: bool) -> None:
         offsets = (0,) * (self._images.ndim - 1)
         while self._compressing and (wait or self._compressing[0][1].done()):
             row, future = self._compressing.popleft()
             self._images.id.write_direct_chunk((row, *offsets), future.result())
-            wait = wait and len(self._compressing) > self._pool._max_workers
+            wait = wait and len(self._compressing) > self._threads
 
     def commit(self) -> None:
         if self._rows != self.n:
