@@ -15,9 +15,14 @@ Data sets (``--datasets``):
                  preset config/ifc_npz.yaml
 * ``nih``        ../shared/data/nih_malaria_cell_images (400 crops, 2 classes, padded square -> 64 px);
                  preset config/nih_cells.yaml
+* ``nih4k``      ../shared/data/nih_malaria_cell_images_4k (4,000 crops) through the crop stage with
+                 config/nih_cells.yaml (its preprocessing counts)
+* ``mnist6k``    ../shared/data/mnist_train6k (6,112 MNIST digits, 28 -> 32 px) through the crop stage
+                 with config/digits.yaml
 
 Stores for the real sets are built straight from the arrays/folders (per-set percentile scaling to
-uint8, resize), so the figures do not move when the crop stage changes.
+uint8, resize), so the figures do not move when the crop stage changes; ``simulated``, ``nih4k`` and
+``mnist6k`` go through the crop stage with their preset, as a user's run does.
 
     python benchmarks/clustering_agreement.py --datasets digits --seeds 0 1 2 --threads 1
     python benchmarks/clustering_agreement.py --datasets jurkat nih simulated --seeds 0 1 2
@@ -65,6 +70,8 @@ PRESETS = {
     "simulated": "config.yaml",
     "jurkat": "ifc_npz.yaml",
     "nih": "nih_cells.yaml",
+    "nih4k": "nih_cells.yaml",
+    "mnist6k": "digits.yaml",
 }
 
 
@@ -155,7 +162,38 @@ def build_simulated(path: Path, overrides: list[dict] = ()) -> Path:
     return path
 
 
-BUILDERS = {"digits": build_digits, "jurkat": build_jurkat, "nih": build_nih, "simulated": build_simulated}
+def _build_with_preset(path: Path, dataset: str, source: Path, overrides: list[dict] = ()) -> Path:
+    """The crop stage on ``source`` with the data set's preset (and the ``--set`` overrides), as a
+    user's run would read it: the preset's own preprocessing counts in the figures."""
+    from infogan_cells.preprocess.crop import crop
+
+    if not source.exists():
+        raise FileNotFoundError(f"{source} not found")
+    cfg = load_config(REPO / "config" / PRESETS[dataset], list(overrides))
+    crop(str(source), path, cfg.input, cfg.crop, montages=False)
+    return path
+
+
+def build_nih4k(path: Path, overrides: list[dict] = ()) -> Path:
+    """The 4,000 NIH cells through the crop stage with config/nih_cells.yaml."""
+    return _build_with_preset(path, "nih4k", SHARED / "nih_malaria_cell_images_4k", overrides)
+
+
+def build_mnist6k(path: Path, overrides: list[dict] = ()) -> Path:
+    """MNIST's own 28x28 digits (6,112) through the crop stage with config/digits.yaml (32 px)."""
+    return _build_with_preset(path, "mnist6k", SHARED / "mnist_train6k" / "mnist_train6k.npz", overrides)
+
+
+BUILDERS = {
+    "digits": build_digits,
+    "jurkat": build_jurkat,
+    "nih": build_nih,
+    "simulated": build_simulated,
+    "nih4k": build_nih4k,
+    "mnist6k": build_mnist6k,
+}
+#: builders that run the crop stage, so --set crop.* keys change their store
+THROUGH_CROP = {"simulated", "nih4k", "mnist6k"}
 
 
 # --------------------------------------------------------------------------------------
@@ -321,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         store = args.out / name / "crops.h5"
         if not store.exists():
             try:
-                BUILDERS[name](store, overrides) if name == "simulated" else BUILDERS[name](store)
+                BUILDERS[name](store, overrides) if name in THROUGH_CROP else BUILDERS[name](store)
             except (RuntimeError, FileNotFoundError) as err:
                 log.warning("%s: skipped (%s)", name, err)
                 continue

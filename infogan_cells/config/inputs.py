@@ -85,6 +85,13 @@ class CropConfig:
     )
     align: bool = param(False, help="Rotate each cell so its major axis is horizontal.")
     mask_background: bool = param(False, help="Set pixels outside the cell's mask to the background level.")
+    mask_fill: str = param(
+        "background",
+        help="What mask_background puts outside the cell: background (the image's background "
+        "level) or median (the cell's own median colour, the mask first eroded by 2 px so the "
+        "blurred rim goes too: then no dark rim or black surround is darker than a parasite).",
+        choices=["background", "median"],
+    )
     keep_failed: bool = param(False, help="Keep crops that fail QC (flagged) instead of dropping them.")
     qc_size_ratio: float = param(
         5.0, help="Reject boxes whose area is more than this factor away from the set's median.", gt=1

@@ -75,6 +75,85 @@ class AugmentConfig:
         ge=0,
         le=0.9,
     )
+    tint: float = param(
+        0.0,
+        help="Largest random offset of each channel on its own, as a fraction of the intensity range: "
+        "a slide's stain tint (pinker, bluer) stops telling cells apart, while a parasite or nucleus "
+        "far darker than its cell stays so (0 disables).",
+        ge=0,
+        le=0.5,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class HandFeatures:
+    """Label-free numbers measured on each image (real or generated) and given to D's and Q's heads
+    beside the convolutional features: a documented way to tell the model where a kind's signal
+    lies (a dark spot in the middle of a cell, the summed DNA stain), which the trunk alone may not
+    find in a CPU budget. Every number is differentiable, so G must draw what Q reads."""
+
+    quantiles: list = param(
+        default_factory=list,
+        help="Quantiles (0-1) of each chosen channel inside the centre window, e.g. [0.02, 0.1, 0.5]: "
+        "a low quantile is the darkest spot (a parasite, a nucleus) that a mean would average away "
+        "([]: none).",
+    )
+    mean: bool = param(False, help="Each chosen channel's mean over the whole image (its summed intensity).")
+    log: bool = param(
+        False,
+        help="The mean as its logarithm (of the intensity in [0, 1]): for fluorescence, where the DNA "
+        "content doubles through the cell cycle and the log spaces G1, S and G2 evenly.",
+    )
+    centre: float = param(
+        0.5, help="Side of the centre window of the quantiles, as a fraction of the image side.", gt=0, le=1
+    )
+    relative: bool = param(
+        True,
+        help="Quantiles minus the channel's median over the whole image, so a stain's overall tint "
+        "(per slide, per image) does not count, only what stands out from the cell.",
+    )
+    channels: list = param(
+        default_factory=list,
+        help="Channel names to measure, as the crop store names them (e.g. [DNA]); []: every channel. "
+        "A name the store lacks is refused before training.",
+    )
+
+    def check(self, prefix: str = "") -> None:
+        q = self.quantiles
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in q):
+            raise ConfigError(f"config key '{prefix}quantiles': expected numbers in [0, 1], got {q!r}")
+        if self.log and not self.mean:
+            raise ConfigError(f"config key '{prefix}log': takes the log of the mean; set {prefix}mean too")
+        if not all(isinstance(c, str) and c for c in self.channels):
+            raise ConfigError(f"config key '{prefix}channels': expected channel names, got {self.channels!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.quantiles) or self.mean
+
+    def channel_indices(self, names: list[str], prefix: str = "") -> list[int]:
+        """Indices of the chosen channels among a store's ``names``; a ConfigError names the key and
+        the channels the store has when one is missing."""
+        if not self.channels:
+            return list(range(len(names)))
+        missing = [c for c in self.channels if c not in names]
+        if missing:
+            raise ConfigError(
+                f"config key '{prefix}channels': {', '.join(missing)} not among the crops' channels "
+                f"({', '.join(names)})"
+            )
+        return [names.index(c) for c in self.channels]
+
+    def network_kwargs(self, indices: list[int]) -> dict:
+        """What the discriminator records to rebuild the same measurement from a checkpoint."""
+        return {
+            "quantiles": [float(v) for v in self.quantiles],
+            "mean": self.mean,
+            "log": self.log,
+            "centre": self.centre,
+            "relative": self.relative,
+            "channels": indices,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +280,11 @@ class TrainConfig:
         help="Differentiable augmentation of every image D and Q see, real and generated (DiffAugment): G "
         "still learns the un-augmented distribution, D overfits small sets less, and the codes cannot "
         "encode what these transforms change (position, orientation, size). All off: none.",
+    )
+    hand_features: HandFeatures = param(
+        default_factory=HandFeatures,
+        help="Label-free per-channel numbers of each image given to D's and Q's heads beside the "
+        "convolutional features (off unless quantiles or mean is set).",
     )
     tick_images: int = param(4096, help="Images between progress records in stats.jsonl.", ge=1)
     snapshot_images: int = param(10240, help="Images between sample grids.", ge=1)

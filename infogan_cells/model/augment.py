@@ -49,7 +49,14 @@ def is_identity(config: AugmentConfig) -> bool:
 def needs_float(config: AugmentConfig) -> bool:
     """True when ``config`` enables a transform that needs floating-point images (resampling or
     intensity changes); 90-degree rotations, flips and shifts work on uint8 too."""
-    return bool(config.rotate or config.scale or config.brightness or config.contrast or config.saturation)
+    return bool(
+        config.rotate
+        or config.scale
+        or config.brightness
+        or config.contrast
+        or config.saturation
+        or config.tint
+    )
 
 
 def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
@@ -58,7 +65,7 @@ def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.
     images : (B, C, H, W) tensor; any dtype for 90-degree rotations, flips and shifts (uint8
     keeps them cheap), floating point in [-1, 1] for free rotations and zoom (``config.rotate``,
     ``config.scale``: bilinear, edges repeated) and for the intensity changes (``brightness``,
-    ``contrast``, ``saturation``, as in DiffAugment; not clipped). Returns a tensor of the same shape and dtype
+    ``contrast``, ``saturation``, as in DiffAugment, and ``tint``, an offset per channel; not clipped). Returns a tensor of the same shape and dtype
     (the input itself when every transform is off; it is never modified in place). Every
     transform is differentiable with respect to floating-point input. 90-degree rotations need
     square images. Shifts move the image by up to ``config.shift`` pixels in rows and columns,
@@ -74,6 +81,10 @@ def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.
         )
     if config.brightness > 0 or config.contrast > 0 or config.saturation > 0:
         x = _jitter_intensity(x, config, generator)
+    if config.tint > 0:  # drawn only when on, so configs without it keep their draws
+        x = x + (torch.rand(B, x.shape[1], 1, 1, generator=generator, device=dev, dtype=x.dtype) * 2 - 1) * (
+            2 * config.tint
+        )
     if config.rotate > 0 or config.scale > 0:
         u = torch.rand(2, B, generator=generator, device=dev) * 2 - 1
         angle = u[0] * (config.rotate * math.pi / 180)

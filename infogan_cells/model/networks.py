@@ -90,6 +90,71 @@ class QOutput:
     over_logits: torch.Tensor | None = None  # the auxiliary over-clustering head (IIC), when D has one
 
 
+class HandStats(nn.Module):
+    """Per-channel numbers of an image batch (B, C, H, W) in [-1, 1] -> (B, n): quantiles of the
+    centre window (less the channel's median over the image when ``relative``) and means over the
+    whole image (their logarithm when ``log``), standardised by BatchNorm and scaled to carry as much input variance as ``feat``
+    convolutional features. Differentiable (quantiles through the sort), computed in fp32."""
+
+    def __init__(
+        self,
+        n_feat: int,
+        channels: list[int],
+        quantiles: list[float] = (),
+        mean: bool = False,
+        centre: float = 0.5,
+        relative: bool = True,
+        log: bool = False,
+    ):
+        super().__init__()
+        self.channels, self.quantiles, self.mean = list(channels), [float(q) for q in quantiles], mean
+        self.log = log
+        self.centre, self.relative = float(centre), relative
+        self.n_out = len(self.channels) * (len(self.quantiles) + int(mean))
+        if self.n_out == 0:
+            raise ValueError("HandStats needs channels and at least one quantile or the mean")
+        self.norm = nn.BatchNorm1d(self.n_out, affine=False)
+        self.gain = math.sqrt(n_feat / self.n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, self.channels].float()
+        B, C, H, W = x.shape
+        flat = x.reshape(B, C, H * W)
+        out = []
+        if self.quantiles:
+            h, w = max(1, round(H * self.centre)), max(1, round(W * self.centre))
+            top, left = (H - h) // 2, (W - w) // 2
+            win = x[:, :, top : top + h, left : left + w].reshape(B, C, h * w)
+            q = torch.quantile(win, torch.tensor(self.quantiles, device=x.device), dim=2)  # (Q, B, C)
+            if self.relative:
+                q = q - flat.median(dim=2).values
+            out.append(q.permute(1, 0, 2).reshape(B, -1))
+        if self.mean:
+            m = flat.mean(dim=2)
+            out.append(torch.log((m + 1) / 2 + 1e-3) if self.log else m)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.norm(torch.cat(out, dim=1)) * self.gain
+
+
+class Trunk(nn.Sequential):
+    """D's convolutional trunk; with ``stats`` its output is the flattened features followed by the
+    hand-chosen numbers of the same images. The convolutions keep their ``Sequential`` indices, so
+    checkpoints without stats load as before."""
+
+    def __init__(self, layers: list[nn.Module], stats: HandStats | None = None):
+        super().__init__(*layers)
+        self.n_layers = len(layers)
+        self.stats = stats  # registered after the layers: forward skips it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for layer in list(self._modules.values())[: self.n_layers]:
+            h = layer(h)
+        if self.stats is None:
+            return h
+        return torch.cat([h.flatten(1), self.stats(x).to(h.dtype)], dim=1)
+
+
 class Discriminator(nn.Module):
     """D and Q on one shared convolutional trunk.
 
@@ -107,12 +172,15 @@ class Discriminator(nn.Module):
         spectral_norm: bool = False,
         q_hidden: int = 128,
         q_overcluster: int = 0,
+        hand_features: dict | None = None,
     ):
         super().__init__()
         sizes = dict(img_size=img_size, channels=channels, width=width, max_width=max_width)
         _record(self, spec, **sizes, spectral_norm=spectral_norm, q_hidden=q_hidden)
         if q_overcluster:  # only when used, so checkpoints without it keep their constructor arguments
             self.kwargs["q_overcluster"] = q_overcluster
+        if hand_features:  # likewise
+            self.kwargs["hand_features"] = dict(hand_features)
         n = _n_levels(img_size)
         chans = [min(width * 2**i, max_width) for i in range(n)]  # H/2 ... 4x4
         sn = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
@@ -125,8 +193,10 @@ class Discriminator(nn.Module):
             if not spectral_norm:
                 layers.append(nn.BatchNorm2d(cout))
             layers.append(nn.LeakyReLU(0.2, inplace=True))
-        self.trunk = nn.Sequential(*layers)
         feat = chans[-1] * 16
+        stats = HandStats(feat, **hand_features) if hand_features else None
+        self.trunk = Trunk(layers, stats)
+        feat += stats.n_out if stats is not None else 0
         self.d_head = nn.Sequential(nn.Flatten(), sn(nn.Linear(feat, 1)))
         n_out = self.spec.n_cat_dims + 2 * self.spec.n_continuous
         self.q_net = nn.Sequential(
@@ -189,6 +259,6 @@ def init_weights(module: nn.Module, *, generator: torch.Generator | None = None)
                             p._power_method(p._reshape_weight_to_matrix(weight), 15)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.affine:
             nn.init.normal_(m.weight, 1.0, 0.02, generator=generator)
             nn.init.zeros_(m.bias)

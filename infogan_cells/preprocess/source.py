@@ -212,7 +212,7 @@ def crop_source(
     if cfg.align and len(crops):
         crops, _ = align_cells(crops, qc.main_component(masks, regions), background)
     if cfg.mask_background and len(crops):
-        crops = mask_background(crops, background)
+        crops = mask_background(crops, background, cfg.mask_fill)
 
     inside = inside_fraction(coords, shape)
     none = np.zeros(len(crops), bool)

@@ -181,7 +181,9 @@ def train(
     )
 
     # --- networks and optimisers
-    parts = build_parts(config, img_size, channels, dev, torch.Generator().manual_seed(s_init))
+    parts = build_parts(
+        config, img_size, channels, dev, torch.Generator().manual_seed(s_init), crops.channel_names
+    )
     G, D, G_ema, opt_G, opt_D = parts.G, parts.D, parts.G_ema, parts.opt_G, parts.opt_D
     prior = [torch.full((k,), 1.0 / k, device=dev) for k in spec.categorical]
     cur_nimg, n_steps, seconds, records = 0, 0, 0.0, []

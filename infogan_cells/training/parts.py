@@ -32,11 +32,16 @@ class Parts:
 
 
 def build_parts(
-    config: TrainConfig, img_size: int, channels: int, device: torch.device, generator: torch.Generator
+    config: TrainConfig,
+    img_size: int,
+    channels: int,
+    device: torch.device,
+    generator: torch.Generator,
+    channel_names: list[str] | None = None,
 ) -> Parts:
     """The networks initialised from ``generator`` (CPU), moved to ``device`` (channels_last on
     CUDA), the EMA copy, fused Adam for each player and the step."""
-    G, D = build_networks(config.latent, img_size, channels, config, generator)
+    G, D = build_networks(config.latent, img_size, channels, config, generator, channel_names)
     G.to(device)
     D.to(device)
     if device.type == "cuda":

@@ -21,9 +21,21 @@ log = logging.getLogger(__name__)
 
 
 def build_networks(
-    spec: LatentSpec, img_size: int, channels: int, config: TrainConfig, generator: torch.Generator
+    spec: LatentSpec,
+    img_size: int,
+    channels: int,
+    config: TrainConfig,
+    generator: torch.Generator,
+    channel_names: list[str] | None = None,
 ) -> tuple[Generator, Discriminator]:
-    """G and D+Q, initialised from ``generator`` (torch's global RNG is left as it was)."""
+    """G and D+Q, initialised from ``generator`` (torch's global RNG is left as it was).
+    ``channel_names`` (default ``channel0``, ...) resolve ``config.hand_features.channels``."""
+    hand = None
+    if config.hand_features.enabled:
+        names = list(channel_names) if channel_names else [f"channel_{i}" for i in range(channels)]
+        hand = config.hand_features.network_kwargs(
+            config.hand_features.channel_indices(names, "train.hand_features.")
+        )
     with torch.random.fork_rng(devices=[]):  # module constructors draw default inits from it
         G = Generator(spec, img_size=img_size, channels=channels, width=config.g_channels)
         D = Discriminator(
@@ -33,6 +45,7 @@ def build_networks(
             width=config.d_channels,
             spectral_norm=config.spectral_norm,
             q_overcluster=config.q_overcluster,
+            hand_features=hand,
         )
     init_weights(G, generator=generator)
     init_weights(D, generator=generator)
