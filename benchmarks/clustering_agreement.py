@@ -144,7 +144,7 @@ def build_nih(path: Path, size: int = 64) -> Path:
         images.append(_resize(sq.transpose(2, 0, 1)[None], size)[0])
     x = np.stack(images)
     images = _uint8(x, 0.0, 255.0).transpose(0, 2, 3, 1)
-    write_crop_store(path, images, _obs(table["label"].astype(str)), ["red", "green", "blue"], csv=False)
+    write_crop_store(path, images, _obs(table["label"].astype(str)), ["R", "G", "B"], csv=False)
     return path
 
 

@@ -39,6 +39,8 @@ def test_shape_and_order():
     s = _stats(quantiles=[0.02, 0.5], mean=True)
     out = s(_cells())
     assert s.n_out == 3 * 3 and out.shape == (4, 9)
+    heavier = _stats(quantiles=[0.02, 0.5], mean=True, weight=2.0)
+    assert torch.allclose(heavier(_cells()), 2 * out)  # weight scales what the heads see
 
 
 def test_a_dark_spot_in_the_centre_moves_the_low_quantile_not_one_outside_the_window():

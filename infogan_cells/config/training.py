@@ -112,6 +112,12 @@ class HandFeatures:
         help="Quantiles minus the channel's median over the whole image, so a stain's overall tint "
         "(per slide, per image) does not count, only what stands out from the cell.",
     )
+    weight: float = param(
+        1.0,
+        help="How much the numbers count beside the convolutional features: 1 gives them as much "
+        "input variance as all of those together; above 1 more.",
+        gt=0,
+    )
     channels: list = param(
         default_factory=list,
         help="Channel names to measure, as the crop store names them (e.g. [DNA]); []: every channel. "
@@ -152,6 +158,7 @@ class HandFeatures:
             "log": self.log,
             "centre": self.centre,
             "relative": self.relative,
+            "weight": self.weight,
             "channels": indices,
         }
 

@@ -93,8 +93,9 @@ class QOutput:
 class HandStats(nn.Module):
     """Per-channel numbers of an image batch (B, C, H, W) in [-1, 1] -> (B, n): quantiles of the
     centre window (less the channel's median over the image when ``relative``) and means over the
-    whole image (their logarithm when ``log``), standardised by BatchNorm and scaled to carry as much input variance as ``feat``
-    convolutional features. Differentiable (quantiles through the sort), computed in fp32."""
+    whole image (their logarithm when ``log``), standardised by BatchNorm and scaled to carry as much
+    input variance as ``n_feat`` convolutional features (times ``weight``). Differentiable
+    (quantiles through the sort), computed in fp32."""
 
     def __init__(
         self,
@@ -105,6 +106,7 @@ class HandStats(nn.Module):
         centre: float = 0.5,
         relative: bool = True,
         log: bool = False,
+        weight: float = 1.0,
     ):
         super().__init__()
         self.channels, self.quantiles, self.mean = list(channels), [float(q) for q in quantiles], mean
@@ -114,7 +116,7 @@ class HandStats(nn.Module):
         if self.n_out == 0:
             raise ValueError("HandStats needs channels and at least one quantile or the mean")
         self.norm = nn.BatchNorm1d(self.n_out, affine=False)
-        self.gain = math.sqrt(n_feat / self.n_out)
+        self.gain = float(weight) * math.sqrt(n_feat / self.n_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x[:, self.channels].float()
