@@ -18,7 +18,7 @@ from infogan_cells.config import AugmentConfig, load_config
 from infogan_cells.data.store import write_crop_store
 from infogan_cells.errors import ConfigError
 from infogan_cells.model.augment import augment_batch
-from infogan_cells.model.networks import Discriminator, HandStats
+from infogan_cells.model.networks import Discriminator, HandStats, _quantiles
 from infogan_cells.preprocess.windows import mask_background
 from infogan_cells.training.step import build_networks
 
@@ -211,3 +211,12 @@ def test_tint_offsets_each_channel_on_its_own_and_keeps_the_contrast_inside_a_ce
                                         torch.Generator().manual_seed(5)))  # fmt: skip
     with pytest.raises(ConfigError, match=r"tint"):
         load_config(None, [{"train": {"augment": {"tint": 0.9}}}])
+
+
+def test_quantiles_match_torch_and_take_any_size():
+    x = torch.randn(5, 3, 97, generator=torch.Generator().manual_seed(0))
+    qs = [0.0, 0.005, 0.02, 0.1, 0.5, 0.77, 1.0]
+    assert torch.allclose(_quantiles(x, qs), torch.quantile(x, torch.tensor(qs), dim=-1), atol=1e-6)
+    big = torch.zeros(1, 2**24 + 8)  # torch.quantile refuses this size
+    big[0, :8] = -1.0
+    assert _quantiles(big, [0.0, 0.5]).flatten().tolist() == [-1.0, 0.0]

@@ -90,6 +90,18 @@ class QOutput:
     over_logits: torch.Tensor | None = None  # the auxiliary over-clustering head (IIC), when D has one
 
 
+def _quantiles(x: torch.Tensor, qs: list[float]) -> torch.Tensor:
+    """Quantiles ``qs`` of ``x`` along its last dimension, linearly interpolated as
+    ``torch.quantile`` does, (len(qs), *x.shape[:-1]); through one sort, so any size works
+    (``torch.quantile`` refuses inputs over 2**24 elements: a large GPU batch at 128 px)."""
+    s = x.sort(dim=-1).values
+    pos = torch.tensor(qs, dtype=x.dtype, device=x.device) * (x.shape[-1] - 1)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp_max(x.shape[-1] - 1)
+    frac = (pos - lo).view(-1, *([1] * (x.dim() - 1)))
+    return torch.lerp(s[..., lo].movedim(-1, 0), s[..., hi].movedim(-1, 0), frac)
+
+
 class HandStats(nn.Module):
     """Per-channel numbers of an image batch (B, C, H, W) in [-1, 1] -> (B, n): quantiles of the
     centre window (less the channel's median over the image when ``relative``) and means over the
@@ -127,7 +139,7 @@ class HandStats(nn.Module):
             h, w = max(1, round(H * self.centre)), max(1, round(W * self.centre))
             top, left = (H - h) // 2, (W - w) // 2
             win = x[:, :, top : top + h, left : left + w].reshape(B, C, h * w)
-            q = torch.quantile(win, torch.tensor(self.quantiles, device=x.device), dim=2)  # (Q, B, C)
+            q = _quantiles(win, self.quantiles)  # (Q, B, C)
             if self.relative:
                 q = q - flat.median(dim=2).values
             out.append(q.permute(1, 0, 2).reshape(B, -1))
