@@ -38,7 +38,9 @@ PRESETS = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "config"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def random_store(path: Path, n: int = 32, size: int = 32, channels: int = 3, labels=("a", "b")) -> Path:
+def random_store(
+    path: Path, n: int = 32, size: int = 32, channels: int = 3, labels=("a", "b"), names=None
+) -> Path:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, size, size, channels), dtype=np.uint8)
     obs = pd.DataFrame(
@@ -54,7 +56,7 @@ def random_store(path: Path, n: int = 32, size: int = 32, channels: int = 3, lab
             "qc_reason": "",
         }
     )
-    write_crop_store(path, images, obs, [f"ch{i}" for i in range(channels)], csv=False)
+    write_crop_store(path, images, obs, names or [f"ch{i}" for i in range(channels)], csv=False)
     return path
 
 
@@ -101,7 +103,13 @@ def test_precision_is_a_config_key_with_choices():
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_trains_in_either_precision(tmp_path, preset, precision):
     channels = 1 if "digits" in preset else 3
-    store = random_store(tmp_path / "crops.h5", channels=channels)
+    # the channel names of each preset's data: hand_features name channels, and a preset naming
+    # one the crops lack is refused (test_recipe_options.py)
+    names = {
+        "ifc_npz.yaml": ["Ch3_brightfield", "Ch4_DNA_stain", "Ch6_darkfield"],
+        "nih_cells.yaml": ["R", "G", "B"],
+    }.get(preset)
+    store = random_store(tmp_path / "crops.h5", channels=channels, names=names)
     config = preset_train_config(preset, precision=precision)
     run = train(store, tmp_path / "run", config, seed=0, device="cpu")
     recs = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]

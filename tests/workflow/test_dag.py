@@ -23,7 +23,8 @@ def test_default_dry_run_has_one_crop_job_per_image(tmp_path, smk):
     assert res.returncode == 0, res.stderr
     counts = job_counts(res.stdout + res.stderr)
     assert counts["crop_image"] == 12  # simulate.n_images in config/config.yaml
-    assert counts["train"] == 1
+    assert counts["train"] == counts["analyse"] == 3  # train.seeds in config/config.yaml
+    assert counts["compare_seeds"] == 1
     assert counts["synthesise_shard"] == 2
     assert counts["gather_synthesis"] == 1
 
@@ -63,7 +64,8 @@ def test_seeds_and_shards_scale_the_dag(tmp_path, tiny_config, smk):
         ),
         ("train:\n  prior: learned\n  prior_floor: 0.5\n", ["train.prior_floor", "train.prior"]),
         (
-            "train:\n  diff_augment: {rot90: false, flip: false, shift: 0}\n",
+            "train:\n  diff_augment: {rot90: false, flip: false, shift: 0, scale: 0, brightness: 0,"
+            " contrast: 0, tint: 0}\n",
             ["train.lambda_pair_mi", "train.diff_augment"],
         ),
         ("crop:\n  size: 48\n", ["crop.size", "not a power of two"]),
