@@ -59,3 +59,34 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# --------------------------------------------------------------------------------------
+# The tiny synthesis run of tests/synth_runs.py, shared by the synthesis test modules (a module's
+# own fixture of the same name, as in test_confidence.py, takes precedence)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    from synth_runs import make_run
+
+    return make_run(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def category_map(tmp_path_factory) -> Path:
+    from synth_runs import CATEGORY_MAP
+
+    path = tmp_path_factory.mktemp("analyse") / "category_map.csv"
+    path.write_text(CATEGORY_MAP)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(run_dir, tmp_path_factory) -> Path:
+    """The whole data set of synth_runs.CONFIG in one shard, written once per module."""
+    from synth_runs import CONFIG
+
+    from infogan_cells.synthesis.synthesise import synthesise
+
+    return synthesise(run_dir, tmp_path_factory.mktemp("ref") / "synth.h5", CONFIG)

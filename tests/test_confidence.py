@@ -1,6 +1,6 @@
 """Filtered synthesis: ``synthesis.min_confidence`` keeps the samples Q assigns to their own category.
 
-The run directory is built as in ``test_synthesise.py`` (random weights), with Q's last layer
+The run directory is built as in ``synth_runs.py`` (random weights), with Q's last layer
 scaled up so that its probabilities spread: on it, category 2's samples nearly all reach 0.3,
 category 1's about a third of the time, categories 0 and 3 never. The learned prior of the
 network file leaves 0 and 3 out (``proportions: prior``), except where a test wants them.
@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import tifffile
 import torch
-from test_synthesise import SPEC, assert_same, randomise, read_all
+from synth_runs import SPEC, assert_same, randomise, read_all
 
 from infogan_cells.analysis.codes import assign_with_q
 from infogan_cells.cli import main

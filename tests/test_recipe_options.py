@@ -1,6 +1,6 @@
 """The options the presets' recipes for finding cell kinds use: hand-chosen, label-free numbers
 given to D's and Q's heads (``train.hand_features``), the median fill of a crop's surround
-(``crop.mask_fill: median``) and the per-channel tint jitter (``augment.tint``)."""
+(``crop.mask_fill: median``); the per-channel tint jitter (``augment.tint``) is in test_augment.py."""
 
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ import pandas as pd
 import pytest
 import torch
 
-from infogan_cells.config import AugmentConfig, load_config
+from infogan_cells.config import load_config
 from infogan_cells.data.store import write_crop_store
 from infogan_cells.errors import ConfigError
-from infogan_cells.model.augment import augment_batch
 from infogan_cells.model.networks import Discriminator, HandStats, _quantiles
 from infogan_cells.preprocess.windows import mask_background
 from infogan_cells.training.step import build_networks
@@ -192,25 +191,6 @@ def test_median_fill_through_the_crop_config():
     assert cfg.crop.mask_fill == "median"
     with pytest.raises(ConfigError, match=r"crop\.mask_fill"):
         load_config(None, [{"crop": {"mask_fill": "grey"}}])
-
-
-def test_tint_offsets_each_channel_on_its_own_and_keeps_the_contrast_inside_a_cell():
-    x = torch.rand(64, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 1.2 - 0.6
-    cfg = AugmentConfig(rot90=False, flip=False, shift=0, tint=0.1)
-    y = augment_batch(x, cfg, torch.Generator().manual_seed(1))
-    offset = (y - x).flatten(2)  # (B, C, H*W)
-    assert torch.allclose(offset, offset[..., :1].expand_as(offset), atol=1e-6)  # one offset per channel
-    per_channel = offset[..., 0]
-    assert per_channel.abs().max() <= 0.2 + 1e-6
-    assert (per_channel[:, 0] - per_channel[:, 1]).abs().max() > 0.05  # channels move apart: a tint
-    assert torch.equal(y, augment_batch(x, cfg, torch.Generator().manual_seed(1)))  # seeded
-    # off: no draw at all, so configs without it keep their random stream
-    plain = AugmentConfig(rot90=True, flip=True, shift=2)
-    a = augment_batch(x, plain, torch.Generator().manual_seed(5))
-    assert torch.equal(a, augment_batch(x, AugmentConfig(rot90=True, flip=True, shift=2, tint=0.0),
-                                        torch.Generator().manual_seed(5)))  # fmt: skip
-    with pytest.raises(ConfigError, match=r"tint"):
-        load_config(None, [{"train": {"augment": {"tint": 0.9}}}])
 
 
 def test_quantiles_match_torch_and_take_any_size():

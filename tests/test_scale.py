@@ -176,7 +176,7 @@ def test_bioio_reads_the_stacks_as_ome_tiff(tmp_path, channels):
 
 def test_synthesis_carries_the_crop_pixel_size_into_hdf5_and_tiff(tmp_path):
     import h5py
-    from test_synthesise import make_run
+    from synth_runs import make_run
 
     from infogan_cells.config import SynthConfig
     from infogan_cells.synthesis.gather import gather

@@ -1,4 +1,5 @@
-"""The package's shape: modules readable in one sitting, no import circles, a short top level."""
+"""The package's shape: modules (the tests' and benchmarks' too) readable in one sitting, no
+import circles, a short top level."""
 
 from __future__ import annotations
 
@@ -42,6 +43,14 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
 
 def test_no_module_is_longer_than_one_sitting():
     long = {n: len(p.read_text().splitlines()) for n, p in _modules().items()}
+    assert {n: k for n, k in long.items() if k > MAX_LINES} == {}
+
+
+def test_no_test_or_benchmark_module_is_longer_than_one_sitting():
+    """The tests and benchmarks too: a file past the limit has grown a second concern; split it."""
+    root = PACKAGE.parent
+    files = [*(root / "tests").rglob("*.py"), *(root / "benchmarks").rglob("*.py")]
+    long = {str(p.relative_to(root)): len(p.read_text().splitlines()) for p in files}
     assert {n: k for n, k in long.items() if k > MAX_LINES} == {}
 
 

@@ -1,17 +1,16 @@
-"""Bulk synthesis: the seed is a sample's identity, shards join into the whole, faults leave nothing behind.
+"""Bulk synthesis: the seed is a sample's identity, shards join into the whole, what gets made and
+the file it goes to. Faults and bad input: tests/test_synthesise_faults.py.
 
 Every test builds a tiny run directory (16 px generator, random weights and BatchNorm statistics,
-so that pixels are far from trivial) instead of training one.
+so that pixels are far from trivial) instead of training one (tests/synth_runs.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -23,95 +22,26 @@ import pandas as pd
 import pytest
 import tifffile
 import torch
+from synth_runs import (
+    CATEGORY_MAP,
+    CONFIG,
+    PRIOR,
+    assert_same,
+    read_all,
+)
 
 from infogan_cells import __version__
 from infogan_cells.cli import main
-from infogan_cells.config import LatentSpec, SynthConfig, to_dict
-from infogan_cells.errors import InputError
-from infogan_cells.model.checkpoint import file_sha256, load_generator, save_network
+from infogan_cells.config import to_dict
+from infogan_cells.model.checkpoint import file_sha256, load_generator
 from infogan_cells.model.latent import to_input
-from infogan_cells.model.networks import Discriminator, Generator
+from infogan_cells.model.networks import Generator
 from infogan_cells.synthesis.gather import gather
 from infogan_cells.synthesis.generate import forward, sample_latents
-from infogan_cells.synthesis.hdf5 import HDF5Writer
 from infogan_cells.synthesis.plan import make_plan
 from infogan_cells.synthesis.synthesise import synthesise
 from infogan_cells.synthesis.tiff import image_tiff_path
 from infogan_cells.synthesis.validate import validate_file
-
-SPEC = LatentSpec(z_dim=8, categorical=[4], n_continuous=2)
-PRIOR = [0.1, 0.2, 0.3, 0.4]
-CONFIG = SynthConfig(n=30, batch_size=16, micro_batch=8)
-CATEGORY_MAP = "category,label,purity,size\n0,uninfected,0.9,10\n1,ring,0.8,5\n2,ring,0.7,5\n3,schizont,,2\n"
-
-
-def randomise(net: torch.nn.Module, g: torch.Generator) -> None:
-    """Weights and BatchNorm statistics drawn from ``g``: a deterministic, non-trivial network."""
-    with torch.no_grad():
-        for name, t in [*net.named_parameters(), *net.named_buffers()]:
-            if name.endswith("num_batches_tracked"):
-                continue
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            elif t.ndim == 1 and name.endswith("weight"):
-                t.copy_(1 + 0.1 * torch.randn(t.shape, generator=g))
-            else:
-                t.copy_(0.1 * torch.randn(t.shape, generator=g))
-
-
-def make_run(folder: Path, *, channels: int = 3, meta: dict | None = None) -> Path:
-    g = torch.Generator().manual_seed(0)
-    G = Generator(SPEC, img_size=16, channels=channels, width=8)
-    D = Discriminator(SPEC, img_size=16, channels=channels, width=8)
-    randomise(G, g)
-    randomise(D, g)
-    meta = {
-        "channel_names": ["red", "green", "blue"][:channels],
-        "category_prior": PRIOR,
-        "img_size": 16,
-        **(meta or {}),
-    }
-    save_network(folder / "network-final.pt", G=G, D=D, G_ema=G, meta=meta)
-    return folder
-
-
-def read_all(path: Path) -> dict[str, np.ndarray]:
-    with h5py.File(path, "r") as f:
-        out = {"images": f["images"][:]}
-        for group in ("obs", "latent"):
-            for name, d in f[group].items():
-                out[f"{group}/{name}"] = d.asstr()[:] if name == "label" else d[:]
-    return out
-
-
-def assert_same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert a[key].dtype == b[key].dtype, key
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    return make_run(tmp_path_factory.mktemp("run"))
-
-
-@pytest.fixture(scope="module")
-def category_map(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("analyse") / "category_map.csv"
-    path.write_text(CATEGORY_MAP)
-    return path
-
-
-@pytest.fixture(scope="module")
-def reference(run_dir, tmp_path_factory) -> Path:
-    """The whole data set of CONFIG in one shard, written once."""
-    return synthesise(run_dir, tmp_path_factory.mktemp("ref") / "synth.h5", CONFIG)
-
 
 # --------------------------------------------------------------------------------------
 # The seed is the sample's identity
@@ -440,132 +370,3 @@ def test_the_cli_synthesises_a_shard(run_dir, tmp_path):
     )
     assert validate_file(out) == []
     assert main(["synthesise", "--run", str(run_dir), "--out", str(out), "--n", "12"]) == 2  # exists
-
-
-# --------------------------------------------------------------------------------------
-# Faults and bad input
-
-
-def test_a_writer_failure_leaves_nothing_and_the_rerun_gives_the_same_bytes(
-    run_dir, reference, tmp_path, monkeypatch
-):
-    original = HDF5Writer.write
-    calls = []
-
-    def failing(self, batch):
-        calls.append(len(batch))
-        if len(calls) == 2:
-            raise OSError("disk full (injected)")
-        original(self, batch)
-
-    monkeypatch.setattr(HDF5Writer, "write", failing)
-    out = tmp_path / "synth.h5"
-    threads = torch.get_num_threads()
-    with pytest.raises(OSError, match="disk full"):
-        synthesise(run_dir, out, CONFIG, tiff_dir=tmp_path / "tiff")
-    assert torch.get_num_threads() == threads  # restored after the single-threaded passes
-    assert list(tmp_path.iterdir()) == [tmp_path / "tiff"] and list((tmp_path / "tiff").iterdir()) == []
-    monkeypatch.setattr(HDF5Writer, "write", original)
-    synthesise(run_dir, out, CONFIG)
-    assert sha(out) == sha(reference)
-
-
-def test_a_killed_job_leaves_no_partial_file_and_the_rerun_gives_the_same_bytes(run_dir, reference, tmp_path):
-    out = tmp_path / "synth.h5"
-    code = textwrap.dedent(f"""
-        import os, signal
-        from infogan_cells.config import SynthConfig
-        from infogan_cells.synthesis.synthesise import synthesise
-        from infogan_cells.synthesis.hdf5 import HDF5Writer
-        original = HDF5Writer.write
-        def write_then_die(self, batch):
-            original(self, batch)
-            self._f.flush()
-            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup can run
-        HDF5Writer.write = write_then_die
-        synthesise({str(run_dir)!r}, {str(out)!r}, SynthConfig(**{dataclasses.asdict(CONFIG)!r}))
-    """)
-    proc = subprocess.run([sys.executable, "-c", code], timeout=120, capture_output=True)
-    assert proc.returncode == -signal.SIGKILL
-    assert not out.exists()
-    (stale,) = tmp_path.glob(".synth.h5.*.tmp")  # the half-written file, under a temporary name
-    assert stale.stat().st_size > 0
-    synthesise(run_dir, out, CONFIG)
-    assert list(tmp_path.iterdir()) == [out]
-    assert sha(out) == sha(reference)
-
-
-def test_an_existing_output_is_refused_unless_overwrite(run_dir, tmp_path):
-    out = tmp_path / "synth.h5"
-    out.write_text("precious")
-    with pytest.raises(InputError, match="already exists"):
-        synthesise(run_dir, out, CONFIG)
-    assert out.read_text() == "precious"
-    synthesise(run_dir, out, CONFIG, overwrite=True)
-    assert validate_file(out) == []
-    with pytest.raises(InputError, match="already exists"):
-        gather([out], out)
-
-
-def test_a_checkpoint_that_is_not_ours_is_refused(tmp_path):
-    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "network-final.pt")
-    with pytest.raises(InputError, match="not an infogan-cells network file"):
-        synthesise(tmp_path, tmp_path / "out.h5", CONFIG)
-    (tmp_path / "other.pt").write_text("not a checkpoint at all")
-    with pytest.raises(InputError, match="not a readable infogan-cells network file"):
-        synthesise(tmp_path / "other.pt", tmp_path / "out.h5", CONFIG)
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="holds no network-final.pt"):
-        synthesise(tmp_path / "empty", tmp_path / "out.h5", CONFIG)
-
-
-def test_a_truncated_checkpoint_is_refused(run_dir, tmp_path):
-    data = (run_dir / "network-final.pt").read_bytes()
-    (tmp_path / "network-final.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(InputError, match="not a readable infogan-cells network file"):
-        synthesise(tmp_path, tmp_path / "out.h5", CONFIG)
-    assert not (tmp_path / "out.h5").exists()
-
-
-@pytest.mark.parametrize("n", [0, -3])
-def test_n_must_be_positive(run_dir, tmp_path, n):
-    with pytest.raises(InputError, match=f"synthesis.n: {n} must be >= 1"):
-        synthesise(run_dir, tmp_path / "out.h5", dataclasses.replace(CONFIG, n=n))
-
-
-@pytest.mark.parametrize("shard", [(4, 4), (-1, 4), (0, 0), (1, 1)])
-def test_a_shard_out_of_range_is_refused(run_dir, tmp_path, shard):
-    with pytest.raises(InputError, match="out of range"):
-        synthesise(run_dir, tmp_path / "out.h5", CONFIG, shard=shard)
-
-
-def test_an_unknown_label_name_is_refused(run_dir, tmp_path, category_map):
-    config = dataclasses.replace(CONFIG, labels=["ring", "gametocyte"])
-    with pytest.raises(
-        InputError, match="unknown label name 'gametocyte'.*known: ring, schizont, uninfected"
-    ):
-        synthesise(run_dir, tmp_path / "out.h5", config, category_map=category_map)
-    with pytest.raises(InputError, match="label names need a category map"):
-        synthesise(run_dir, tmp_path / "out.h5", config)
-
-
-def test_prior_proportions_need_a_learned_prior(tmp_path):
-    run = make_run(tmp_path / "run", meta={"category_prior": None})
-    with pytest.raises(InputError, match="no learned category_prior"):
-        synthesise(run, tmp_path / "out.h5", dataclasses.replace(CONFIG, proportions="prior"))
-
-
-def test_gather_refuses_shards_of_different_data_sets_or_a_missing_shard(run_dir, tmp_path, reference):
-    a = [synthesise(run_dir, tmp_path / f"a{i}.h5", CONFIG, shard=(i, 3)) for i in range(3)]
-    b1 = synthesise(run_dir, tmp_path / "b1.h5", dataclasses.replace(CONFIG, seed=5), shard=(1, 3))
-    with pytest.raises(InputError, match="config differs"):
-        gather([a[0], b1, a[2]], tmp_path / "x.h5")
-    with pytest.raises(InputError, match=r"expected shards 0..2 once each; missing \[1\]"):
-        gather([a[0], a[2]], tmp_path / "x.h5")
-    with pytest.raises(InputError, match="expected shards 0..2 once each; missing"):
-        gather([a[0], a[0], a[2]], tmp_path / "x.h5")
-    with pytest.raises(InputError, match="is a 'master' file, not a shard"):
-        gather([gather(a, tmp_path / "m.h5")], tmp_path / "x.h5")
-    with pytest.raises(InputError, match="not a valid synthesis shard"):
-        gather([run_dir / "network-final.pt", a[1], a[2]], tmp_path / "x.h5")
-    assert not (tmp_path / "x.h5").exists()

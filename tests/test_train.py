@@ -1,4 +1,5 @@
-"""The training stage: run directory, resume-after-kill equivalence, imbalance options, bad input, augmentation."""
+"""The training stage: run directory, resume-after-kill equivalence, bad input, augmentation and IIC
+in the loop. Learned prior, semi-supervision and partial labels: tests/test_train_labels.py."""
 
 from __future__ import annotations
 
@@ -11,73 +12,16 @@ import time
 
 import h5py
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from skimage.draw import disk, rectangle
+from tiny_train import SPEC, make_store, tiny_config
 
 from infogan_cells.config import AugmentConfig, LatentSpec, TrainConfig, from_mapping
-from infogan_cells.data.store import write_crop_store
 from infogan_cells.errors import ConfigError, InputError
-from infogan_cells.model.augment import augment_batch, to_float, to_uint8
 from infogan_cells.model.checkpoint import load_generator
 from infogan_cells.training import loop as train_mod
-from infogan_cells.training.averaging import effective_prior
 from infogan_cells.training.loop import train
-
-SPEC = LatentSpec(z_dim=4, categorical=[2], n_continuous=1)
-
-
-def tiny_config(**kw) -> TrainConfig:
-    base = dict(
-        latent=SPEC,
-        total_images=96,
-        batch_size=8,
-        g_channels=4,
-        d_channels=4,
-        tick_images=32,
-        snapshot_images=48,
-        checkpoint_images=48,
-        ema_beta=0.9,
-        lambda_pair_mi=0.0,
-        diff_augment=AugmentConfig(rot90=False, flip=False, shift=0),
-        partial_labels=False,
-    )  # the stores label 2 crops in 3: unsupervised unless a test asks
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def make_store(path, n=24, size=16, channels=1, labels=("disk", "square"), qc_pass=None):
-    """Disks and squares of random sizes, drawn with skimage.draw (label '' for every third crop)."""
-    rng = np.random.default_rng(0)
-    images = np.zeros((n, size, size, channels), np.uint8)
-    names = []
-    for i in range(n):
-        r = int(rng.integers(size // 5, size // 3))
-        c = size // 2
-        if i % 2:
-            rr, cc = disk((c, c), r, shape=(size, size))
-        else:
-            rr, cc = rectangle((c - r, c - r), extent=(2 * r, 2 * r), shape=(size, size))
-        images[i, rr, cc, :] = 200
-        names.append("" if i % 3 == 2 or not labels else labels[i % 2])
-    obs = pd.DataFrame(
-        {
-            "source_image": "synthetic",
-            "source_index": np.arange(n),
-            "min_row": 0,
-            "min_col": 0,
-            "max_row": size,
-            "max_col": size,
-            "label": names,
-            "qc_pass": np.ones(n, bool) if qc_pass is None else qc_pass,
-            "qc_reason": "",
-        }
-    )
-    write_crop_store(path, images, obs, [f"ch{i}" for i in range(channels)], csv=False)
-    return path
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -245,105 +189,6 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
 
 
 # --------------------------------------------------------------------------------------
-# Imbalance: learned prior, semi-supervision, over-clustering
-
-
-def test_learned_prior_is_floored_and_stored(store, tmp_path):
-    config = tiny_config(
-        latent=LatentSpec(z_dim=4, categorical=[6], n_continuous=0),
-        prior="learned",
-        prior_floor=0.05,
-        prior_warmup=0.0,
-    )
-    run = train(store, tmp_path / "run", config, seed=0, device="cpu")
-    _, _, meta = load_generator(run)
-    (prior,) = meta["category_prior"]
-    assert len(prior) == 6 and sum(prior) == pytest.approx(1.0)
-    assert min(prior) >= 0.05 - 1e-7
-    assert "category_prior" in json.loads((run / "stats.jsonl").read_text().splitlines()[-1])
-
-
-def test_effective_prior_mixes_in_the_floor():
-    (p,) = effective_prior([torch.tensor([1.0, 0.0, 0.0, 0.0])], 0.1)
-    assert torch.allclose(p, torch.tensor([0.7, 0.1, 0.1, 0.1]))
-
-
-def test_semi_supervised_names_categories_by_sorted_label(tmp_path):
-    store = make_store(tmp_path / "crops.h5", labels=("zebra", "apple"))
-    config = tiny_config(
-        latent=LatentSpec(z_dim=4, categorical=[3], n_continuous=1), supervised_fraction=0.5, total_images=16
-    )
-    run = train(store, tmp_path / "run", config, seed=0, device="cpu")
-    _, _, meta = load_generator(run)
-    assert meta["category_labels"] == ["apple", "zebra"]
-    assert "Loss/Q/sup" in json.loads((run / "stats.jsonl").read_text().splitlines()[-1])
-
-
-def test_semi_supervision_teaches_q_the_labels_from_a_few_crops(tmp_path):
-    """4 labelled disks and 4 labelled squares (a class-balanced batch of 32 drawn from them every step:
-    with 8, most seeds never separate them) are enough
-    for Q to sort all 48 crops by shape."""
-    from infogan_cells.analysis.codes import assign_with_q
-    from infogan_cells.data.store import read_crop_store
-    from infogan_cells.model.checkpoint import load_discriminator
-
-    store = make_store(tmp_path / "crops.h5", n=48, labels=("disk", "square"))
-    config = tiny_config(
-        supervised_fraction=0.25,
-        supervised_batch=32,
-        lambda_sup=10.0,
-        total_images=4800,
-        batch_size=16,
-        tick_images=2400,
-        snapshot_images=4800,
-        checkpoint_images=4800,
-        d_channels=8,
-        lr_d=1e-3,
-    )
-    run = train(store, tmp_path / "run", config, seed=0, device="cpu")
-    D, _, meta = load_discriminator(run / "network-final.pt")
-    cs = read_crop_store(store)
-    pred, _ = assign_with_q(D, cs.images)
-    names = np.array(meta["category_labels"])[pred]
-    labelled = cs.labels != ""
-    assert (names[labelled] == cs.labels[labelled]).mean() >= 0.9
-
-
-def test_holdout_crops_are_kept_out_of_training_and_recorded(store, tmp_path):
-    from infogan_cells.data.store import holdout_split
-
-    run = train(store, tmp_path / "run", tiny_config(holdout_fraction=0.25), seed=0, device="cpu")
-    _, _, meta = load_generator(run)
-    hold, _ = holdout_split(24, 0.25)
-    assert meta["holdout"] == hold.tolist() and len(hold) == 6
-    assert meta["n_crops"] == 18
-    _, _, plain = load_generator(train(store, tmp_path / "all", tiny_config(), seed=0, device="cpu"))
-    assert plain["holdout"] == [] and plain["n_crops"] == 24
-
-
-def test_semi_supervised_needs_a_category_per_label(tmp_path):
-    store = make_store(tmp_path / "crops.h5", labels=("a", "b"))
-    config = tiny_config(latent=LatentSpec(z_dim=4, categorical=[3], n_continuous=1), supervised_fraction=0.5)
-    store3 = tmp_path / "three.h5"
-    with h5py.File(store, "r") as f:  # relabel into 4 classes
-        n = len(f["images"])
-    make_store(store3, n=n, labels=("a", "b"))
-    from infogan_cells.data.store import read_crop_store
-
-    cs = read_crop_store(store3)
-    cs.obs["label"] = ["a", "b", "c", "d"] * (n // 4)
-    write_crop_store(store3, cs.images, cs.obs, cs.channel_names, csv=False)
-    with pytest.raises(ConfigError, match="3 categories but the crops have 4 labels"):
-        train(store3, tmp_path / "run", config, seed=0, device="cpu")
-
-
-def test_semi_supervised_needs_labels(tmp_path):
-    store = make_store(tmp_path / "crops.h5", labels=())
-    with pytest.raises(InputError, match="no crop has a label"):
-        train(store, tmp_path / "run", tiny_config(supervised_fraction=0.5), seed=0, device="cpu")
-
-
-# --------------------------------------------------------------------------------------
 # Bad input
 
 
@@ -417,113 +262,7 @@ def test_unknown_device(store, tmp_path):
 
 
 # --------------------------------------------------------------------------------------
-# Augmentation on the device
-
-
-def _dihedral(image):
-    out = []
-    for k in range(4):
-        r = torch.rot90(image, k, (-2, -1))
-        out += [r, r.flip(-1)]
-    return out
-
-
-def test_augmentation_draws_from_the_dihedral_group():
-    x = torch.arange(2 * 16, dtype=torch.uint8).reshape(1, 2, 4, 4).repeat(64, 1, 1, 1)
-    y = augment_batch(x, AugmentConfig(rot90=True, flip=True, shift=0), torch.Generator().manual_seed(0))
-    assert y.dtype == torch.uint8 and y.shape == x.shape
-    group = _dihedral(x[0])
-    assert all(any(torch.equal(y[i], g) for g in group) for i in range(64))
-    assert len({tuple(y[i].flatten().tolist()) for i in range(64)}) == 8
-    rot_only = augment_batch(
-        x, AugmentConfig(rot90=True, flip=False, shift=0), torch.Generator().manual_seed(0)
-    )
-    rots = group[::2]
-    assert all(any(torch.equal(rot_only[i], g) for g in rots) for i in range(64))
-    assert torch.equal(x, torch.arange(2 * 16, dtype=torch.uint8).reshape(1, 2, 4, 4).repeat(64, 1, 1, 1))
-
-
-def test_augmentation_off_is_identity_and_seeded_when_on():
-    x = torch.randint(0, 255, (8, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    off = AugmentConfig(rot90=False, flip=False, shift=0)
-    assert torch.equal(augment_batch(x, off, torch.Generator()), x)
-    on = AugmentConfig(rot90=True, flip=True, shift=2)
-    a = augment_batch(x, on, torch.Generator().manual_seed(1))
-    b = augment_batch(x, on, torch.Generator().manual_seed(1))
-    assert torch.equal(a, b)
-
-
-def test_shift_moves_content_and_repeats_edges():
-    x = torch.zeros(64, 1, 9, 9, dtype=torch.uint8)
-    x[:, :, 4, 4] = 255
-    y = augment_batch(x, AugmentConfig(rot90=False, flip=False, shift=2), torch.Generator().manual_seed(0))
-    pos = [divmod(int(y[i, 0].flatten().argmax()), 9) for i in range(64)]
-    assert all(2 <= r <= 6 and 2 <= c <= 6 for r, c in pos)
-    assert len(set(pos)) > 10
-    assert all(int(y[i].sum()) == 255 for i in range(64))  # one bright pixel, nothing wrapped in
-
-
-def test_float_conversion_round_trips():
-    x = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
-    f = to_float(x)
-    assert f.min() == -1 and f.max() == 1
-    assert torch.equal(to_uint8(f), x)
-
-
-def test_free_rotation_and_zoom_are_differentiable_and_need_floats():
-    cfg = AugmentConfig(rot90=False, flip=False, shift=0, rotate=30, scale=0.2)
-    x = torch.zeros(16, 1, 17, 17)
-    x[:, :, 8, 8] = 1.0
-    x.requires_grad_(True)
-    y = augment_batch(x, cfg, torch.Generator().manual_seed(0))
-    assert y.shape == x.shape
-    centre = y.detach()[:, 0, 7:10, 7:10].sum(dim=(1, 2))  # rotation and zoom about the centre keep it there
-    assert torch.all(centre > 0.5 * y.detach()[:, 0].sum(dim=(1, 2)))
-    y.sum().backward()
-    assert x.grad is not None and x.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="need floating-point images"):
-        augment_batch(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), cfg, torch.Generator())
-
-
-def test_intensity_jitter_changes_what_it_says_and_keeps_the_rest():
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(32, 3, 8, 8, generator=g) * 1.2 - 0.6
-
-    def run(**kw):
-        cfg = AugmentConfig(rot90=False, flip=False, shift=0, **kw)
-        return augment_batch(x, cfg, torch.Generator().manual_seed(3))
-
-    bright = run(brightness=0.2)
-    offset = (bright - x).flatten(1)
-    assert torch.allclose(offset, offset[:, :1].expand_as(offset), atol=1e-6)  # one offset per image
-    assert offset[:, 0].abs().max() <= 0.4 + 1e-6 and offset[:, 0].std() > 0.05
-    contrast = run(contrast=0.5)
-    assert torch.allclose(contrast.mean(dim=(1, 2, 3)), x.mean(dim=(1, 2, 3)), atol=1e-5)  # mean kept
-    ratio = contrast.std(dim=(1, 2, 3)) / x.std(dim=(1, 2, 3))
-    assert ratio.min() >= 0.5 - 1e-4 and ratio.max() <= 1.5 + 1e-4 and ratio.std() > 0.1
-    sat = run(saturation=0.5)
-    assert torch.allclose(sat.mean(dim=1), x.mean(dim=1), atol=1e-5)  # grey level of each pixel kept
-    assert not torch.allclose(sat, x)
-    assert torch.equal(
-        augment_batch(
-            x[:, :1],
-            AugmentConfig(rot90=False, flip=False, shift=0, saturation=0.5),
-            torch.Generator().manual_seed(3),
-        ),
-        x[:, :1],
-    )  # one channel: no-op
-    assert torch.equal(run(brightness=0.2, contrast=0.3), run(brightness=0.2, contrast=0.3))  # seeded
-    xg = x.clone().requires_grad_(True)
-    augment_batch(
-        xg,
-        AugmentConfig(rot90=False, flip=False, shift=0, brightness=0.1, contrast=0.2, saturation=0.2),
-        torch.Generator().manual_seed(0),
-    ).square().sum().backward()
-    assert xg.grad is not None and xg.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="need floating-point images"):
-        augment_batch(
-            torch.zeros(2, 3, 8, 8, dtype=torch.uint8), AugmentConfig(brightness=0.1), torch.Generator()
-        )
+# Augmentation in the loop (the transforms themselves: tests/test_augment.py)
 
 
 def test_training_with_float_augmentation_of_the_real_crops(store, tmp_path):
@@ -607,39 +346,3 @@ def test_batchnorm_recalibration_depends_only_on_the_real_crops():
         if "running" in k:
             assert torch.equal(b1[k], b2[k]), k
     assert all(m.momentum == 0.1 for m in D1.modules() if isinstance(m, torch.nn.BatchNorm2d))
-
-
-# --------------------------------------------------------------------------------------
-# Partial labels: a few labelled crops among unlabelled ones supervise Q with no setting
-
-
-def test_partial_labels_supervise_q_without_any_setting(tmp_path):
-    """2 labelled crops in 3 (the rest unlabelled): the default config trains semi-supervised and
-    names the categories from the labels; with partial_labels off, or a fully labelled store, not."""
-    store = make_store(tmp_path / "crops.h5", labels=("zebra", "apple"))
-    config = tiny_config(
-        latent=LatentSpec(z_dim=4, categorical=[3], n_continuous=1), total_images=16, partial_labels=True
-    )
-    run = train(store, tmp_path / "run", config, seed=0, device="cpu")
-    _, _, meta = load_generator(run)
-    assert meta["category_labels"] == ["apple", "zebra"]
-    assert "Loss/Q/sup" in json.loads((run / "stats.jsonl").read_text().splitlines()[-1])
-    off = train(
-        store, tmp_path / "off", tiny_config(latent=config.latent, total_images=16), seed=0, device="cpu"
-    )
-    assert load_generator(off)[2]["category_labels"] == []
-    full = make_store(tmp_path / "full.h5", labels=("zebra", "apple"))
-    with h5py.File(full, "r+") as f:  # label every crop
-        del f["obs/label"]
-        f["obs"].create_dataset(
-            "label", data=np.array(["zebra", "apple"] * 12, dtype=object), dtype=h5py.string_dtype("utf-8")
-        )
-    run_full = train(full, tmp_path / "full", config, seed=0, device="cpu")
-    assert load_generator(run_full)[2]["category_labels"] == []
-
-
-def test_partial_labels_with_more_classes_than_categories_name_the_keys(tmp_path):
-    store = make_store(tmp_path / "crops.h5", labels=("zebra", "apple"))
-    config = tiny_config(latent=LatentSpec(z_dim=4, categorical=[1], n_continuous=1), partial_labels=True)
-    with pytest.raises(ConfigError, match=r"train\.latent\.categorical.*train\.partial_labels"):
-        train(store, tmp_path / "run", config, seed=0, device="cpu")
