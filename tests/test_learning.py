@@ -45,12 +45,14 @@ def two_kinds(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return images, kinds
 
 
-def test_q_categories_find_two_kinds_of_cells(tmp_path, one_thread):
-    images, kinds = two_kinds(64)
+def train_and_assign(tmp_path, images: np.ndarray, channel_names: list[str], **config) -> np.ndarray:
+    """Train the small set-up shared by these tests on ``images`` (no labels) for TOTAL_IMAGES,
+    then return Q's category of every image."""
+    n = len(images)
     obs = pd.DataFrame(
         {
             "source_image": "drawn",
-            "source_index": np.arange(len(kinds)),
+            "source_index": np.arange(n),
             "min_row": 0,
             "min_col": 0,
             "max_row": SIZE,
@@ -61,7 +63,7 @@ def test_q_categories_find_two_kinds_of_cells(tmp_path, one_thread):
         }
     )
     store = tmp_path / "crops.h5"
-    write_crop_store(store, images, obs, ["ch0"], csv=False)
+    write_crop_store(store, images, obs, channel_names, csv=False)
     config = TrainConfig(
         latent=LatentSpec(z_dim=8, categorical=[2], n_continuous=0),
         total_images=TOTAL_IMAGES,
@@ -72,10 +74,17 @@ def test_q_categories_find_two_kinds_of_cells(tmp_path, one_thread):
         tick_images=TOTAL_IMAGES,
         snapshot_images=TOTAL_IMAGES,
         checkpoint_images=TOTAL_IMAGES,
+        **config,
     )
     run = train(store, tmp_path / "run", config, seed=TRAIN_SEED, device="cpu")
     D, _, _ = load_discriminator(run)
     categories, _ = assign_with_q(D, images)
+    return categories
+
+
+def test_q_categories_find_two_kinds_of_cells(tmp_path, one_thread):
+    images, kinds = two_kinds(64)
+    categories = train_and_assign(tmp_path, images, ["ch0"])
     assert np.bincount(categories, minlength=2).min() > 0, "Q puts every cell in one category"
     assert normalized_mutual_info_score(kinds, categories) >= 0.9
 
@@ -104,36 +113,12 @@ def test_hand_features_and_tint_views_let_q_find_a_small_spot(tmp_path, one_thre
     categories followed the tint (NMI 0.001 / 0.003 / 0.000 for seeds 0-2), and at the features'
     default weight 1 two seeds of five half-failed (NMI 0.05, 0.3)."""
     images, kinds = spotted_cells(64)
-    obs = pd.DataFrame(
-        {
-            "source_image": "drawn",
-            "source_index": np.arange(len(kinds)),
-            "min_row": 0,
-            "min_col": 0,
-            "max_row": SIZE,
-            "max_col": SIZE,
-            "label": "",
-            "qc_pass": True,
-            "qc_reason": "",
-        }
-    )
-    store = tmp_path / "crops.h5"
-    write_crop_store(store, images, obs, ["R", "G", "B"], csv=False)
-    config = TrainConfig(
-        latent=LatentSpec(z_dim=8, categorical=[2], n_continuous=0),
-        total_images=TOTAL_IMAGES,
-        batch_size=32,
-        g_channels=8,
-        d_channels=8,
-        ema_beta=0.9,
+    categories = train_and_assign(
+        tmp_path,
+        images,
+        ["R", "G", "B"],
         pair_mi_entropy=1.0,  # the two kinds are equally common
         hand_features=HandFeatures(quantiles=[0.02, 0.1], centre=0.5, weight=2.0),
         diff_augment=AugmentConfig(rot90=True, flip=True, shift=1, brightness=0.1, tint=0.15),
-        tick_images=TOTAL_IMAGES,
-        snapshot_images=TOTAL_IMAGES,
-        checkpoint_images=TOTAL_IMAGES,
     )
-    run = train(store, tmp_path / "run", config, seed=TRAIN_SEED, device="cpu")
-    D, _, _ = load_discriminator(run)
-    categories, _ = assign_with_q(D, images)
     assert normalized_mutual_info_score(kinds, categories) >= 0.9

@@ -15,6 +15,7 @@ Known pitfalls of public InfoGAN ports that this module avoids on purpose:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import torch
@@ -162,7 +163,7 @@ class Trunk(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
-        for layer in list(self._modules.values())[: self.n_layers]:
+        for layer in itertools.islice(self._modules.values(), self.n_layers):
             h = layer(h)
         if self.stats is None:
             return h
