@@ -24,7 +24,9 @@ from infogan_cells.training.step import InfoGANStep, build_networks
 # sign, a missing or extra detach, or a gradient leaking into the other player fails these.
 
 
-def _grads_of_step(config: TrainConfig, real, latent, supervised=None, want_q_real=False, generator=None):
+def _grads_of_step(
+    config: TrainConfig, real, latent, supervised=None, want_q_real=False, generator=None, partner=None
+):
     G, D = build_networks(config.latent, 16, 1, config, torch.Generator().manual_seed(0))
     step = InfoGANStep(
         G,
@@ -35,7 +37,7 @@ def _grads_of_step(config: TrainConfig, real, latent, supervised=None, want_q_re
         config,
         CPU,
     )
-    terms, _ = step(real, latent, supervised, want_q_real=want_q_real, generator=generator)
+    terms, _ = step(real, latent, supervised, want_q_real=want_q_real, generator=generator, partner=partner)
 
     def grads(module):
         return {
@@ -181,6 +183,28 @@ def test_pair_mi_gradient_reaches_both_views(info_trains_trunk, want_q_real):
     got = _difference(D_on, D_off)
     _assert_grads(got, _autograd(loss, D))
     assert any(got[n].abs().sum() > 0 for n in got if n.startswith("trunk")) == info_trains_trunk
+
+
+def test_pair_mi_with_neighbours_pairs_each_crop_with_its_partner():
+    """``partner`` (each crop's neighbour, train.pair_neighbours) is the IIC term's second view: the
+    term and its gradient are those of PairMILoss(Q(real), Q(partner)), not of two views of real."""
+    augment = AugmentConfig(rot90=True, flip=True, shift=0)
+    real, latent = _symmetric_real(8), _latent(8)
+    partner = real[[1, 0, 3, 2, 5, 4, 7, 6]] * 0.9  # other crops (still unchanged by the views)
+    kw = dict(diff_augment=augment, lambda_cat=0.0, lambda_cont=0.0, pair_mi_entropy=0.7)
+    (_, D_on, terms), (_, D_off, _) = (
+        _grads_of_step(
+            _config(lambda_pair_mi=w, **kw), real, latent, generator=torch.Generator().manual_seed(1),
+            partner=partner,
+        )
+        for w in (1.5, 0.0)
+    )  # fmt: skip
+    _, D = _fresh(_config(**kw))
+    loss = PairMILoss(1.5, 0.7)(
+        D.q_head(D.trunk(real)).cat_logits[0], D.q_head(D.trunk(partner)).cat_logits[0]
+    )
+    assert terms["Loss/Q/pair_mi"].item() == pytest.approx(loss["Loss/Q/pair_mi"].item(), rel=1e-5)
+    _assert_grads(_difference(D_on, D_off), _autograd(loss["Loss/Q/pair_mi"], D))
 
 
 def test_q_real_only_when_asked():

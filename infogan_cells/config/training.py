@@ -262,6 +262,14 @@ class TrainConfig:
         "unequal in size, as on imbalanced smears; above 1 pushes them to be equal).",
         ge=0,
     )
+    pair_neighbours: int = param(
+        0,
+        help="Positives of the IIC term from nearest neighbours (SCAN): each real crop's second "
+        "view is one of its this-many nearest crops (cosine similarity of the crops shrunk to "
+        "16 px, found once before training), not a second view of itself. Works where "
+        "neighbours in pixel space share a kind (digits: 94% at 5); 0: two views of one crop.",
+        ge=0,
+    )
     q_overcluster: int = param(
         0,
         help="Categories of an auxiliary over-clustering head on Q, trained only by "
@@ -345,6 +353,11 @@ class TrainConfig:
                     f"views of each real crop), but every {prefix}diff_augment transform is off; "
                     "turn one on or set lambda_pair_mi to 0"
                 )
+        if self.pair_neighbours > 0 and self.lambda_pair_mi <= 0:
+            raise ConfigError(
+                f"config key '{prefix}pair_neighbours': neighbours are positives of the IIC "
+                f"term; set {prefix}lambda_pair_mi above 0 (or pair_neighbours to 0)"
+            )
         if self.q_overcluster > 0 and self.lambda_pair_mi <= 0:
             raise ConfigError(
                 f"config key '{prefix}q_overcluster': the over-clustering head is trained by the "

@@ -67,10 +67,12 @@ def advance(
     ``n_steps`` counts the steps before this one (the EMA's warm-up); ``learned``: latents follow
     the learned prior (after its warm-up). Every draw and update stays on the device: no host sync.
     """
-    real, supervised = batches.real()
+    real, supervised, partner = batches.real()
     latent = batches.latent(effective_prior(prior, config.prior_floor) if learned else None)
     want_q_real = config.prior == "learned"
-    terms, q_real = parts.step(real, latent, supervised, want_q_real=want_q_real, generator=generator)
+    terms, q_real = parts.step(
+        real, latent, supervised, want_q_real=want_q_real, generator=generator, partner=partner
+    )
     if parts.G_ema is not None:
         ema_update(parts.G_ema, parts.G, min(config.ema_beta, (1 + n_steps) / (10 + n_steps)))
     if q_real is not None:

@@ -120,9 +120,12 @@ class InfoGANStep:
         supervised: tuple[torch.Tensor, torch.Tensor] | None = None,
         want_q_real: bool = False,
         generator: torch.Generator | None = None,
+        partner: torch.Tensor | None = None,
     ) -> tuple[dict[str, torch.Tensor], QOutput | None]:
         """``real`` (B, C, H, W) float in [-1, 1]; ``supervised`` (images, categories) a batch of labelled
-        real crops for Q's supervised loss; ``generator`` draws the differentiable augmentation."""
+        real crops for Q's supervised loss; ``generator`` draws the differentiable augmentation;
+        ``partner`` (B, C, H, W) the IIC term's second view of each real crop (a neighbour), in place
+        of a second augmentation of ``real``."""
         cfg, D, trunk = self.config, self.D, self.trunk
         real = real.contiguous(memory_format=self.memory_format)
         if is_identity(cfg.diff_augment):
@@ -153,7 +156,8 @@ class InfoGANStep:
                 x_sup = supervised[0].contiguous(memory_format=self.memory_format)
                 q_sup = q_of_features(D, trunk(T(x_sup)), cfg.info_trains_trunk)
             if pair:
-                q_view2 = q_of_features(D, trunk(T(real)), cfg.info_trains_trunk)
+                view2 = real if partner is None else partner.contiguous(memory_format=self.memory_format)
+                q_view2 = q_of_features(D, trunk(T(view2)), cfg.info_trains_trunk)
         # every loss term in fp32, outside autocast
         terms = self.d_loss(real_logits, fake_logits)
         terms.update(self.info_loss(q_fake, latent))
