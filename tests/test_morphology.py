@@ -110,3 +110,31 @@ def test_input_is_not_modified_and_bad_shapes_raise():
         measure_morphology(images, masks=np.ones((1, 8, 8), bool))
     with pytest.raises(ValueError, match=r"\(N, H, W, C\)"):
         foreground_mask(images[0])
+
+
+def _line_image(width: int, shear: float, size: int = 32) -> np.ndarray:
+    """A vertical bar ``width`` px wide and 20 px tall whose top is moved ``shear`` px per row
+    to the right (a slanted stroke)."""
+    img = np.zeros((size, size, 1), np.uint8)
+    for r in range(6, 26):
+        c = int(round(16 + shear * (16 - r)))
+        img[r, c - width // 2 : c - width // 2 + width] = 220
+    return img
+
+
+def test_slant_and_stroke_width_of_drawn_lines():
+    images = np.stack([_line_image(w, s) for w, s in [(2, 0.0), (4, 0.0), (2, 0.4), (3, -0.3)]])
+    df = measure_morphology(images)
+    np.testing.assert_allclose(df["slant"], [0.0, 0.0, 0.4, -0.3], atol=0.05)
+    np.testing.assert_allclose(df["stroke_width"], [2, 4, 2, 3], rtol=0.25)
+    assert df["stroke_width"].iloc[1] > 1.5 * df["stroke_width"].iloc[0]
+
+
+def test_stroke_width_keeps_the_hole_of_a_ring_open():
+    ring = _disk_image(10, value=200, channels=1)
+    ring[draw.disk((16, 16), 7, shape=(32, 32))] = 0
+    disk = _disk_image(10, value=200, channels=1)
+    df = measure_morphology(np.stack([ring, disk]))
+    assert df["area"].iloc[0] == df["area"].iloc[1]  # the cell's mask fills the hole...
+    assert df["stroke_width"].iloc[0] == pytest.approx(3, abs=1)  # ...the stroke does not
+    assert df["stroke_width"].iloc[1] > 3 * df["stroke_width"].iloc[0]

@@ -20,9 +20,7 @@ from infogan_cells.analysis.metrics import (
     label_scores,
     spearman_table,
 )
-from infogan_cells.analysis.morphology import (
-    measure_morphology,
-)
+from infogan_cells.analysis.morphology import foreground_mask, intensity_features, measure_morphology
 from infogan_cells.config import AnalyseConfig, LatentSpec
 from infogan_cells.data.h5ad import write_h5ad
 from infogan_cells.model.latent import Latent, sample_latent, to_input
@@ -155,7 +153,13 @@ def traverse(
     channel_names: list[str],
 ) -> pd.DataFrame:
     """Sweep each continuous code from -r to r for each category; write the strips and GIFs and
-    return the Spearman table of code value against morphology of the generated cells.
+    return the Spearman table of code value against the generated cells' morphology (slant and
+    stroke width among it) and stain content (``total_<channel>``, such as DNA).
+
+    Each feature is ranked among its own category's samples before the categories are pooled, so
+    rho measures what the code changes inside a category (a slider's effect), not how the
+    categories differ from each other (which would dilute it: sizes differ more between kinds of
+    cell than along any one code).
 
     The same ``config.traversal_samples`` z and other codes (seed 3) are used at every step and
     in every category, so only the swept code changes along a row.
@@ -177,7 +181,10 @@ def traverse(
             imgs = generate(G, spec, lat, device)  # step-major: (steps * n_s, H, W, C)
             _write_traversal(out_dir, f"cat{k:02d}_code{j}", imgs.reshape(len(steps), n_s, *imgs.shape[1:]))
             values.append(lat.cont[:, j].numpy())
-            morph.append(measure_morphology(imgs, channel_names=channel_names))
+            masks = foreground_mask(imgs)
+            totals = intensity_features(imgs, channel_names=channel_names, masks=masks).filter(like="total_")
+            feats = measure_morphology(imgs, channel_names=channel_names, masks=masks)
+            morph.append(pd.concat([feats, totals], axis=1).rank(pct=True))  # within the category
         feats = pd.concat(morph, ignore_index=True).drop(columns="orientation")
         tables.append(spearman_table(np.concatenate(values)[:, None], feats, code_names=[f"c{j}"]))
     return pd.concat(tables, ignore_index=True)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
+from skimage.morphology import skeletonize
 
 from infogan_cells.preprocess.qc import fill_holes, laplacian, otsu_index
 
@@ -53,8 +54,31 @@ def _otsu_thresholds(values: np.ndarray, nbins: int = 256) -> np.ndarray:
     return lo[:, 0] + (best + 1) * width[:, 0]
 
 
+def ink_mask(images: np.ndarray) -> np.ndarray:
+    """The pixels that stand out from each crop's background, holes left open (the strokes of a
+    digit, the stained parts of a cell): (N, H, W) bool, all False where the crop's contrast
+    stays below :data:`MIN_CONTRAST`.
+
+    Parameters
+    ----------
+    images : (N, H, W, C) uint8 ndarray
+    """
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}")
+    n = images.shape[0]
+    x = images.astype(np.float32)
+    border = np.concatenate([x[:, 0], x[:, -1], x[:, 1:-1, 0], x[:, 1:-1, -1]], axis=1)  # (N, P, C)
+    background = np.median(border, axis=1)  # (N, C)
+    contrast = np.abs(x - background[:, None, None, :]).max(axis=3)  # (N, H, W)
+    thresholds = _otsu_thresholds(contrast.reshape(n, -1))
+    masks = contrast > thresholds[:, None, None]
+    masks &= (contrast.reshape(n, -1).max(axis=1) >= MIN_CONTRAST)[:, None, None]
+    return masks
+
+
 def foreground_mask(images: np.ndarray) -> np.ndarray:
-    """The cell's mask in each crop.
+    """The cell's mask in each crop: :func:`ink_mask` with its holes filled, largest component.
 
     Parameters
     ----------
@@ -65,18 +89,8 @@ def foreground_mask(images: np.ndarray) -> np.ndarray:
     masks : (N, H, W) bool ndarray; all False where a crop shows no cell (its contrast stays
         below :data:`MIN_CONTRAST`).
     """
-    images = np.asarray(images)
-    if images.ndim != 4:
-        raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}")
-    n, h, w, _ = images.shape
-    x = images.astype(np.float32)
-    border = np.concatenate([x[:, 0], x[:, -1], x[:, 1:-1, 0], x[:, 1:-1, -1]], axis=1)  # (N, P, C)
-    background = np.median(border, axis=1)  # (N, C)
-    contrast = np.abs(x - background[:, None, None, :]).max(axis=3)  # (N, H, W)
-    thresholds = _otsu_thresholds(contrast.reshape(n, -1))
-    masks = contrast > thresholds[:, None, None]
-    masks &= (contrast.reshape(n, -1).max(axis=1) >= MIN_CONTRAST)[:, None, None]
-    masks = fill_holes(masks)
+    masks = fill_holes(ink_mask(images))
+    n = len(masks)
     for i in range(n):
         labels, n_comp = ndi.label(masks[i])
         if n_comp > 1:
@@ -119,7 +133,12 @@ def measure_morphology(
       per channel;
     * ``focus``: variance of the Laplacian of the whole crop (channel mean, grey levels);
       lower when blurred;
-    * ``centroid_offset``: distance in pixels from the mask's centroid to the crop's centre.
+    * ``centroid_offset``: distance in pixels from the mask's centroid to the crop's centre;
+    * ``slant``: the mask's shear, columns moved per row (its second moments' covariance over the
+      rows' variance), positive when the top leans right: a handwritten digit's slant;
+    * ``stroke_width``: :func:`ink_mask`'s pixels inside the mask over the length of their
+      skeleton, in pixels: the width of a drawn line (for a compact cell, its stained part's
+      size relative to its extent).
 
     A crop with an empty mask gets area 0, eccentricity 0, orientation 0, offset 0 and the
     crop's mean as intensity, so that every value is finite.
@@ -137,8 +156,21 @@ def measure_morphology(
     for i in range(0, max(n, 1), chunk):
         part = images[i : i + chunk]
         part_masks = foreground_mask(part) if masks is None else masks[i : i + chunk]
-        parts.append(_measure(part, part_masks, names))
+        frame = _measure(part, part_masks, names)
+        frame["stroke_width"] = stroke_width(ink_mask(part) & part_masks)
+        parts.append(frame)
     return pd.concat(parts, ignore_index=True)
+
+
+def stroke_width(ink: np.ndarray) -> np.ndarray:
+    """Pixels of each (H, W) mask of ``ink`` (N, H, W) bool over the pixels of its skeleton (the
+    mean width of a line drawn with it), (N,) float64; 0 for an empty mask."""
+    out = np.zeros(len(ink))
+    for i, m in enumerate(ink):
+        area = m.sum()
+        if area:
+            out[i] = area / max(int(skeletonize(m).sum()), 1)
+    return out
 
 
 def _measure(images: np.ndarray, masks: np.ndarray, names: list[str]) -> pd.DataFrame:
@@ -185,6 +217,7 @@ def _measure(images: np.ndarray, masks: np.ndarray, names: list[str]) -> pd.Data
         out[f"intensity_{name}"] = per_channel[:, i]
     out["focus"] = laplacian(x.mean(axis=3)).reshape(len(x), -1).var(axis=1)
     out["centroid_offset"] = offset
+    out["slant"] = np.where(s_rr > 0, -s_rc / np.where(s_rr > 0, s_rr, 1.0), 0.0)
     return pd.DataFrame(out)
 
 
