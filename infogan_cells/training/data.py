@@ -207,7 +207,7 @@ def augment_real(images: torch.Tensor, augment: AugmentConfig, generator: torch.
 #: Side (px) the crops are shrunk to before neighbours are compared.
 NEIGHBOUR_SIDE = 16
 #: Neighbours are searched among at most this many crops (drawn at random in larger sets), so the
-#: search stays a few matrix products: 50,000 crops of 3 x 16 x 16 take about a minute on 2 cores.
+#: search stays a few matrix products: 50,000 crops of 3 channels take about 30 s on 2 CPU cores.
 NEIGHBOUR_POOL = 50_000
 
 
