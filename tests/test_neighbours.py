@@ -8,8 +8,9 @@ import torch
 
 from infogan_cells.config import load_config
 from infogan_cells.errors import ConfigError
-from infogan_cells.training import data as data_mod
-from infogan_cells.training.data import Batches, Crops, nearest_neighbours
+from infogan_cells.training import neighbours as nb_mod
+from infogan_cells.training.data import Batches, Crops
+from infogan_cells.training.neighbours import feature_neighbours, nearest_neighbours
 
 
 def _two_kinds(n: int = 40, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,7 +40,7 @@ def test_neighbours_share_the_kind_and_are_never_the_crop_itself():
 
 def test_a_large_set_searches_a_capped_pool_and_k_is_capped_by_the_set(monkeypatch):
     images, kind = _two_kinds(60)
-    monkeypatch.setattr(data_mod, "NEIGHBOUR_POOL", 20)
+    monkeypatch.setattr(nb_mod, "NEIGHBOUR_POOL", 20)
     nn = nearest_neighbours(images, 3, torch.Generator().manual_seed(1), chunk=7)
     assert len(torch.unique(nn)) <= 20  # every neighbour comes from the 20 candidates
     assert (nn != torch.arange(60)[:, None]).all() and (kind[nn] == kind[:, None]).all()
@@ -70,3 +71,62 @@ def test_neighbours_without_the_pair_term_are_refused():
         load_config(None, [{"train": {"pair_neighbours": 5, "lambda_pair_mi": 0}}])
     with pytest.raises(ConfigError, match=r"train\.pair_neighbours"):
         load_config(None, [{"train": {"pair_neighbours": -1}}])
+
+
+def _bright_or_dim(n: int = 40, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two kinds that differ only in brightness (the same random textures, dim or bright): pixel
+    neighbours, compared after each crop's own mean is taken away, cannot tell them apart."""
+    g = torch.Generator().manual_seed(3)
+    kind = torch.arange(n) % 2
+    texture = torch.randint(0, 40, (n // 2, 1, size, size), generator=g).repeat_interleave(2, 0)
+    return (texture + 20 + 150 * kind[:, None, None, None]).to(torch.uint8), kind
+
+
+class _MeanTrunk(torch.nn.Module):
+    """A stand-in for D: its trunk's features are each crop's mean (and a BatchNorm to be kept)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = torch.nn.BatchNorm2d(1)
+        self.trunk = torch.nn.Sequential(self.bn, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+
+
+def test_neighbours_from_features_see_what_pixels_miss_and_leave_d_alone():
+    images, kind = _bright_or_dim()
+    pixels = nearest_neighbours(images, 1)
+    assert (kind[pixels[:, 0]] == kind).float().mean() < 0.25  # same texture, other kind: nearest in pixels
+    D = _MeanTrunk().train()
+    before = {k: v.clone() for k, v in D.state_dict().items()}
+    feats = feature_neighbours(D, images, 5, batch_size=16)
+    assert feats.shape == (40, 5) and (feats != torch.arange(40)[:, None]).all()
+    assert (kind[feats] == kind[:, None]).all()
+    assert D.training and all(torch.equal(before[k], v) for k, v in D.state_dict().items())
+
+
+def test_refresh_needs_neighbours_and_a_fraction_below_one():
+    with pytest.raises(ConfigError, match=r"train\.pair_neighbours_refresh.*pair_neighbours is 0"):
+        load_config(None, [{"train": {"pair_neighbours_refresh": 0.25}}])
+    with pytest.raises(ConfigError, match=r"train\.pair_neighbours_refresh"):
+        load_config(None, [{"train": {"pair_neighbours": 5, "pair_neighbours_refresh": 1.0}}])
+
+
+def test_neighbours_from_features_start_with_two_views_and_need_a_refresh():
+    images, _ = _two_kinds()
+    cfg = load_config(
+        None,
+        [
+            {
+                "train": {
+                    "pair_neighbours": 3,
+                    "pair_neighbours_from": "features",
+                    "pair_neighbours_refresh": 0.5,
+                }
+            }
+        ],
+    ).train
+    batches = Batches(Crops(images, None, ["grey"], []), cfg, torch.Generator(), torch.Generator())
+    assert batches.neighbours is None and batches.real()[2] is None  # two views of one crop until mined
+    batches.refresh_neighbours(_MeanTrunk(), images_seen=128)
+    assert batches.neighbours.shape == (40, 3) and batches.real()[2] is not None
+    with pytest.raises(ConfigError, match=r"train\.pair_neighbours_from.*pair_neighbours_refresh"):
+        load_config(None, [{"train": {"pair_neighbours": 3, "pair_neighbours_from": "features"}}])

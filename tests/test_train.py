@@ -106,12 +106,22 @@ class Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_resume_after_kill_is_bit_identical(store, tmp_path, monkeypatch, precision):
+@pytest.mark.parametrize(("precision", "neighbours"), [("fp32", False), ("bf16", False), ("fp32", True)])
+def test_resume_after_kill_is_bit_identical(store, tmp_path, monkeypatch, precision, neighbours):
     # learned prior from step 2, the checkpoint at step 6; bf16 autocast runs on the CPU as on CUDA;
     # every random draw of the loop is on: augmentation, DiffAugment with intensity jitter, the IIC term
-    # with its over-clustering head, a labelled batch per step, a held-out split
+    # with its over-clustering head, a labelled batch per step, a held-out split; with ``neighbours``
+    # the IIC term's positives are neighbours, mined again from D's features at steps 4, 8, 12 and 16
+    # (so the resumed run must take the ones mined before the checkpoint from it)
+    extra = {}
+    if neighbours:  # noisy copies of the crops: each crop's neighbours are then distinct images
+        extra = {"pair_neighbours": 3, "pair_neighbours_refresh": 0.2}
+        store = make_store(tmp_path / "noisy.h5")
+        with h5py.File(store, "r+") as f:
+            x = f["images"][...].astype(int) + np.random.default_rng(1).integers(0, 60, f["images"].shape)
+            f["images"][...] = np.clip(x, 0, 255).astype(np.uint8)
     config = tiny_config(
+        **extra,
         latent=LatentSpec(z_dim=4, categorical=[6], n_continuous=1),
         prior="learned",
         prior_warmup=0.1,

@@ -270,6 +270,22 @@ class TrainConfig:
         "neighbours in pixel space share a kind (digits: 94% at 5); 0: two views of one crop.",
         ge=0,
     )
+    pair_neighbours_from: str = param(
+        "pixels",
+        help="Where the first neighbours come from: pixels (before training) or features (D's, "
+        "first mined after pair_neighbours_refresh of training; until then the positives are "
+        "two views of one crop: for crops whose kinds pixels do not tell apart).",
+        choices=["pixels", "features"],
+    )
+    pair_neighbours_refresh: float = param(
+        0.0,
+        help="Mine the neighbours again from D's own features (its trunk's output on the crops, "
+        "BatchNorm set by real crops) every this fraction of training: after some training they "
+        "share a kind far more often than pixels do (SCAN mines them from learned features). "
+        "0: the pixel neighbours throughout.",
+        ge=0,
+        lt=1,
+    )
     q_overcluster: int = param(
         0,
         help="Categories of an auxiliary over-clustering head on Q, trained only by "
@@ -357,6 +373,16 @@ class TrainConfig:
             raise ConfigError(
                 f"config key '{prefix}pair_neighbours': neighbours are positives of the IIC "
                 f"term; set {prefix}lambda_pair_mi above 0 (or pair_neighbours to 0)"
+            )
+        if self.pair_neighbours_refresh > 0 and self.pair_neighbours == 0:
+            raise ConfigError(
+                f"config key '{prefix}pair_neighbours_refresh': mines neighbours again, but "
+                f"{prefix}pair_neighbours is 0 (no neighbours); set it above 0 (or the refresh to 0)"
+            )
+        if self.pair_neighbours_from == "features" and self.pair_neighbours_refresh == 0:
+            raise ConfigError(
+                f"config key '{prefix}pair_neighbours_from': features are mined every "
+                f"{prefix}pair_neighbours_refresh of training, which is 0; set it above 0"
             )
         if self.q_overcluster > 0 and self.lambda_pair_mi <= 0:
             raise ConfigError(

@@ -21,6 +21,7 @@ from infogan_cells.data.store import holdout_split, read_crop_store
 from infogan_cells.errors import ConfigError, InputError
 from infogan_cells.model.augment import augment_batch, needs_float, to_float
 from infogan_cells.model.latent import Latent, sample_latent
+from infogan_cells.training.neighbours import feature_neighbours, nearest_neighbours
 
 log = logging.getLogger(__name__)
 
@@ -204,45 +205,6 @@ def augment_real(images: torch.Tensor, augment: AugmentConfig, generator: torch.
     return to_float(augment_batch(images, augment, generator))
 
 
-#: Side (px) the crops are shrunk to before neighbours are compared.
-NEIGHBOUR_SIDE = 16
-#: Neighbours are searched among at most this many crops (drawn at random in larger sets), so the
-#: search stays a few matrix products: 50,000 crops of 3 channels take about 30 s on 2 CPU cores.
-NEIGHBOUR_POOL = 50_000
-
-
-def nearest_neighbours(
-    images: torch.Tensor, k: int, generator: torch.Generator | None = None, chunk: int = 2048
-) -> torch.Tensor:
-    """Each crop's ``k`` nearest other crops, (N, k) int64 on the crops' device, nearest first.
-
-    Crops (N, C, H, W) uint8 are shrunk to :data:`NEIGHBOUR_SIDE` px (area mean), centred and scaled
-    to unit length, and compared by cosine similarity; candidates are all crops, or
-    :data:`NEIGHBOUR_POOL` of them drawn with ``generator`` in a larger set. A crop is never its
-    own neighbour.
-    """
-    n = images.shape[0]
-    if n < 2:
-        raise ValueError(f"nearest neighbours need at least 2 crops, got {n}")
-    k = min(k, n - 1)
-    feats = torch.empty((n, images.shape[1] * NEIGHBOUR_SIDE**2), device=images.device)
-    for a in range(0, n, chunk):
-        x = torch.nn.functional.adaptive_avg_pool2d(images[a : a + chunk].float(), NEIGHBOUR_SIDE).flatten(1)
-        x = x - x.mean(1, keepdim=True)
-        feats[a : a + chunk] = x / x.norm(dim=1, keepdim=True).clamp_min(1e-6)
-    pool = torch.arange(n, device=images.device)
-    if n > NEIGHBOUR_POOL:
-        pool = torch.randperm(n, generator=generator, device=generator.device if generator else None)
-        pool = pool[:NEIGHBOUR_POOL].to(images.device)
-    candidates = feats[pool].T.contiguous()
-    out = torch.empty((n, k), dtype=torch.int64, device=images.device)
-    for a in range(0, n, chunk):
-        sim = feats[a : a + chunk] @ candidates
-        sim[pool[None, :] == torch.arange(a, a + len(sim), device=images.device)[:, None]] = -2.0
-        out[a : a + chunk] = pool[sim.topk(k, dim=1).indices]
-    return out
-
-
 class Batches:
     """Draws each step's inputs on the training device: a real batch (augmented), a class-balanced
     batch of labelled crops when semi-supervised, each real crop's neighbour (``pair_neighbours``),
@@ -261,17 +223,31 @@ class Batches:
             w = 1.0 / torch.bincount(cls)[cls].float()
             self.sup_cdf = torch.cumsum(w / w.sum(), 0)
         self.neighbours = None
-        if config.pair_neighbours > 0 and config.lambda_pair_mi > 0:
+        # the candidate pool is drawn from a generator of its own: the batches' draws do not depend on it
+        self.pool_gen = torch.Generator(device=self.dev).manual_seed(int(data_gen.initial_seed()) + 1)
+        if (
+            config.pair_neighbours > 0
+            and config.lambda_pair_mi > 0
+            and config.pair_neighbours_from == "pixels"
+        ):
             t0 = time.perf_counter()
-            # the pool is drawn from a generator of its own: the batches' draws do not depend on it
-            pool_gen = torch.Generator(device=self.dev).manual_seed(int(data_gen.initial_seed()) + 1)
-            self.neighbours = nearest_neighbours(crops.images, config.pair_neighbours, pool_gen)
+            self.neighbours = nearest_neighbours(crops.images, config.pair_neighbours, self.pool_gen)
             log.info(
-                "pair term: the %d nearest of %d crops are each crop's positives (%.1f s)",
+                "pair term: the %d nearest of %d crops (pixels) are each crop's positives (%.1f s)",
                 self.neighbours.shape[1],
                 self.n,
                 time.perf_counter() - t0,
             )
+
+    def refresh_neighbours(self, D: torch.nn.Module, images_seen: int) -> None:
+        """Mine each crop's neighbours again, from D's own features (``pair_neighbours_refresh``); the
+        candidate pool of a large set is drawn afresh from ``images_seen`` (a resumed run draws the same)."""
+        t0 = time.perf_counter()
+        gen = torch.Generator(device=self.dev).manual_seed(self.pool_gen.initial_seed() + images_seen)
+        self.neighbours = feature_neighbours(
+            D, self.crops.images, self.config.pair_neighbours, gen, self.config.batch_size
+        )
+        log.info("pair term: neighbours mined again from D's features (%.1f s)", time.perf_counter() - t0)
 
     def real(
         self,

@@ -191,6 +191,7 @@ def train(
     tick_steps = 0
 
     # --- resume
+    mined = None  # the pair term's neighbours, once mined from D's features
     if resume_path.exists():
         state = ResumeState.load(resume_path, ident)
         G.load_state_dict(state.G)
@@ -215,6 +216,7 @@ def train(
         cur_nimg, n_steps, seconds = state.cur_nimg, state.n_steps, state.seconds
         tick_sums = {k: v.to(dev) for k, v in state.tick_sums.items()}
         tick_steps = state.tick_steps
+        mined = state.neighbours
         records = read_stats(stats_path, cur_nimg)
         log.info("%s: resuming at %d images", resume_path, cur_nimg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -231,6 +233,11 @@ def train(
     # --- loop
     B = config.batch_size
     batches = Batches(crops, config, data_gen, latent_gen)
+    if mined is not None:
+        batches.neighbours = mined.to(dev)
+    refresh_every = 0
+    if config.pair_neighbours > 0 and config.lambda_pair_mi > 0 and config.pair_neighbours_refresh > 0:
+        refresh_every = max(B, int(config.pair_neighbours_refresh * config.total_images))
     want_q_real = config.prior == "learned"
     prior_start = int(config.prior_warmup * config.total_images)
     pbar = None
@@ -288,6 +295,11 @@ def train(
                 )
                 t_tick += time.perf_counter() - t0  # snapshot time is not training time
 
+            # --- the pair term's neighbours, mined again from D's features (before a checkpoint keeps them)
+            if refresh_every and crossed(refresh_every) and not done:
+                batches.refresh_neighbours(D, cur_nimg)
+                mined = batches.neighbours
+
             # --- checkpoint
             if crossed(config.checkpoint_images) and not done:
                 t0 = time.perf_counter()
@@ -307,6 +319,7 @@ def train(
                     prior=prior,
                     tick_sums=tick_sums,
                     tick_steps=tick_steps,
+                    neighbours=mined,
                 )
                 _save_resume(resume_path, state)
                 t_tick += time.perf_counter() - t0

@@ -58,12 +58,14 @@ class ResumeState:
     prior: list[torch.Tensor]
     tick_sums: dict[str, torch.Tensor]
     tick_steps: int
+    neighbours: torch.Tensor | None = None  # the pair term's neighbours once mined from D's features
 
     def save(self, path: Path) -> None:
         """Write the state atomically (CPU tensors: a run may resume on another device)."""
         state = {"format": RESUME_FORMAT, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
         state["prior"] = [p.cpu() for p in self.prior]
         state["tick_sums"] = {k: v.cpu() for k, v in self.tick_sums.items()}
+        state["neighbours"] = None if self.neighbours is None else self.neighbours.cpu()
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
 
@@ -79,7 +81,7 @@ class ResumeState:
         if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
             raise InputError(f"{path}: not an infogan-cells resume state")
         check_same_run(path, state, identity)
-        return cls(**{f.name: state[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: state[f.name] for f in dataclasses.fields(cls) if f.name in state})
 
 
 def write_stats(path: Path, records: list[dict]) -> None:
