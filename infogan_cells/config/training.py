@@ -267,7 +267,8 @@ class TrainConfig:
         help="Positives of the IIC term from nearest neighbours (SCAN): each real crop's second "
         "view is one of its this-many nearest crops (cosine similarity of the crops shrunk to "
         "16 px, found once before training), not a second view of itself. Works where "
-        "neighbours in pixel space share a kind (digits: 94% at 5); 0: two views of one crop.",
+        "neighbours in pixel space share a kind (digits: 94% at 5); 0: two views of one crop. "
+        "Unused without the IIC term (lambda_pair_mi 0).",
         ge=0,
     )
     pair_neighbours_from: str = param(
@@ -282,7 +283,7 @@ class TrainConfig:
         help="Mine the neighbours again from D's own features (its trunk's output on the crops, "
         "BatchNorm set by real crops) every this fraction of training: after some training they "
         "share a kind far more often than pixels do (SCAN mines them from learned features). "
-        "0: the pixel neighbours throughout.",
+        "0: the pixel neighbours throughout. Unused without neighbours.",
         ge=0,
         lt=1,
     )
@@ -369,16 +370,6 @@ class TrainConfig:
                     f"views of each real crop), but every {prefix}diff_augment transform is off; "
                     "turn one on or set lambda_pair_mi to 0"
                 )
-        if self.pair_neighbours > 0 and self.lambda_pair_mi <= 0:
-            raise ConfigError(
-                f"config key '{prefix}pair_neighbours': neighbours are positives of the IIC "
-                f"term; set {prefix}lambda_pair_mi above 0 (or pair_neighbours to 0)"
-            )
-        if self.pair_neighbours_refresh > 0 and self.pair_neighbours == 0:
-            raise ConfigError(
-                f"config key '{prefix}pair_neighbours_refresh': mines neighbours again, but "
-                f"{prefix}pair_neighbours is 0 (no neighbours); set it above 0 (or the refresh to 0)"
-            )
         if self.pair_neighbours_from == "features" and self.pair_neighbours_refresh == 0:
             raise ConfigError(
                 f"config key '{prefix}pair_neighbours_from': features are mined every "
