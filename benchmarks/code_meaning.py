@@ -55,10 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         tables.append(table)
         for code, group in table.groupby("code"):
             group = group.reindex(group["rho"].abs().sort_values(ascending=False).index)
-            if args.feature:
-                group = group[group["feature"] == args.feature]
+            group = group[group["feature"] == args.feature] if args.feature else group.head(args.top)
             shown = ", ".join(f"{f} {r:+.3f}" for f, r in zip(group["feature"], group["rho"], strict=True))
-            print(f"{run}  {code}: {shown if args.feature else ', '.join(shown.split(', ')[: args.top])}")
+            print(f"{run}  {code}: {shown}")
     if args.out:
         pd.concat(tables, ignore_index=True).to_csv(args.out, index=False)
     return 0

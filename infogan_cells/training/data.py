@@ -211,8 +211,14 @@ class Batches:
     and a latent batch; no host sync."""
 
     def __init__(
-        self, crops: Crops, config: TrainConfig, data_gen: torch.Generator, latent_gen: torch.Generator
+        self,
+        crops: Crops,
+        config: TrainConfig,
+        data_gen: torch.Generator,
+        latent_gen: torch.Generator,
+        neighbours: torch.Tensor | None = None,
     ):
+        """``neighbours``: ones mined before (a resumed run's), used instead of a search in pixels."""
         self.crops, self.config, self.data_gen, self.latent_gen = crops, config, data_gen, latent_gen
         self.n = crops.images.shape[0]
         self.dev = crops.images.device
@@ -222,14 +228,17 @@ class Batches:
             cls = crops.targets[self.sup_pool]
             w = 1.0 / torch.bincount(cls)[cls].float()
             self.sup_cdf = torch.cumsum(w / w.sum(), 0)
-        self.neighbours = None
+        self.neighbours = None if neighbours is None else neighbours.to(self.dev)
         # the candidate pool is drawn from a generator of its own: the batches' draws do not depend on it
         self.pool_gen = torch.Generator(device=self.dev).manual_seed(int(data_gen.initial_seed()) + 1)
-        if (
-            config.pair_neighbours > 0
-            and config.lambda_pair_mi > 0
-            and config.pair_neighbours_from == "pixels"
-        ):
+        uses = config.pair_neighbours > 0 and config.lambda_pair_mi > 0
+        #: images between two minings from D's features (0: never)
+        self.refresh_every = (
+            max(config.batch_size, int(config.pair_neighbours_refresh * config.total_images))
+            if uses and config.pair_neighbours_refresh > 0
+            else 0
+        )
+        if uses and self.neighbours is None and config.pair_neighbours_from == "pixels":
             t0 = time.perf_counter()
             self.neighbours = nearest_neighbours(crops.images, config.pair_neighbours, self.pool_gen)
             log.info(

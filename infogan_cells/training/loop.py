@@ -232,12 +232,7 @@ def train(
 
     # --- loop
     B = config.batch_size
-    batches = Batches(crops, config, data_gen, latent_gen)
-    if mined is not None:
-        batches.neighbours = mined.to(dev)
-    refresh_every = 0
-    if config.pair_neighbours > 0 and config.lambda_pair_mi > 0 and config.pair_neighbours_refresh > 0:
-        refresh_every = max(B, int(config.pair_neighbours_refresh * config.total_images))
+    batches = Batches(crops, config, data_gen, latent_gen, neighbours=mined)
     want_q_real = config.prior == "learned"
     prior_start = int(config.prior_warmup * config.total_images)
     pbar = None
@@ -296,7 +291,7 @@ def train(
                 t_tick += time.perf_counter() - t0  # snapshot time is not training time
 
             # --- the pair term's neighbours, mined again from D's features (before a checkpoint keeps them)
-            if refresh_every and crossed(refresh_every) and not done:
+            if batches.refresh_every and crossed(batches.refresh_every) and not done:
                 batches.refresh_neighbours(D, cur_nimg)
                 mined = batches.neighbours
 
