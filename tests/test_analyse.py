@@ -140,6 +140,8 @@ def test_spearman_table_handles_constant_features_without_warning():
     assert table.loc[table.feature == "noise", "rho"].item() == pytest.approx(expected)
     named = name_codes(table)
     assert named["c0"]["feature"] == "area" and named["c0"]["all"]["flat"] is None
+    assert "pinned" not in named["c0"]
+    assert name_codes(table, {"c0": "total:DNA"})["c0"]["pinned"] == "total:DNA"
 
 
 def test_analyse_known_result(tmp_path, monkeypatch, report_calls):

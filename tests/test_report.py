@@ -296,6 +296,17 @@ def test_text_from_the_analysis_is_escaped(tmp_path: Path) -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in (out / "report" / "index.html").read_text()
 
 
+def test_a_pinned_code_says_what_it_was_pinned_to(tmp_path: Path) -> None:
+    out = make_analysis(tmp_path / "seed0")
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["codes"]["c1"]["pinned"] = "log_total:DNA"
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    write_report(out)
+    text = (out / "report" / "index.html").read_text()
+    assert "c1 (pinned to log_total:DNA) ≈ area" in text
+    assert "c0 ≈ orientation" in text  # a free code says nothing of the kind
+
+
 def test_without_labels_agreement_is_not_available(tmp_path: Path) -> None:
     out = make_analysis(tmp_path / "seed0", labels=False)
     write_report(out)

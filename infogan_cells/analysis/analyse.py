@@ -63,6 +63,7 @@ from infogan_cells.analysis.metrics import (
     contingency_table,
     label_scores,
     name_codes,
+    pinned_codes,
 )
 from infogan_cells.analysis.morphology import (
     FEATURES,
@@ -247,7 +248,7 @@ def _analyse(
         "n_categories": n_cat,
         "categories": summary,
         "baselines": baselines,
-        "codes": name_codes(codes_table),
+        "codes": name_codes(codes_table, pinned_codes(D, channel_names)),
         "quality": quality,
         "config": dataclasses.asdict(config),
     }

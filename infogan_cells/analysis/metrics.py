@@ -98,12 +98,22 @@ def spearman_table(
     return pd.DataFrame(rows, columns=["code", "feature", "rho", "p"])
 
 
-def name_codes(table: pd.DataFrame) -> dict:
-    """Each code named by the feature with the largest |rho|: ``{"c0": {"feature", "rho", "all"}}``.
+def pinned_codes(D, channel_names: list[str]) -> dict[str, str]:
+    """``{"c0": "log_total:DNA"}`` for the codes training pinned to a measure (``train.code_measures``)."""
+    pins = getattr(D.trunk, "pins", None)
+    if pins is None:
+        return {}
+    return {f"c{j}": f"{pins.codes[j][0]}:{channel_names[pins.codes[j][1]]}" for j in pins.pinned}
+
+
+def name_codes(table: pd.DataFrame, pinned: dict[str, str] | None = None) -> dict:
+    """Each code named by the feature with the largest |rho|: ``{"c0": {"feature", "rho", "all"}}``,
+    with ``"pinned"``: the measure training pinned the code to, for those in ``pinned``.
 
     ``all`` maps every feature to its rho (``None`` where undefined); ``feature`` and ``rho``
     are ``None`` when no feature has a defined rho.
     """
+    pinned = pinned or {}
     out = {}
     for code, group in table.groupby("code", sort=False):
         rhos = {
@@ -113,4 +123,6 @@ def name_codes(table: pd.DataFrame) -> dict:
         defined = {f: r for f, r in rhos.items() if r is not None}
         best = max(defined, key=lambda f: abs(defined[f])) if defined else None
         out[str(code)] = {"feature": best, "rho": defined.get(best) if best else None, "all": rhos}
+        if str(code) in pinned:
+            out[str(code)]["pinned"] = pinned[str(code)]
     return out

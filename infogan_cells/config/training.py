@@ -7,6 +7,8 @@ import dataclasses
 from infogan_cells.config.fields import param
 from infogan_cells.errors import ConfigError
 
+MEASURES = ("total", "log_total", "slant")  # what train.code_measures may pin a code to (model.measures)
+
 
 @dataclasses.dataclass(frozen=True)
 class LatentSpec:
@@ -318,6 +320,15 @@ class TrainConfig:
         help="Label-free per-channel numbers of each image given to D's and Q's heads beside the "
         "convolutional features (off unless quantiles or mean is set).",
     )
+    code_measures: list = param(
+        default_factory=list,
+        help="Pin continuous codes to label-free measures of the image, one entry per code "
+        "('<measure>:<channel>', or null for a code Q reads freely as in InfoGAN): Q reads a pinned "
+        "code from that measure alone, through a fixed line set by the real crops' mean and sd, so the "
+        "code becomes a slider of it over the real cells' range. Measures: total (the stain above the "
+        "background), log_total, slant; the channel may be left out for crops of one channel. "
+        "E.g. [log_total:DNA] for a DNA-content slider, [slant] for a digit's slant.",
+    )
     tick_images: int = param(4096, help="Images between progress records in stats.jsonl.", ge=1)
     snapshot_images: int = param(10240, help="Images between sample grids.", ge=1)
     checkpoint_images: int = param(10240, help="Images between resume checkpoints.", ge=1)
@@ -379,6 +390,19 @@ class TrainConfig:
             raise ConfigError(
                 f"config key '{prefix}q_overcluster': the over-clustering head is trained by the "
                 f"IIC term only; set {prefix}lambda_pair_mi above 0 (or q_overcluster to 0)"
+            )
+        measures = self.code_measures
+        if (
+            not isinstance(measures, list)
+            or len(measures) > self.latent.n_continuous
+            or not all(
+                m is None or (isinstance(m, str) and m.partition(":")[0] in MEASURES) for m in measures
+            )
+        ):
+            raise ConfigError(
+                f"config key '{prefix}code_measures': expected at most {prefix}latent.n_continuous "
+                f"({self.latent.n_continuous}) entries, each null or '<measure>:<channel>' with a measure "
+                f"among {', '.join(MEASURES)}; got {self.code_measures!r}"
             )
         if self.supervised_fraction > 0 and not categorical:
             raise ConfigError(

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from infogan_cells.config import LatentSpec
+from infogan_cells.model.measures import PinnedCodes
 
 LOG_SIGMA_MIN, LOG_SIGMA_MAX = -5.0, 2.0
 
@@ -153,21 +154,38 @@ class HandStats(nn.Module):
 
 class Trunk(nn.Sequential):
     """D's convolutional trunk; with ``stats`` its output is the flattened features followed by the
-    hand-chosen numbers of the same images. The convolutions keep their ``Sequential`` indices, so
-    checkpoints without stats load as before."""
+    hand-chosen numbers of the same images, and with ``pins`` then by the pinned codes' readouts
+    (which only Q's continuous means use: :class:`Columns` keeps them from the heads). The
+    convolutions keep their ``Sequential`` indices, so checkpoints without either load as before."""
 
-    def __init__(self, layers: list[nn.Module], stats: HandStats | None = None):
+    def __init__(
+        self, layers: list[nn.Module], stats: HandStats | None = None, pins: PinnedCodes | None = None
+    ):
         super().__init__(*layers)
         self.n_layers = len(layers)
-        self.stats = stats  # registered after the layers: forward skips it
+        self.stats = stats  # registered after the layers: forward skips them
+        self.pins = pins
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
         for layer in itertools.islice(self._modules.values(), self.n_layers):
             h = layer(h)
-        if self.stats is None:
+        if self.stats is None and self.pins is None:
             return h
-        return torch.cat([h.flatten(1), self.stats(x).to(h.dtype)], dim=1)
+        extra = [m(x).to(h.dtype) for m in (self.stats, self.pins) if m is not None]
+        return torch.cat([h.flatten(1), *extra], dim=1)
+
+
+class Columns(nn.Flatten):
+    """Flatten, then keep the first ``n`` features (the heads' inputs, not the pinned readouts).
+    A Flatten subclass without parameters, so the heads' state-dict keys are those of before."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)[:, : self.n]
 
 
 class Discriminator(nn.Module):
@@ -188,6 +206,7 @@ class Discriminator(nn.Module):
         q_hidden: int = 128,
         q_overcluster: int = 0,
         hand_features: dict | None = None,
+        code_measures: list | None = None,
     ):
         super().__init__()
         sizes = dict(img_size=img_size, channels=channels, width=width, max_width=max_width)
@@ -196,6 +215,8 @@ class Discriminator(nn.Module):
             self.kwargs["q_overcluster"] = q_overcluster
         if hand_features:  # likewise
             self.kwargs["hand_features"] = dict(hand_features)
+        if code_measures and any(code_measures):  # likewise
+            self.kwargs["code_measures"] = [list(c) if c else None for c in code_measures]
         n = _n_levels(img_size)
         chans = [min(width * 2**i, max_width) for i in range(n)]  # H/2 ... 4x4
         sn = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
@@ -210,12 +231,18 @@ class Discriminator(nn.Module):
             layers.append(nn.LeakyReLU(0.2, inplace=True))
         feat = chans[-1] * 16
         stats = HandStats(feat, **hand_features) if hand_features else None
-        self.trunk = Trunk(layers, stats)
+        pins = None
+        if "code_measures" in self.kwargs:
+            codes = list(code_measures) + [None] * (self.spec.n_continuous - len(code_measures))
+            n_cat = self.spec.categorical[0] if self.spec.categorical else 0
+            pins = PinnedCodes(codes[: self.spec.n_continuous], self.spec.continuous_range, n_cat)
+        self.trunk = Trunk(layers, stats, pins)
         feat += stats.n_out if stats is not None else 0
-        self.d_head = nn.Sequential(nn.Flatten(), sn(nn.Linear(feat, 1)))
+        self.n_feat = feat  # the heads' inputs; the pinned readouts follow them in the trunk's output
+        self.d_head = nn.Sequential(Columns(feat), sn(nn.Linear(feat, 1)))
         n_out = self.spec.n_cat_dims + 2 * self.spec.n_continuous
         self.q_net = nn.Sequential(
-            nn.Flatten(),
+            Columns(feat),
             nn.Linear(feat, q_hidden),
             nn.LeakyReLU(0.2, inplace=True),
             nn.Linear(q_hidden, max(n_out, 1)),
@@ -242,6 +269,11 @@ class Discriminator(nn.Module):
         nc = self.spec.n_continuous
         mu = out[:, i : i + nc]
         log_sigma = out[:, i + nc : i + 2 * nc].clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX)
+        pins = self.trunk.pins
+        if pins is not None:  # a pinned code's mean is its measure's line, not Q's estimate
+            mu = mu.clone()
+            readout = h.flatten(1)[:, self.n_feat :].float()
+            mu[:, pins.pinned] = pins.relative(readout, logits[0] if logits else None)
         return QOutput(logits, mu, log_sigma, over)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, QOutput]:

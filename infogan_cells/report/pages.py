@@ -66,9 +66,11 @@ def _strength(rho: float | None) -> str:
 def code_line(analysis: Analysis, j: int) -> str:
     """``c1 ≈ orientation, ρ = 0.93`` (plain text, not escaped)."""
     feature, rho = code_meaning(analysis, j)
+    pinned = _dict(_dict(analysis.metrics.get("codes")).get(f"c{j}")).get("pinned")
+    pin = f" (pinned to {pinned})" if pinned else ""
     if feature is None:
-        return f"c{j}: meaning not measured"
-    return f"c{j} ≈ {feature}, ρ = {fmt(rho)}"
+        return f"c{j}{pin}: meaning not measured"
+    return f"c{j}{pin} ≈ {feature}, ρ = {fmt(rho)}"
 
 
 # --------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ import yaml
 from infogan_cells._io import write_text_atomic
 from infogan_cells.config import TrainConfig, dump_config, to_dict
 from infogan_cells.errors import ConfigError
+from infogan_cells.model.augment import to_float
 from infogan_cells.model.checkpoint import (
     FINAL_NAME,
     load_payload,
@@ -185,6 +186,8 @@ def train(
         config, img_size, channels, dev, torch.Generator().manual_seed(s_init), crops.channel_names
     )
     G, D, G_ema, opt_G, opt_D = parts.G, parts.D, parts.G_ema, parts.opt_G, parts.opt_D
+    if D.trunk.pins is not None:  # the pinned codes' fixed line: each measure's mean and sd on the crops
+        D.trunk.pins.calibrate(to_float(crops.images[i : i + 512]) for i in range(0, n_crops, 512))
     prior = [torch.full((k,), 1.0 / k, device=dev) for k in spec.categorical]
     cur_nimg, n_steps, seconds, records = 0, 0, 0.0, []
     tick_sums: dict[str, torch.Tensor] = {}

@@ -15,6 +15,7 @@ from infogan_cells.model.checkpoint import (
     resolve_precision,
 )
 from infogan_cells.model.latent import Latent, to_input
+from infogan_cells.model.measures import parse
 from infogan_cells.model.networks import Discriminator, Generator, QOutput, init_weights
 
 log = logging.getLogger(__name__)
@@ -29,13 +30,21 @@ def build_networks(
     channel_names: list[str] | None = None,
 ) -> tuple[Generator, Discriminator]:
     """G and D+Q, initialised from ``generator`` (torch's global RNG is left as it was).
-    ``channel_names`` (default ``channel0``, ...) resolve ``config.hand_features.channels``."""
+    ``channel_names`` (default ``channel_0``, ...) resolve ``config.hand_features.channels`` and
+    the channels of ``config.code_measures``."""
     hand = None
     if config.hand_features.enabled:
         names = list(channel_names) if channel_names else [f"channel_{i}" for i in range(channels)]
         hand = config.hand_features.network_kwargs(
             config.hand_features.channel_indices(names, "train.hand_features.")
         )
+    measures = None
+    if any(config.code_measures):
+        names = list(channel_names) if channel_names else [f"channel_{i}" for i in range(channels)]
+        measures = [
+            parse(m, names, f"train.code_measures[{j}]") if m else None
+            for j, m in enumerate(config.code_measures)
+        ]
     with torch.random.fork_rng(devices=[]):  # module constructors draw default inits from it
         G = Generator(spec, img_size=img_size, channels=channels, width=config.g_channels)
         D = Discriminator(
@@ -46,6 +55,7 @@ def build_networks(
             spectral_norm=config.spectral_norm,
             q_overcluster=config.q_overcluster,
             hand_features=hand,
+            code_measures=measures,
         )
     init_weights(G, generator=generator)
     init_weights(D, generator=generator)
