@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import spearmanr
+from tiny_step import CPU, _config, _latent, _real, _setup
 
 from infogan_cells.analysis.metrics import pinned_codes
 from infogan_cells.analysis.morphology import intensity_features, measure_morphology
 from infogan_cells.config import LatentSpec, TrainConfig
 from infogan_cells.errors import ConfigError
+from infogan_cells.model.checkpoint import autocast, resolve_precision
 from infogan_cells.model.measures import measure, parse
 from infogan_cells.model.networks import Discriminator
 from infogan_cells.training.step import build_networks
@@ -144,3 +146,20 @@ def test_the_analysis_names_the_pinned_codes():
     pinned = Discriminator(SPEC, img_size=32, channels=2, width=8, code_measures=[None, ["log_total", 1]])
     assert pinned_codes(pinned, ["BF", "DNA"]) == {"c1": "log_total:DNA"}
     assert pinned_codes(Discriminator(SPEC, img_size=32, channels=2, width=8), ["BF", "DNA"]) == {}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_step_with_a_pinned_code_runs_in_either_precision(precision):
+    """bf16 autocast (the CUDA default) on the CPU: the readout is measured in fp32 and the step's
+    losses stay finite; Q's mean of the pinned code is the readout, also under autocast."""
+    config = _config(code_measures=["total"], precision=precision)
+    G, D, step = _setup(config)
+    D.trunk.pins.calibrate([_real(32)])
+    terms, _ = step(_real(8), _latent(8))
+    assert all(torch.isfinite(v).all() for v in terms.values()), terms
+    x = _real(4)
+    with autocast(CPU, resolve_precision(precision, CPU)):
+        q = D.q_head(D.trunk(x))
+    expected = D.trunk.pins.relative(D.trunk.pins(x), q.cat_logits[0])
+    assert q.cont_mu.dtype == torch.float32
+    torch.testing.assert_close(q.cont_mu[:, 0], expected[:, 0], atol=0.02, rtol=0.01)

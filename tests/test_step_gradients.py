@@ -87,12 +87,15 @@ def test_adversarial_gradients_of_each_player(kind):
     _assert_grads(got_G, _autograd(g_loss, G))
 
 
+@pytest.mark.parametrize("pinned", [[], [None, "total"]], ids=["free", "pinned"])
 @pytest.mark.parametrize("info_trains_trunk", [True, False])
-def test_information_gradients_of_each_player(info_trains_trunk):
+def test_information_gradients_of_each_player(info_trains_trunk, pinned):
     """The information loss's share of D's gradient: Q's head always, D's trunk iff configured,
-    never D's real/fake head; its share of G's gradient: the loss through D+Q, same sign."""
-    on = _config(lambda_cat=1.0, lambda_cont=0.3, info_trains_trunk=info_trains_trunk)
-    off = _config(lambda_cat=0.0, lambda_cont=0.0, info_trains_trunk=info_trains_trunk)
+    never D's real/fake head; its share of G's gradient: the loss through D+Q, same sign. With a
+    pinned code (``code_measures``) G's share reaches it through the measure of its images too."""
+    kw = dict(info_trains_trunk=info_trains_trunk, code_measures=pinned)
+    on = _config(lambda_cat=1.0, lambda_cont=0.3, **kw)
+    off = _config(lambda_cat=0.0, lambda_cont=0.0, **kw)
     real, latent = _real(8), _latent(8)
     G_on, D_on, _ = _grads_of_step(on, real, latent)
     G_off, D_off, _ = _grads_of_step(off, real, latent)
@@ -104,7 +107,9 @@ def test_information_gradients_of_each_player(info_trains_trunk):
     got_D = _difference(D_on, D_off)
     _assert_grads(got_D, want_D)
     assert any(got_D[n].abs().sum() > 0 for n in got_D if n.startswith("q_net"))
-    assert any(got_D[n].abs().sum() > 0 for n in got_D if n.startswith("trunk")) == info_trains_trunk
+    trunk = [n for n in got_D if n.startswith("trunk") and not n.startswith("trunk.pins")]  # pins: Q's levels
+    assert any(got_D[n].abs().sum() > 0 for n in trunk) == info_trains_trunk
+    assert all(got_D[n].abs().sum() > 0 for n in got_D if n.startswith("trunk.pins"))
     assert all(got_D[n].abs().sum() == 0 for n in got_D if n.startswith("d_head"))
 
     G, D = _fresh(on)
