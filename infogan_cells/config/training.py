@@ -326,7 +326,8 @@ class TrainConfig:
         "('<measure>:<channel>', or null for a code Q reads freely as in InfoGAN): Q reads a pinned "
         "code from that measure alone, through a fixed line set by the real crops' mean and sd, so the "
         "code becomes a slider of it over the real cells' range. Measures: total (the stain above the "
-        "background), log_total, slant; the channel may be left out for crops of one channel. "
+        "background), log_total, slant, for a stain brighter than its background (fluorescence, ink; "
+        "not a brightfield stain, darker than it); the channel may be left out for crops of one channel. "
         "E.g. [log_total:DNA] for a DNA-content slider, [slant] for a digit's slant.",
     )
     tick_images: int = param(4096, help="Images between progress records in stats.jsonl.", ge=1)

@@ -9,7 +9,8 @@ c = +r about 1.7 sd of the real cells' spread below and above its kind's level).
 learnt on purpose: it would go to zero while G ignores the code, and with it G's reason to obey.
 
 Measures, each of one channel ``v = (x + 1) / 2`` in [0, 1], its background taken as the channel's
-median over the image:
+median over the image; they assume a stain brighter than its background (fluorescence, ink on
+black), not a brightfield stain darker than it:
 
 * ``total``: the stain above the background, summed over the image, per pixel (the cell's content
   of that stain: its DNA for a DNA channel);
