@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import re
@@ -162,6 +163,14 @@ def pages(out: Path) -> list[Path]:
     return sorted((out / "report").glob("*.html"))
 
 
+@contextlib.contextmanager
+def edited_metrics(out: Path):
+    """``out/metrics.json`` as a dict to change in the ``with`` block; written back after it."""
+    metrics = json.loads((out / "metrics.json").read_text())
+    yield metrics
+    (out / "metrics.json").write_text(json.dumps(metrics))
+
+
 # --------------------------------------------------------------------------------------
 
 
@@ -219,19 +228,17 @@ def test_a_holdout_seen_in_training_is_flagged(tmp_path: Path) -> None:
     write_report(out)
     note = "held-out real cells were also in the training set"
     assert note not in (out / "report" / "index.html").read_text()
-    metrics = json.loads((out / "metrics.json").read_text())
-    metrics["quality"]["holdout_seen_in_training"] = True
-    (out / "metrics.json").write_text(json.dumps(metrics))
+    with edited_metrics(out) as metrics:
+        metrics["quality"]["holdout_seen_in_training"] = True
     write_report(out)
     assert note in (out / "report" / "index.html").read_text()
 
 
 def test_missing_measures_and_figures_render_as_notes(tmp_path: Path) -> None:
     out = make_analysis(tmp_path / "seed0", figures=False)
-    metrics = json.loads((out / "metrics.json").read_text())
-    del metrics["quality"], metrics["baselines"]
-    metrics["nmi"] = None
-    (out / "metrics.json").write_text(json.dumps(metrics))
+    with edited_metrics(out) as metrics:
+        del metrics["quality"], metrics["baselines"]
+        metrics["nmi"] = None
     write_report(out)
     index = (out / "report" / "index.html").read_text()
     assert index.count("n/a") >= 9 + 6  # the quality table, the baselines and NMI
@@ -285,9 +292,8 @@ def test_categories_come_from_figures_when_tables_are_missing(tmp_path: Path) ->
 
 def test_text_from_the_analysis_is_escaped(tmp_path: Path) -> None:
     out = make_analysis(tmp_path / "seed0")
-    metrics = json.loads((out / "metrics.json").read_text())
-    metrics["codes"]["c0"]["feature"] = "<script>alert(1)</script>"
-    (out / "metrics.json").write_text(json.dumps(metrics))
+    with edited_metrics(out) as metrics:
+        metrics["codes"]["c0"]["feature"] = "<script>alert(1)</script>"
     write_report(out)
     for page in pages(out):
         text = page.read_text()
@@ -298,9 +304,8 @@ def test_text_from_the_analysis_is_escaped(tmp_path: Path) -> None:
 
 def test_a_pinned_code_says_what_it_was_pinned_to(tmp_path: Path) -> None:
     out = make_analysis(tmp_path / "seed0")
-    metrics = json.loads((out / "metrics.json").read_text())
-    metrics["codes"]["c1"]["pinned"] = "log_total:DNA"
-    (out / "metrics.json").write_text(json.dumps(metrics))
+    with edited_metrics(out) as metrics:
+        metrics["codes"]["c1"]["pinned"] = "log_total:DNA"
     write_report(out)
     text = (out / "report" / "index.html").read_text()
     assert "c1 (pinned to log_total:DNA) ≈ area" in text

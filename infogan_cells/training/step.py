@@ -32,15 +32,14 @@ def build_networks(
     """G and D+Q, initialised from ``generator`` (torch's global RNG is left as it was).
     ``channel_names`` (default ``channel_0``, ...) resolve ``config.hand_features.channels`` and
     the channels of ``config.code_measures``."""
+    names = list(channel_names) if channel_names else [f"channel_{i}" for i in range(channels)]
     hand = None
     if config.hand_features.enabled:
-        names = list(channel_names) if channel_names else [f"channel_{i}" for i in range(channels)]
         hand = config.hand_features.network_kwargs(
             config.hand_features.channel_indices(names, "train.hand_features.")
         )
     measures = None
     if any(config.code_measures):
-        names = list(channel_names) if channel_names else [f"channel_{i}" for i in range(channels)]
         measures = [
             parse(m, names, f"train.code_measures[{j}]") if m else None
             for j, m in enumerate(config.code_measures)
