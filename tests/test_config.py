@@ -68,6 +68,10 @@ CROSS_FIELD = [
         r"'train\.lambda_pair_mi': needs a categorical code \(train\.latent\.categorical is empty\)",
     ),
     (
+        {"train": {"conditional_d": True, "latent": {"categorical": []}, "lambda_pair_mi": 0}},
+        r"'train\.conditional_d': needs a categorical code \(train\.latent\.categorical is empty\)",
+    ),
+    (
         {"train": {"supervised_fraction": 0.1, "latent": {"categorical": []}, "lambda_pair_mi": 0}},
         r"'train\.supervised_fraction': semi-supervision needs a categorical code",
     ),

@@ -21,7 +21,7 @@ from infogan_cells.config import AugmentConfig, LatentSpec
 from infogan_cells.model.augment import augment_batch
 from infogan_cells.model.latent import Latent, to_input
 from infogan_cells.model.losses import InfoLoss, PairMILoss, SupervisedLoss
-from infogan_cells.model.networks import QOutput
+from infogan_cells.model.networks import Discriminator, QOutput
 from infogan_cells.training.averaging import ema_update
 from infogan_cells.training.step import InfoGANStep, build_optimizers
 
@@ -283,6 +283,26 @@ def test_networks_take_the_configured_sizes(spectral_norm, q_overcluster):
     assert (q.over_logits is None) == (q_overcluster == 0)
     if q_overcluster:
         assert q.over_logits.shape == (2, q_overcluster)
+
+
+def test_a_conditional_d_projects_its_category_and_rebuilds_from_its_kwargs():
+    """``conditional_d``: D's logit depends on the category it is given (and equals the plain logit
+    without one); the checkpoint's constructor arguments rebuild the same D. Without the option D
+    has no embedding and its kwargs are those of before."""
+    assert _fresh(_config())[1].d_embed is None and "conditional" not in _fresh(_config())[1].kwargs
+    _, D = _fresh(_config(conditional_d=True))
+    D.eval()
+    h = D.trunk(_real(4))
+    plain = D.d_head(h).squeeze(1)
+    by_cat = torch.stack([D.d_logit(h, torch.full((4,), k)) for k in range(3)])
+    assert torch.equal(D.d_logit(h), plain)
+    assert (by_cat[0] - by_cat[1]).abs().min() > 0 and (by_cat[1] - by_cat[2]).abs().min() > 0
+    rebuilt = Discriminator(**D.kwargs)
+    rebuilt.load_state_dict(D.state_dict())
+    rebuilt.eval()
+    torch.testing.assert_close(
+        rebuilt.d_logit(rebuilt.trunk(_real(4)), torch.ones(4, dtype=torch.long)), by_cat[1]
+    )
 
 
 def test_information_loss_averages_over_the_batch():

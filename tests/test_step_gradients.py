@@ -87,6 +87,35 @@ def test_adversarial_gradients_of_each_player(kind):
     _assert_grads(got_G, _autograd(g_loss, G))
 
 
+@pytest.mark.parametrize("kind", ["nonsaturating", "hinge"])
+def test_conditional_adversarial_gradients(kind):
+    """A class-conditional D (``conditional_d``): D's logit adds the projection <embed(y), features>,
+    y Q's category of each real crop (taken as a fixed label: no adversarial gradient reaches Q's
+    head through it) and G's code for each fake; G's gradient is that of G's loss through it."""
+    config = _config(loss=kind, lambda_cat=0.0, lambda_cont=0.0, conditional_d=True)
+    real, latent = _real(8), _latent(8)
+    got_G, got_D, _ = _grads_of_step(config, real, latent)
+
+    G, D = _fresh(config)
+    code = latent.cat[:, 0]
+    h_real = D.trunk(real)
+    y_real = D.q_head(h_real).cat_logits[0].argmax(1)
+    assert len(set(y_real.tolist())) > 1  # the labels of real crops vary: the embedding is exercised
+    fake = G(to_input(SPEC, latent)).detach()
+    d_loss = DiscriminatorLoss(kind)(D.d_logit(h_real, y_real), D.d_logit(D.trunk(fake), code))["Loss/D/adv"]
+    _assert_grads(got_D, _autograd(d_loss, D))
+    assert got_D["d_embed.weight"].abs().sum() > 0
+    assert all(got_D[n].abs().sum() == 0 for n in got_D if n.startswith("q_net"))
+    # the projection term is part of the gradient: without it D's gradient is another one
+    plain = DiscriminatorLoss(kind)(D.d_logit(D.trunk(real)), D.d_logit(D.trunk(fake)))["Loss/D/adv"]
+    plain_grad = _autograd(plain, D)
+    assert not all(torch.allclose(got_D[n], plain_grad[n]) for n in plain_grad if n.startswith("trunk"))
+
+    G, D = _fresh(config)
+    g_loss = GeneratorLoss(kind)(D.d_logit(D.trunk(G(to_input(SPEC, latent))), code))["Loss/G/adv"]
+    _assert_grads(got_G, _autograd(g_loss, G))
+
+
 @pytest.mark.parametrize("pinned", [[], [None, "total"]], ids=["free", "pinned"])
 @pytest.mark.parametrize("info_trains_trunk", [True, False])
 def test_information_gradients_of_each_player(info_trains_trunk, pinned):

@@ -289,6 +289,14 @@ class TrainConfig:
         ge=0,
         lt=1,
     )
+    conditional_d: bool = param(
+        False,
+        help="A class-conditional D (projection discriminator, Miyato & Koyama 2018): besides "
+        "real or generated, D asks whether an image looks like a real cell of its category, "
+        "G's code for generated images and Q's category for real ones (a self-conditioned GAN, "
+        "Liu et al. 2020). G is then paid for drawing what tells the categories apart on real "
+        "cells, not any cue Q can read. Needs a categorical code.",
+    )
     q_overcluster: int = param(
         0,
         help="Categories of an auxiliary over-clustering head on Q, trained only by "
@@ -386,6 +394,11 @@ class TrainConfig:
             raise ConfigError(
                 f"config key '{prefix}pair_neighbours_from': features are mined every "
                 f"{prefix}pair_neighbours_refresh of training, which is 0; set it above 0"
+            )
+        if self.conditional_d and not categorical:
+            raise ConfigError(
+                f"config key '{prefix}conditional_d': needs a categorical code "
+                f"({prefix}latent.categorical is empty); set it to false"
             )
         if self.q_overcluster > 0 and self.lambda_pair_mi <= 0:
             raise ConfigError(

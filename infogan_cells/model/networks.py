@@ -19,6 +19,7 @@ import itertools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from infogan_cells.config import LatentSpec
@@ -207,6 +208,7 @@ class Discriminator(nn.Module):
         q_overcluster: int = 0,
         hand_features: dict | None = None,
         code_measures: list | None = None,
+        conditional: bool = False,
     ):
         super().__init__()
         sizes = dict(img_size=img_size, channels=channels, width=width, max_width=max_width)
@@ -217,6 +219,10 @@ class Discriminator(nn.Module):
             self.kwargs["hand_features"] = dict(hand_features)
         if code_measures and any(code_measures):  # likewise
             self.kwargs["code_measures"] = [list(c) if c else None for c in code_measures]
+        if conditional:  # likewise
+            if not self.spec.categorical:
+                raise ValueError("a class-conditional D needs a categorical code")
+            self.kwargs["conditional"] = True
         n = _n_levels(img_size)
         chans = [min(width * 2**i, max_width) for i in range(n)]  # H/2 ... 4x4
         sn = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
@@ -240,6 +246,9 @@ class Discriminator(nn.Module):
         feat += stats.n_out if stats is not None else 0
         self.n_feat = feat  # the heads' inputs; the pinned readouts follow them in the trunk's output
         self.d_head = nn.Sequential(Columns(feat), sn(nn.Linear(feat, 1)))
+        # the projection discriminator's class embedding (Miyato & Koyama 2018): D also asks
+        # whether an image looks like a real cell of the category it is said to be
+        self.d_embed = sn(nn.Linear(self.spec.categorical[0], feat, bias=False)) if conditional else None
         n_out = self.spec.n_cat_dims + 2 * self.spec.n_continuous
         self.q_net = nn.Sequential(
             Columns(feat),
@@ -250,6 +259,18 @@ class Discriminator(nn.Module):
         # an auxiliary categorical head on Q's hidden layer with more categories than the code
         # (IIC's over-clustering head): trained only by the pair-MI term, it shapes the features
         self.q_over = nn.Linear(q_hidden, q_overcluster) if q_overcluster else None
+
+    def d_logit(self, h: torch.Tensor, category: torch.Tensor | None = None) -> torch.Tensor:
+        """D's real/fake logit (B,) in fp32 from trunk features ``h``. A class-conditional D adds
+        the projection term <embed(y), features>, with ``category`` (B,) the first code's category
+        of each image (G's code for generated images, Q's category for real ones); without
+        ``category``, or on an unconditional D, the plain logit."""
+        logit = self.d_head(h).squeeze(1)
+        if self.d_embed is not None and category is not None:
+            feat = self.d_head[0](h)
+            onehot = F.one_hot(category, self.d_embed.in_features).to(feat.dtype)
+            logit = logit + (self.d_embed(onehot) * feat).sum(1)
+        return logit.float()
 
     def q_head(self, h: torch.Tensor) -> QOutput:
         """Q's estimate from trunk features ``h``. Under autocast the hidden layer may run in bf16;

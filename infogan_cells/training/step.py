@@ -55,6 +55,7 @@ def build_networks(
             q_overcluster=config.q_overcluster,
             hand_features=hand,
             code_measures=measures,
+            conditional=config.conditional_d,
         )
     init_weights(G, generator=generator)
     init_weights(D, generator=generator)
@@ -148,7 +149,8 @@ class InfoGANStep:
             def T(x: torch.Tensor) -> torch.Tensor:
                 return augment_batch(x, cfg.diff_augment, generator)
 
-        prec, pair = self.precision, cfg.lambda_pair_mi > 0
+        prec, pair, cond = self.precision, cfg.lambda_pair_mi > 0, cfg.conditional_d
+        code = latent.cat[:, 0] if cond else None
         with autocast(self.device, prec):
             # G's output in fp32 before augmentation: DiffAugment's resampling is then the same
             # arithmetic for real and generated images (bf16 would quantise the fakes' grid only)
@@ -156,10 +158,14 @@ class InfoGANStep:
             # --- D and Q (both see T(real) and T(fake): DiffAugment)
             h_real = trunk(T(real))
             h_fake = trunk(T(fake.detach()))
-            real_logits = D.d_head(h_real).squeeze(1).float()
-            fake_logits = D.d_head(h_fake).squeeze(1).float()
             q_fake = q_of_features(D, h_fake, cfg.info_trains_trunk)
-            q_real = q_of_features(D, h_real, cfg.info_trains_trunk) if want_q_real or pair else None
+            q_real = None
+            if want_q_real or pair or cond:
+                q_real = q_of_features(D, h_real, cfg.info_trains_trunk)
+            # a class-conditional D judges real crops as Q's category of them, fakes as their code
+            real_cat = q_real.cat_logits[0].detach().argmax(1) if cond else None
+            real_logits = D.d_logit(h_real, real_cat)
+            fake_logits = D.d_logit(h_fake, code)
             q_sup = q_view2 = None
             if supervised is not None:
                 x_sup = supervised[0].contiguous(memory_format=self.memory_format)
@@ -192,7 +198,7 @@ class InfoGANStep:
             p.requires_grad_(False)
         with autocast(self.device, prec):
             h = trunk(T(fake))
-            g_logits = D.d_head(h).squeeze(1).float()
+            g_logits = D.d_logit(h, code)
             q = D.q_head(h)
         g_terms = self.g_loss(g_logits)
         g_info = self.info_loss(q, latent)
