@@ -20,7 +20,7 @@ from tiny_step import CPU, SPEC, _changed, _config, _fresh, _latent, _params, _r
 from infogan_cells.config import AugmentConfig, LatentSpec
 from infogan_cells.model.augment import augment_batch
 from infogan_cells.model.latent import Latent, to_input
-from infogan_cells.model.losses import InfoLoss, PairMILoss, SupervisedLoss
+from infogan_cells.model.losses import InfoLoss, ModeSeekingLoss, PairMILoss, SupervisedLoss
 from infogan_cells.model.networks import Discriminator, QOutput
 from infogan_cells.training.averaging import ema_update
 from infogan_cells.training.step import InfoGANStep, build_optimizers
@@ -283,6 +283,22 @@ def test_networks_take_the_configured_sizes(spectral_norm, q_overcluster):
     assert (q.over_logits is None) == (q_overcluster == 0)
     if q_overcluster:
         assert q.over_logits.shape == (2, q_overcluster)
+
+
+def test_mode_seeking_punishes_a_generator_that_ignores_its_noise():
+    """The loss is lambda / ratio of image to noise differences: large for identical images,
+    smaller the more the images differ for the same noise difference."""
+    g = torch.Generator().manual_seed(0)
+    z_a, z_b = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    a = torch.rand(6, 1, 8, 8, generator=g) * 2 - 1
+    loss = ModeSeekingLoss(2.0)
+    same = loss(a, a.clone(), z_a, z_b)
+    near, far = loss(a, a + 0.05, z_a, z_b), loss(a, -a, z_a, z_b)
+    assert same["Div/G/ratio"].item() == 0 and same["Loss/G/mode_seeking"].item() > 1e4
+    ratio = (2 * a).abs().mean() / (z_a - z_b).abs().mean()
+    assert far["Div/G/ratio"].item() == pytest.approx(ratio.item(), rel=1e-5)
+    assert far["Loss/G/mode_seeking"].item() == pytest.approx(2.0 / ratio.item(), rel=1e-4)
+    assert far["Loss/G/mode_seeking"] < near["Loss/G/mode_seeking"] < same["Loss/G/mode_seeking"]
 
 
 def test_a_conditional_d_projects_its_category_and_rebuilds_from_its_kwargs():

@@ -10,8 +10,15 @@ from tiny_step import CPU, SPEC, _config, _fresh, _latent, _real, _setup
 
 from infogan_cells.config import AugmentConfig, TrainConfig
 from infogan_cells.model.augment import augment_batch
-from infogan_cells.model.latent import to_input
-from infogan_cells.model.losses import DiscriminatorLoss, GeneratorLoss, InfoLoss, PairMILoss, SupervisedLoss
+from infogan_cells.model.latent import Latent, to_input
+from infogan_cells.model.losses import (
+    DiscriminatorLoss,
+    GeneratorLoss,
+    InfoLoss,
+    ModeSeekingLoss,
+    PairMILoss,
+    SupervisedLoss,
+)
 from infogan_cells.training.step import InfoGANStep, build_networks
 
 # --------------------------------------------------------------------------------------
@@ -114,6 +121,27 @@ def test_conditional_adversarial_gradients(kind):
     G, D = _fresh(config)
     g_loss = GeneratorLoss(kind)(D.d_logit(D.trunk(G(to_input(SPEC, latent))), code))["Loss/G/adv"]
     _assert_grads(got_G, _autograd(g_loss, G))
+
+
+def test_mode_seeking_gradient():
+    """``lambda_mode_seeking``: G's gradient gains that of the mode-seeking loss on the first half
+    of its batch against the same codes with each image's noise taken from its neighbour; D's
+    gradient does not change."""
+    real, latent = _real(8), _latent(8)
+    kw = dict(lambda_cat=0.0, lambda_cont=0.0)
+    G_on, D_on, terms = _grads_of_step(_config(lambda_mode_seeking=0.7, **kw), real, latent)
+    G_off, D_off, _ = _grads_of_step(_config(**kw), real, latent)
+
+    G, _ = _fresh(_config(**kw))
+    twin = Latent(latent.z[:4].roll(1, 0), latent.cat[:4], latent.cont[:4])
+    images = G(to_input(SPEC, latent))[:4]
+    others = G(to_input(SPEC, twin))
+    loss = ModeSeekingLoss(0.7)(images, others, latent.z[:4], twin.z)["Loss/G/mode_seeking"]
+    assert terms["Loss/G/mode_seeking"].item() == pytest.approx(loss.item(), rel=1e-5)
+    got = _difference(G_on, G_off)
+    assert any(g.abs().sum() > 0 for g in got.values())
+    _assert_grads(got, _autograd(loss, G))
+    _assert_grads(D_on, D_off)
 
 
 @pytest.mark.parametrize("pinned", [[], [None, "total"]], ids=["free", "pinned"])

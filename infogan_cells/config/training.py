@@ -297,6 +297,13 @@ class TrainConfig:
         "Liu et al. 2020). G is then paid for drawing what tells the categories apart on real "
         "cells, not any cue Q can read. Needs a categorical code.",
     )
+    lambda_mode_seeking: float = param(
+        0.0,
+        help="Weight of mode seeking (Mao et al. 2019) in G's loss: two images of the same codes "
+        "must differ as much as their noise does, so a category's samples are not one cell drawn "
+        "again and again. Costs G half a batch more per step. 0: off; 1 is the paper's.",
+        ge=0,
+    )
     q_overcluster: int = param(
         0,
         help="Categories of an auxiliary over-clustering head on Q, trained only by "

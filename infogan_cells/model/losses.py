@@ -26,7 +26,15 @@ import torch.nn.functional as F
 from infogan_cells.model.latent import Latent
 from infogan_cells.model.networks import QOutput
 
-__all__ = ["DiscriminatorLoss", "GeneratorLoss", "InfoLoss", "PairMILoss", "SupervisedLoss", "total"]
+__all__ = [
+    "DiscriminatorLoss",
+    "GeneratorLoss",
+    "InfoLoss",
+    "ModeSeekingLoss",
+    "PairMILoss",
+    "SupervisedLoss",
+    "total",
+]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -153,3 +161,23 @@ class PairMILoss:
             p = pi.squeeze(1)
             objective = mi - (1.0 - self.entropy_weight) * -(p * p.log()).sum()
         return {"Loss/Q/pair_mi": -self.lambda_mi * objective, "MI/Q/pair": mi.detach()}
+
+
+class ModeSeekingLoss:
+    """Mode seeking (Mao et al. 2019): G's images of the same codes should differ as their noise
+    does. Given two batches of images (B, C, H, W) drawn with the same codes and noises ``z_a``,
+    ``z_b`` (B, z_dim), the ratio r = mean|image_a - image_b| / mean|z_a - z_b|; the loss
+    ``lambda_ms`` / (r + eps) is large when G ignores its noise (one image per category). Returns
+    ``Loss/G/mode_seeking`` and ``Div/G/ratio`` (r, detached)."""
+
+    def __init__(self, lambda_ms: float = 1.0, eps: float = 1e-5):
+        self.lambda_ms = float(lambda_ms)
+        self.eps = eps
+
+    def __call__(
+        self, images_a: torch.Tensor, images_b: torch.Tensor, z_a: torch.Tensor, z_b: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        ratio = (images_a.float() - images_b.float()).abs().mean() / (z_a - z_b).abs().mean().clamp_min(
+            self.eps
+        )
+        return {"Loss/G/mode_seeking": self.lambda_ms / (ratio + self.eps), "Div/G/ratio": ratio.detach()}

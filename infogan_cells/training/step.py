@@ -113,6 +113,7 @@ class InfoGANStep:
         self.info_loss = losses.InfoLoss(config.lambda_cat, config.lambda_cont)
         self.sup_loss = losses.SupervisedLoss(config.lambda_sup)
         self.pair_loss = losses.PairMILoss(config.lambda_pair_mi, config.pair_mi_entropy)
+        self.mode_seeking = losses.ModeSeekingLoss(config.lambda_mode_seeking)
         self.precision = resolve_precision(config.precision, device)
         self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         self._D_params = list(D.parameters())
@@ -200,10 +201,19 @@ class InfoGANStep:
             h = trunk(T(fake))
             g_logits = D.d_logit(h, code)
             q = D.q_head(h)
+            twin = None
+            if cfg.lambda_mode_seeking > 0:  # half the batch again, each with another's noise
+                half = max(1, len(latent) // 2)
+                other = Latent(latent.z[:half].roll(1, 0), latent.cat[:half], latent.cont[:half])
+                twin = self.G_fwd(to_input(self.spec, other)).float()
         g_terms = self.g_loss(g_logits)
         g_info = self.info_loss(q, latent)
+        g_total = g_terms["Loss/G/adv"] + g_info["Loss/Q/info"]
+        if twin is not None:
+            g_terms.update(self.mode_seeking(fake[:half], twin, latent.z[:half], other.z))
+            g_total = g_total + g_terms["Loss/G/mode_seeking"]
         self.opt_G.zero_grad(set_to_none=True)
-        (g_terms["Loss/G/adv"] + g_info["Loss/Q/info"]).backward()
+        g_total.backward()
         self.opt_G.step()
         for p in self._D_params:
             p.requires_grad_(True)
