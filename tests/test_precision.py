@@ -196,8 +196,13 @@ def test_cuda_without_cuda_is_refused_in_one_line_before_any_work(tmp_path, caps
 
 @pytest.mark.parametrize(
     "extra",
-    [{}, {"prior": "learned", "prior_warmup": 0.0}, {"supervised_fraction": 0.5}],
-    ids=["default", "learned-prior", "semi-supervised"],
+    [
+        {},
+        {"prior": "learned", "prior_warmup": 0.0},
+        {"supervised_fraction": 0.5},
+        {"supervised_fraction": 0.5, "conditional_d": True, "lambda_mode_seeking": 0.2},
+    ],
+    ids=["default", "learned-prior", "semi-supervised", "conditional-mode-seeking"],
 )
 def test_a_training_step_makes_no_host_sync(tmp_path, extra):
     """A run of 8 steps and one of 4 (one tick, one snapshot, no checkpoint each) make the same
