@@ -193,7 +193,9 @@ class Discriminator(nn.Module):
     """D and Q on one shared convolutional trunk.
 
     ``trunk(x)`` maps images (B, C, H, W) in [-1, 1] to features; ``d_head`` gives a real/fake
-    logit (B,); ``q_head`` a :class:`QOutput`. ``forward`` returns both.
+    logit (B,), and ``d_logit`` the same plus, for a class-conditional D (``conditional``), the
+    projection on a given category; ``q_head`` a :class:`QOutput`. ``forward`` returns the plain
+    logit and Q's output.
     """
 
     def __init__(

@@ -92,7 +92,10 @@ class InfoGANStep:
     supervised loss on a separate batch of labelled real crops (semi-supervised runs). With
     ``config.diff_augment`` every image D and Q see (real and fake, in both steps) goes through the
     same random differentiable transforms first. G's step minimises its adversarial loss plus the
-    information loss (the paper's min_G max_D V - lambda I, both players sharing L_I).
+    information loss (the paper's min_G max_D V - lambda I, both players sharing L_I), plus, with
+    ``config.lambda_mode_seeking``, the mode-seeking loss on half its batch drawn again with other
+    noise. With ``config.conditional_d`` every adversarial logit is D's projection on a category:
+    G's code for generated images, Q's (detached) argmax for real crops.
     Returns the named scalars (detached 0-dim tensors; nothing is synced to the host).
     """
 
