@@ -301,6 +301,19 @@ def test_mode_seeking_punishes_a_generator_that_ignores_its_noise():
     assert far["Loss/G/mode_seeking"] < near["Loss/G/mode_seeking"] < same["Loss/G/mode_seeking"]
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_step_with_the_conditional_d_and_mode_seeking_runs_in_either_precision(precision):
+    """bf16 autocast (the CUDA default) on the CPU: with both options the step's losses stay finite,
+    the mode-seeking ratio is positive, and both players and D's class embedding are updated."""
+    config = _config(conditional_d=True, lambda_mode_seeking=0.5, precision=precision)
+    G, D, step = _setup(config)
+    g0, e0 = _params(G), D.d_embed.weight.detach().clone()
+    terms, _ = step(_real(8), _latent(8))
+    assert all(torch.isfinite(v).all() for v in terms.values()), terms
+    assert terms["Div/G/ratio"] > 0 and torch.isfinite(terms["Loss/G/mode_seeking"])
+    assert _changed(g0, G) and not torch.equal(e0, D.d_embed.weight)
+
+
 def test_a_conditional_d_projects_its_category_and_rebuilds_from_its_kwargs():
     """``conditional_d``: D's logit depends on the category it is given (and equals the plain logit
     without one); the checkpoint's constructor arguments rebuild the same D. Without the option D
