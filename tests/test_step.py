@@ -318,7 +318,8 @@ def test_a_conditional_d_projects_its_category_and_rebuilds_from_its_kwargs():
     """``conditional_d``: D's logit depends on the category it is given (and equals the plain logit
     without one); the checkpoint's constructor arguments rebuild the same D. Without the option D
     has no embedding and its kwargs are those of before."""
-    assert _fresh(_config())[1].d_embed is None and "conditional" not in _fresh(_config())[1].kwargs
+    plain_D = _fresh(_config())[1]
+    assert plain_D.d_embed is None and "conditional" not in plain_D.kwargs
     _, D = _fresh(_config(conditional_d=True))
     D.eval()
     h = D.trunk(_real(4))
