@@ -311,6 +311,17 @@ class TrainConfig:
         "shapes D's features; the code's own head is what the analysis reads.",
         ge=0,
     )
+    split_largest: float = param(
+        0.0,
+        help="Repair of merged kinds, for classes of similar size: at every split_every of "
+        "training, a category holding more than this many times the mean share of the real crops "
+        "is cut in two along its crops' main axis in Q, and the smallest category given up for it "
+        "(see infogan_cells.training.split). 0: off; otherwise above 1.",
+        ge=0,
+    )
+    split_every: float = param(
+        0.2, help="Fraction of training between the checks of split_largest.", gt=0, lt=1
+    )
     lambda_sup: float = param(
         1.0, help="Weight of the supervised cross-entropy on labelled real crops.", ge=0
     )
@@ -411,6 +422,11 @@ class TrainConfig:
             raise ConfigError(
                 f"config key '{prefix}q_overcluster': the over-clustering head is trained by the "
                 f"IIC term only; set {prefix}lambda_pair_mi above 0 (or q_overcluster to 0)"
+            )
+        if self.split_largest and (self.split_largest <= 1 or not categorical):
+            raise ConfigError(
+                f"config key '{prefix}split_largest': {self.split_largest} must be 0 (off) or above "
+                f"1 (a share of the mean), with a categorical code"
             )
         measures = self.code_measures
         if (

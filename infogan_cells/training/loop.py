@@ -64,6 +64,7 @@ from infogan_cells.training.rundir import (
     save_snapshot,
     write_stats,
 )
+from infogan_cells.training.split import hidden_and_categories, split_largest
 
 __all__ = ["train"]
 
@@ -238,6 +239,7 @@ def train(
     batches = Batches(crops, config, data_gen, latent_gen, neighbours=mined)
     want_q_real = config.prior == "learned"
     prior_start = int(config.prior_warmup * config.total_images)
+    split_every = int(config.split_every * config.total_images) if config.split_largest else 0
     pbar = None
     if progress:
         from infogan_cells.progress import progress as progress_bar  # a bar on a terminal, else log lines
@@ -297,6 +299,15 @@ def train(
             if batches.refresh_every and crossed(batches.refresh_every) and not done:
                 batches.refresh_neighbours(D, cur_nimg)
                 mined = batches.neighbours
+
+            # --- an oversized category cut in two (before a checkpoint keeps the new rows)
+            if split_every and crossed(split_every) and not done:
+                hidden, cats = hidden_and_categories(D, crops.images, B)
+                pair = split_largest(D, opt_D, hidden, cats, config.split_largest)
+                if pair is not None:
+                    log.info(
+                        "%d images: category %d cut in two, category %d given up for it", cur_nimg, *pair
+                    )
 
             # --- checkpoint
             if crossed(config.checkpoint_images) and not done:
