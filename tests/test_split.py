@@ -59,13 +59,20 @@ def test_the_largest_category_is_cut_along_its_two_halves_and_the_smallest_given
             assert (value[[0, 2]] == 0).all() and (value[1] == 1).all()
 
 
-def test_no_category_is_cut_below_the_ratio():
+def test_a_category_is_cut_when_one_is_too_large_or_one_too_small():
+    """Shares 0.8 / 0.15 / 0.05 of a mean 1/3: the largest is 2.4x the mean, the smallest 0.15x."""
     D, hidden, cats, _ = _two_blobs_in_one_category()
     before = D.q_net[-1].weight.clone()
-    # category 0 holds 80 of 100 crops: 2.4x the mean share of 1/3
-    assert split_largest(D, None, hidden, cats, ratio=2.5) is None
+    assert split_largest(D, None, hidden, cats, ratio=7.0) is None  # 2.4 < 7 and 0.15 > 1/7
     assert torch.equal(D.q_net[-1].weight, before)
-    assert split_largest(D, None, hidden, cats, ratio=2.3) == (0, 2)
+    assert split_largest(D, None, hidden, cats, ratio=6.0) == (0, 2)  # 0.15 < 1/6: too small
+    # 40 crops each in categories 1 and 2: shares 0.5 / 0.25 / 0.25, the largest 1.5x the mean
+    # and the smallest 0.75x: cut at 1.4 (too large; 0.75 > 1/1.4), not at 1.6 (1.5 < 1.6, 0.75 > 1/1.6)
+    D, hidden, cats, _ = _two_blobs_in_one_category()
+    k3 = torch.cat([cats[:80], torch.tensor([1] * 40 + [2] * 40)])
+    hidden3 = torch.cat([hidden[:80], hidden[80:81].repeat(40, 1), hidden[95:96].repeat(40, 1)])
+    assert split_largest(D, None, hidden3, k3, ratio=1.6) is None
+    assert split_largest(D, None, hidden3, k3, ratio=1.4) in {(0, 1), (0, 2)}
 
 
 def test_categories_are_measured_on_a_copy_of_d():

@@ -314,9 +314,9 @@ class TrainConfig:
     split_largest: float = param(
         0.0,
         help="Repair of merged kinds, for classes of similar size: at every split_every of "
-        "training, a category holding more than this many times the mean share of the real crops "
-        "is cut in two along its crops' main axis in Q, and the smallest category given up for it "
-        "(see infogan_cells.training.split). 0: off; otherwise above 1.",
+        "training, when a category holds more than r times the mean share of the real crops (or "
+        "the smallest less than 1/r), the largest is cut in two along its crops' main axis in Q "
+        "and the smallest given up for it (infogan_cells.training.split). 0: off; r above 1.",
         ge=0,
     )
     split_every: float = param(

@@ -4,8 +4,8 @@ kinds share one category while a third is cut in two by style (on MNIST: 5 and 8
 in two categories of half the size each).
 
 At every ``split_every`` of training Q assigns the real crops (D's BatchNorm set by them, on a
-copy); when the largest category holds more than ``split_largest`` times the mean share, the
-smallest category is given up and the largest is cut in two along the main axis of variation of
+copy); when the largest category holds more than ``split_largest`` (r) times the mean share, or
+the smallest less than 1/r of it, the smallest category is given up and the largest is cut in two along the main axis of variation of
 its crops in Q's hidden layer: the two rows of Q's last layer become the old row plus and minus
 a direction that sends each half of its crops to one of them (the mean of the two rows is the old
 row, so no other category's crops move). The smallest category's crops go to their next choice,
@@ -64,14 +64,14 @@ def split_largest(
     ratio: float,
 ) -> tuple[int, int] | None:
     """Cut the largest category in two when it holds more than ``ratio`` times the mean share of
-    ``categories`` (see the module docstring); returns (largest, smallest) or None when no
-    category is that large. ``opt``'s moments for the two rows are reset."""
+    ``categories`` or the smallest less than 1 / ``ratio`` of it (see the module docstring);
+    returns (largest, smallest), or None when the sizes are within those bounds. ``opt``'s
+    moments for the two rows are reset."""
     k = D.spec.categorical[0]
     shares = torch.bincount(categories, minlength=k).float() / len(categories)
-    big = int(shares.argmax())
-    if shares[big] <= ratio / k:
+    big, small = int(shares.argmax()), int(shares.argmin())
+    if shares[big] <= ratio / k and shares[small] >= 1 / (ratio * k):
         return None
-    small = int(shares.argmin())
     h = hidden[categories == big]
     centre = h.mean(0)
     axis = torch.linalg.svd(h - centre, full_matrices=False).Vh[0]
