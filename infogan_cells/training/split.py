@@ -4,27 +4,25 @@ kinds share one category while a third is cut in two by style (on MNIST: 5 and 8
 in two categories of half the size each).
 
 At every ``split_every`` of training Q assigns the real crops (D's BatchNorm set by them, on a
-copy); when the largest category holds more than ``split_largest`` (r) times the mean share, or
-the smallest less than 1/r of it, the smallest category is given up and the largest is cut in two along the main axis of variation of
-its crops in Q's hidden layer: the two rows of Q's last layer become the old row plus and minus
-a direction that sends each half of its crops to one of them (the mean of the two rows is the old
-row, so no other category's crops move). The smallest category's crops go to their next choice,
-and G, paid to draw what Q calls each category, learns the new one. The same repair as k-means'
-re-seeding of a lost cluster from a populous one, made along the data's own axis.
+copy). When the largest category holds more than ``split_largest`` (r) times the mean share, or
+the smallest less than 1/r of it, the smallest category is given up and the largest is cut in two
+along the main axis of variation of its crops in Q's hidden layer: the two rows of Q's last layer
+become the old row plus and minus a direction that sends each half of its crops to one of them
+(the mean of the two rows is the old row, so no other category's crops move). The smallest
+category's crops go to their next choice, and G, paid to draw what Q calls each category, learns
+the new one. The same repair as k-means' re-seeding of a lost cluster from a populous one, made
+along the data's own axis.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 
 import torch
 
 from infogan_cells.model.augment import to_float
 from infogan_cells.model.networks import Discriminator
 from infogan_cells.training.averaging import recalibrate_batchnorm
-
-log = logging.getLogger(__name__)
 
 #: At most this many crops (every n-th of a larger set) are assigned to measure the categories.
 SPLIT_POOL = 20_000
