@@ -4,6 +4,7 @@ crops (precise BN), and the learned category prior.
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
@@ -78,3 +79,12 @@ def update_prior(prior: list[torch.Tensor], q_real: QOutput, momentum: float) ->
     for p, logits in zip(prior, q_real.cat_logits, strict=True):
         share = F.one_hot(logits.argmax(1), p.numel()).float().mean(0)
         p.mul_(momentum).add_(share, alpha=1 - momentum)
+
+
+def real_probe(D: Discriminator, images: torch.Tensor, batch_size: int) -> Discriminator:
+    """A copy of D in eval mode whose BatchNorm statistics are those of the real crops ``images``
+    (uint8 (N, C, H, W) on D's device): for reading D's features or Q's categories mid-training
+    without touching D."""
+    probe = copy.deepcopy(D)
+    recalibrate_batchnorm(probe, images, batch_size, torch.Generator().manual_seed(0))
+    return probe.eval()

@@ -8,12 +8,10 @@ candidates: every crop, or :data:`NEIGHBOUR_POOL` of them drawn at random in lar
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from infogan_cells.model.augment import to_float
-from infogan_cells.training.averaging import recalibrate_batchnorm
+from infogan_cells.training.averaging import real_probe
 
 #: Side (px) the crops are shrunk to before they are compared in pixels.
 NEIGHBOUR_SIDE = 16
@@ -59,9 +57,7 @@ def feature_neighbours(
     dimensions, and compared by cosine similarity.
     """
     n = _check(images, k)
-    probe = copy.deepcopy(D)
-    recalibrate_batchnorm(probe, images, batch_size, torch.Generator().manual_seed(0))
-    probe.eval()
+    probe = real_probe(D, images, batch_size)
     feats = torch.cat(
         [
             probe.trunk(to_float(images[a : a + batch_size])).flatten(1).float()

@@ -16,13 +16,11 @@ along the data's own axis.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from infogan_cells.model.augment import to_float
 from infogan_cells.model.networks import Discriminator
-from infogan_cells.training.averaging import recalibrate_batchnorm
+from infogan_cells.training.averaging import real_probe
 
 #: At most this many crops (every n-th of a larger set) are assigned to measure the categories.
 SPLIT_POOL = 20_000
@@ -39,9 +37,7 @@ def hidden_and_categories(
     statistics are set by the crops; D itself is left as it was."""
     step = max(1, -(-len(images) // SPLIT_POOL))
     images = images[::step]
-    probe = copy.deepcopy(D)
-    recalibrate_batchnorm(probe, images, batch_size, torch.Generator().manual_seed(0))
-    probe.eval()
+    probe = real_probe(D, images, batch_size)
     hidden = torch.cat(
         [
             probe.q_net[:-1](probe.trunk(to_float(images[a : a + batch_size]))).float()
