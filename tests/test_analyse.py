@@ -270,6 +270,26 @@ def test_analyse_holds_out_the_crops_training_held_out(tmp_path, monkeypatch, re
         analyse(tmp_path / "run", crops, tmp_path / "analysis2", TINY, device="cpu")
 
 
+def test_classifiers_learn_from_equal_shares_whatever_the_runs_prior(tmp_path, monkeypatch, report_calls):
+    # a learned prior that puts nine in ten samples in category 0: the distances compare that mix
+    # with the real crops, but train-on-synthetic learns from every category alike, as the
+    # synthetic data set (synthesis.proportions: uniform) holds them
+    levels, labels = [60, 130, 200] * 8, ["a", "b", "c"] * 8
+    crops = _write_crops(tmp_path / "crops.h5", levels, labels, 32)
+    meta = {"category_prior": [0.9, 0.05, 0.05]}
+    monkeypatch.setattr(
+        analyse_mod, "load_discriminator", lambda run, device: (WiredDiscriminator(32), SPEC, meta)
+    )
+    monkeypatch.setattr(
+        analyse_mod, "load_generator", lambda run, ema, device: (WiredGenerator(32), SPEC, meta)
+    )
+    quality = analyse(tmp_path / "run", crops, tmp_path / "analysis", TINY, device="cpu")["quality"]
+    shares = quality["classifier"]["synthetic_train_labels"]
+    assert set(shares) == {"a", "b", "c"} and sum(shares.values()) == 30
+    assert min(shares.values()) >= 5, shares  # the prior's draw would give b and c 1-2 each
+    assert quality["n_synthetic"] == 30 and quality["tstr_balanced_accuracy"] is not None
+
+
 def test_analyse_without_labels_gives_nulls_not_a_crash(tmp_path, report_calls):
     run = _write_run(tmp_path / "run", meta={"category_labels": ["healthy", None, ""]})
     crops = _write_crops(tmp_path / "crops.h5", [60, 130, 200] * 5, [""] * 15, 16, qc_fail=[0, 4, 14])

@@ -30,8 +30,10 @@ and how close its synthetic cells come to real ones.
     traversals/catKK_codeJ.png / .gif   rows = a few z, columns = code J from -r to r
 
 Real crops are assigned with Q (the argmax of the first categorical code); synthetic crops come
-from the EMA generator with the run's categorical prior. Every random draw has a fixed seed, so
-the same run and crops give the same files.
+from the EMA generator with the run's categorical prior, except those the train-on-synthetic
+classifiers learn from: equal shares of the categories, as ``synthesis.proportions: uniform``
+(the default) draws the synthetic data set. Every random draw has a fixed seed, so the same run
+and crops give the same files.
 """
 
 from __future__ import annotations
@@ -208,9 +210,19 @@ def _analyse(
         category_summary(categories[train], contingency_table(categories[train], labels[train], n_cat)),
         meta.get("category_labels"),
     )
-    syn_labels = train_map["label"].to_numpy(dtype=str)[syn_cats]
+    names = train_map["label"].to_numpy(dtype=str)
+    syn_labels = names[syn_cats]
+    teach = None  # the classifiers learn from the synthetic set as synthesis draws it by default
+    if spec.categorical and not np.allclose(prior, 1.0 / n_cat):
+        teach_latent = sample_latent(
+            spec,
+            config.n_synthetic,
+            generator=torch.Generator().manual_seed(3),
+            cat_probs=[torch.full((n_cat,), 1.0 / n_cat)],
+        )
+        teach = (generate(G, spec, teach_latent, dev), names[teach_latent.cat[:, 0].numpy()])
     quality = synthetic_quality(
-        images, labels, hold, train, real_morph, syn_images, syn_labels, syn_morph, config, dev
+        images, labels, hold, train, real_morph, syn_images, syn_labels, syn_morph, config, dev, teach=teach
     )
     quality["holdout_seen_in_training"] = not recorded
     if not recorded:

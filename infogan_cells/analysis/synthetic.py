@@ -4,6 +4,7 @@ memorisation, and classifiers trained on one and tested on the other."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -29,12 +30,17 @@ def synthetic_quality(
     syn_morph: pd.DataFrame,
     config: AnalyseConfig,
     device: torch.device,
+    *,
+    teach: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict:
     """Fréchet distance and KID on morphology and encoder features, k-NN precision/recall,
     memorisation, and train-on-synthetic-test-on-real accuracy (see :mod:`infogan_cells.analysis.quality`).
 
     The feature encoder learns from the training split only; ``hold`` is the memorisation
-    check's reference and the classifiers' test set.
+    check's reference and the classifiers' test set. ``teach``: (images, labels) of the synthetic
+    crops the classifiers learn from, when they are not ``syn_images`` (a run whose prior is
+    not uniform: the distances compare the run's own mix with the real crops, the classifiers
+    learn from equal shares of the categories, as the synthetic data set holds by default).
     """
     rng = np.random.default_rng(1)
     m_real, mean, std = standardise(real_morph[list(FEATURES)])
@@ -72,15 +78,16 @@ def synthetic_quality(
         "pixels": quality.memorisation(flat_pixels(syn_images), pixels[hold], pixels[train]),
         "encoder": quality.memorisation(f_syn, f_real[hold], f_real[train]),
     }
+    teach_images, teach_labels = teach if teach is not None else (syn_images, syn_labels)
     classifier = classifier_scores(
         f_real,
         labels,
         hold,
         train,
-        f_syn,
-        syn_labels,
+        f_syn if teach is None else quality.encode(enc, teach_images),
+        teach_labels,
         images=images,
-        syn_images=syn_images,
+        syn_images=teach_images,
         steps=config.classifier_steps,
         device=device,
     )
@@ -188,6 +195,7 @@ def classifier_scores(
         "n_test_classes": len(np.unique(labels[test])),
         "n_real_train": len(real_train),
         "n_synthetic_train": int(keep.sum()),
+        "synthetic_train_labels": dict(Counter(syn_labels[keep].tolist())),
         "labels_partial": partial,
         "cnn": cnn,
         "logistic": logistic,

@@ -188,7 +188,7 @@ class TrainConfig:
         help="Batch size, at least 2 for BatchNorm (lambda_pair_mi needs ~10 images per category per batch).",
         ge=2,
     )
-    lr_g: float = param(1e-3, help="Generator (and Q) learning rate.", gt=0)
+    lr_g: float = param(1e-3, help="Generator learning rate (Q, a head on D, trains with D at lr_d).", gt=0)
     lr_d: float = param(2e-4, help="Discriminator learning rate.", gt=0)
     beta1: float = param(0.5, help="Adam beta1.", ge=0, le=1)
     beta2: float = param(0.999, help="Adam beta2.", ge=0, le=1)

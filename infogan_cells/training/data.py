@@ -110,7 +110,8 @@ def load_crops(
         if not label_names:
             raise InputError(
                 f"{crops_path}: supervised_fraction={config.supervised_fraction} but no crop has a "
-                "label (the obs 'label' column is empty)"
+                "label (the obs 'label' column is empty); set train.supervised_fraction: 0 to train "
+                "without labels"
             )
         k = spec.categorical[0] if spec.categorical else 0
         if len(label_names) > k:

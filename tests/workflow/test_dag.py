@@ -23,7 +23,7 @@ def test_default_dry_run_has_one_crop_job_per_image(tmp_path, smk):
     assert res.returncode == 0, res.stderr
     counts = job_counts(res.stdout + res.stderr)
     assert counts["crop_image"] == 12  # simulate.n_images in config/config.yaml
-    assert counts["train"] == counts["analyse"] == 3  # train.seeds in config/config.yaml
+    assert counts["train"] == counts["analyse"] == 1  # train.seeds in config/config.yaml
     assert counts["compare_seeds"] == 1
     assert counts["synthesise_shard"] == 2
     assert counts["gather_synthesis"] == 1
