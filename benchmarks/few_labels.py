@@ -13,10 +13,15 @@ and the rest lie loose. For each seed this script
 4. trains one fixed classifier (the analysis stage's small CNN, classes balanced, 400 batches) on
    (a) the synthetic cells, (b) the labelled real cells alone, (c) both, and scores each on the
    loose cells, whose labels nothing above read: balanced accuracy (mean recall over classes) and
-   accuracy.
+   accuracy, each the mean over ``--classifier-seeds`` such classifiers (seeds 0, 1, ...), as the
+   analysis stage reports them.
+
+``--reuse`` scores a seed's existing run (``<out>/seedN/network-final.pt``) instead of training it
+again: new classifier figures for runs already trained.
 
     python benchmarks/few_labels.py --seeds 0 1 2 --threads 1 --out results/benchmarks/few-labels
     python benchmarks/few_labels.py --out results/benchmarks/few-labels --summarise
+    python benchmarks/few_labels.py --seeds 0 1 2 --threads 1 --out results/benchmarks/few-labels --reuse
 
 Results: one JSON line per seed in ``<out>/results.jsonl`` and a mean +- sd table in
 ``<out>/summary.md``.
@@ -72,12 +77,26 @@ def build_folder(root: Path, per_class: int, split_seed: int) -> dict[str, str]:
     return truth
 
 
-def run_seed(seed: int, store: Path, truth: dict[str, str], out: Path, overrides, n_synthetic: int) -> dict:
+def run_seed(
+    seed: int,
+    store: Path,
+    truth: dict[str, str],
+    out: Path,
+    overrides,
+    n_synthetic: int,
+    *,
+    classifier_seeds: int = 3,
+    reuse: bool = False,
+) -> dict:
     cfg = load_config(PRESET, overrides)
     run_dir = out / f"seed{seed}"
-    t0 = time.perf_counter()
-    train(store, run_dir, cfg.train, seed=seed, device="cpu", resolved_config=cfg)
-    train_s = time.perf_counter() - t0
+    train_s = None
+    if reuse and (run_dir / "network-final.pt").exists():
+        log.info("seed %d: scoring the trained run in %s", seed, run_dir)
+    else:
+        t0 = time.perf_counter()
+        train(store, run_dir, cfg.train, seed=seed, device="cpu", resolved_config=cfg)
+        train_s = round(time.perf_counter() - t0, 1)
     cs = read_crop_store(store)
     names = np.array([Path(s).name for s in cs.obs["source_image"].astype(str)])
     labelled = cs.labels != ""
@@ -114,12 +133,18 @@ def run_seed(seed: int, store: Path, truth: dict[str, str], out: Path, overrides
         "n_test": int(loose.sum()),
         "n_synthetic": int(known.sum()),
         "category_labels": cat_labels.tolist(),
-        "train_s": round(train_s, 1),
+        "train_s": train_s,
+        "classifier_seeds": classifier_seeds,
     }
     for name, (x, y, groups) in sets.items():
-        pred = cnn_predict(x, y, cs.images[loose], groups=groups)
-        row[f"{name}_balanced"] = None if pred is None else balanced_accuracy(y_loose, pred)
-        row[f"{name}_accuracy"] = None if pred is None else float((pred == y_loose).mean())
+        preds = [cnn_predict(x, y, cs.images[loose], groups=groups, seed=s) for s in range(classifier_seeds)]
+        if any(pred is None for pred in preds):
+            row[f"{name}_balanced"] = row[f"{name}_accuracy"] = None
+            continue
+        balanced = [balanced_accuracy(y_loose, pred) for pred in preds]
+        row[f"{name}_balanced"] = float(np.mean(balanced))
+        row[f"{name}_balanced_seeds"] = balanced
+        row[f"{name}_accuracy"] = float(np.mean([(pred == y_loose).mean() for pred in preds]))
     log.info("%s", row)
     return row
 
@@ -149,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], dest="set_", metavar="KEY=VALUE")
     p.add_argument("--threads", type=int)
     p.add_argument("--summarise", action="store_true")
+    p.add_argument("--classifier-seeds", type=int, default=3, help="classifiers per figure (their mean)")
+    p.add_argument("--reuse", action="store_true", help="score existing runs instead of training them")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     results = args.out / "results.jsonl"
@@ -165,7 +192,16 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(PRESET, overrides)
             crop(str(args.out / "cells"), store, cfg.input, cfg.crop, montages=False)
         for seed in args.seeds:
-            row = run_seed(seed, store, truth, args.out, overrides, args.n_synthetic)
+            row = run_seed(
+                seed,
+                store,
+                truth,
+                args.out,
+                overrides,
+                args.n_synthetic,
+                classifier_seeds=args.classifier_seeds,
+                reuse=args.reuse,
+            )
             with results.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]

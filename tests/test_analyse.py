@@ -25,7 +25,9 @@ from infogan_cells.model.networks import Discriminator, Generator, QOutput, init
 
 SPEC = LatentSpec(z_dim=4, categorical=[3], n_continuous=2, continuous_range=1.0)
 LEVELS = (60, 130, 200)  # disk intensity of each category, grey levels on a black background
-FAST = dict(encoder_epochs=1, nearest=4, k_nn=2, classifier_steps=20)  # seconds, not minutes
+FAST = dict(
+    encoder_epochs=1, nearest=4, k_nn=2, classifier_steps=20, classifier_seeds=2
+)  # seconds, not minutes
 TINY = AnalyseConfig(traversal_steps=3, traversal_samples=6, n_synthetic=30, holdout_fraction=0.3, **FAST)
 
 

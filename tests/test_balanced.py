@@ -104,3 +104,68 @@ def test_the_report_lists_the_balanced_figures(tmp_path):
         ("Labelled real + synthetic: balanced accuracy", "n/a"),
     ):
         assert re.search(re.escape(name) + r"</td><td>(<span[^>]*>)?" + re.escape(value), text), name
+
+
+def test_each_figure_is_the_mean_of_classifiers_from_several_seeds_with_their_sd():
+    """An ambiguous task (synthetic classes that differ less than the real ones): the classifier's
+    seed moves its answer, so the figure must be the mean over the seeds, each seed's value the one
+    that seed's classifier gets alone."""
+    rng = np.random.default_rng(2)
+    labels = np.repeat(["rbc", "ring", "schizont"], [30, 15, 15]).astype(str)
+    images = crops(60, np.select([labels == "rbc", labels == "ring"], [60.0, 130.0], 200.0), rng)
+    hold, train = np.arange(0, 60, 2), np.arange(1, 60, 2)
+    syn_labels = np.repeat(["rbc", "ring", "schizont"], 10).astype(str)
+    syn_images = crops(30, np.repeat([125.0, 128.0, 131.0], 10), rng)
+    features, syn_features = rng.normal(size=(60, 2)), rng.normal(size=(30, 2))
+    scores = classifier_scores(
+        features,
+        labels,
+        hold,
+        train,
+        syn_features,
+        syn_labels,
+        images=images,
+        syn_images=syn_images,
+        steps=15,
+        seeds=3,
+    )
+    cnn = scores["cnn"]
+    alone = [
+        quality.balanced_accuracy(
+            labels[hold], quality.cnn_predict(syn_images, syn_labels, images[hold], steps=15, seed=s)
+        )
+        for s in range(3)
+    ]
+    assert cnn["tstr_balanced_accuracy_seeds"] == pytest.approx(alone)
+    assert scores["tstr_balanced_accuracy"] == pytest.approx(np.mean(alone))
+    assert cnn["tstr_balanced_accuracy_sd"] == pytest.approx(np.std(alone, ddof=1))
+    assert len(set(np.round(alone, 6))) > 1  # the seeds disagree here: a figure from one would mislead
+    assert len(cnn["trtr_accuracy_seeds"]) == 3 and cnn["seeds"] == 3
+    one = classifier_scores(
+        features,
+        labels,
+        hold,
+        train,
+        syn_features,
+        syn_labels,
+        images=images,
+        syn_images=syn_images,
+        steps=15,
+    )
+    assert (
+        one["tstr_balanced_accuracy"] == pytest.approx(alone[0])
+        and one["cnn"]["tstr_balanced_accuracy_sd"] is None
+    )
+
+
+def test_the_report_shows_the_sd_over_classifier_seeds(tmp_path):
+    from test_report import make_analysis
+
+    from infogan_cells.report.pages import write_report
+
+    out = make_analysis(tmp_path / "seed0")
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["quality"].update(tstr_balanced_accuracy=0.5, tstr_balanced_accuracy_sd=0.125)
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    text = write_report(out).read_text()
+    assert re.search(r"balanced accuracy</td><td>(<span[^>]*>)?50\.0%(</span>)? ± 12\.5%", text)

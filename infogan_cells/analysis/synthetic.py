@@ -89,6 +89,7 @@ def synthetic_quality(
         images=images,
         syn_images=teach_images,
         steps=config.classifier_steps,
+        seeds=config.classifier_seeds,
         device=device,
     )
     return {
@@ -101,6 +102,7 @@ def synthetic_quality(
         "knn_recall": recall,
         "memorisation_ratio": memorised["encoder"]["ratio"],
         **{k: classifier[k] for k in CLASSIFIER_FIGURES},
+        **{f"{k}_sd": classifier["cnn"].get(f"{k}_sd") for k in CLASSIFIER_FIGURES},
         "n_real": len(images),
         "n_train": len(train),
         "n_holdout": len(hold),
@@ -135,6 +137,7 @@ def classifier_scores(
     images: np.ndarray | None = None,
     syn_images: np.ndarray | None = None,
     steps: int = 400,
+    seeds: int = 1,
     device: torch.device | str = "cpu",
 ) -> dict:
     """Accuracy and balanced accuracy (mean recall over classes) on the labelled held-out crops of
@@ -144,9 +147,10 @@ def classifier_scores(
     class's draws). The test crops are never trained on.
 
     The headline figures come from a small CNN on the pixels (:func:`infogan_cells.analysis.quality.cnn_predict`,
-    when ``images`` and ``syn_images`` are given); a logistic regression on encoder features is
-    reported beside it (``logistic``, accuracy only). Synthetic crops whose category has no real
-    label name (``category_KK``) are left out.
+    when ``images`` and ``syn_images`` are given), trained ``seeds`` times (seeds 0, 1, ...): each
+    figure is the mean, ``cnn`` holds its sd (``*_sd``) and every seed's value (``*_seeds``). A
+    logistic regression on encoder features is reported beside it (``logistic``, accuracy only).
+    Synthetic crops whose category has no real label name (``category_KK``) are left out.
     """
     known = labels != ""
     test = hold[known[hold]]
@@ -154,7 +158,7 @@ def classifier_scores(
     keep = np.isin(syn_labels, np.unique(labels[known]))
     partial = bool(known.any() and not known.all())
     logistic = {"tstr_accuracy": None, "trtr_accuracy": None}
-    cnn: dict = {"steps": steps}
+    cnn: dict = {"steps": steps, "seeds": seeds}
     if len(test):
         logistic["tstr_accuracy"] = quality.classifier_accuracy(
             f_syn[keep], syn_labels[keep], f_real[test], labels[test]
@@ -173,15 +177,24 @@ def classifier_scores(
             np.repeat([0, 1], [len(real_train), int(keep.sum())]),
         )
     for name, (x, y, groups) in sets.items():
-        pred = (
-            quality.cnn_predict(x, y, images[test], steps=steps, device=device, groups=groups)
+        preds = [
+            quality.cnn_predict(x, y, images[test], steps=steps, seed=s, device=device, groups=groups)
             if len(test) and x is not None
             else None
-        )
-        cnn[f"{name}_accuracy"] = None if pred is None else float((pred == labels[test]).mean())
-        cnn[f"{name}_balanced_accuracy"] = (
-            None if pred is None else quality.balanced_accuracy(labels[test], pred)
-        )
+            for s in range(seeds)
+        ]
+        scores = {
+            "accuracy": [None if p is None else float((p == labels[test]).mean()) for p in preds],
+            "balanced_accuracy": [
+                None if p is None else quality.balanced_accuracy(labels[test], p) for p in preds
+            ],
+        }
+        for measure, values in scores.items():
+            key = f"{name}_{measure}"
+            known_values = [v for v in values if v is not None]
+            cnn[key] = float(np.mean(known_values)) if known_values else None
+            cnn[f"{key}_sd"] = float(np.std(known_values, ddof=1)) if len(known_values) > 1 else None
+            cnn[f"{key}_seeds"] = values
     headline = cnn if images is not None and syn_images is not None else logistic
     model = (
         "small CNN on the pixels (balanced classes, 90-degree rotations and flips)"

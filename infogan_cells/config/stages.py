@@ -30,6 +30,12 @@ class AnalyseConfig:
         "test-on-real, and of its train-on-real twin.",
         ge=1,
     )
+    classifier_seeds: int = param(
+        3,
+        help="Small CNNs trained per classifier figure, each from its own seed; a figure is their "
+        "mean, its sd beside it (one classifier's figure can swing by 0.1 with its seed).",
+        ge=1,
+    )
     nearest: int = param(16, help="Nearest real crops shown per category.", ge=1)
     k_nn: int = param(5, help="k of the k-NN precision and recall.", ge=1)
 

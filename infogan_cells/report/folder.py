@@ -114,7 +114,8 @@ QUALITY = [
         "Train on synthetic, test on real: balanced accuracy",
         "The average over annotated classes of the share of that class's held-out real cells the classifier "
         "trained on synthetic cells gets right. Unlike plain accuracy, a classifier that always answers the "
-        "commonest class scores only 1/K for K classes, however imbalanced the cells.",
+        "commonest class scores only 1/K for K classes, however imbalanced the cells. The mean over "
+        "classifiers trained from several seeds (analyse.classifier_seeds), with their sd.",
         "higher; 1/K = chance",
     ),
     (

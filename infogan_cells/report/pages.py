@@ -176,7 +176,12 @@ def _index_body(a: Analysis, explorer: bool) -> str:
             [
                 [
                     esc(name),
-                    num_td(quality_value(q, key), key),
+                    num_td(quality_value(q, key), key)
+                    + (
+                        f" ± {esc(fmt(q[key + '_sd'], key))}"
+                        if number(q.get(key + "_sd")) is not None
+                        else ""
+                    ),
                     f'<span class="what">{esc(what)}</span>',
                     esc(better),
                 ]
