@@ -86,18 +86,23 @@ def test_a_classifier_that_learns_scores_near_one_and_the_mixed_figure_appears_w
     assert scores["cnn"]["mixed_balanced_accuracy"] == scores["mixed_balanced_accuracy"]
 
 
-def test_the_report_lists_the_balanced_figures(tmp_path):
+def report_with(tmp_path, **figures) -> str:
+    """The report's HTML for an analysis whose quality figures are ``figures``."""
     from test_report import make_analysis
 
     from infogan_cells.report.pages import write_report
 
     out = make_analysis(tmp_path / "seed0")
     metrics = json.loads((out / "metrics.json").read_text())
-    metrics["quality"].update(
-        tstr_balanced_accuracy=0.5, trtr_balanced_accuracy=0.875, mixed_balanced_accuracy=None
-    )
+    metrics["quality"].update(figures)
     (out / "metrics.json").write_text(json.dumps(metrics))
-    text = write_report(out).read_text()
+    return write_report(out).read_text()
+
+
+def test_the_report_lists_the_balanced_figures(tmp_path):
+    text = report_with(
+        tmp_path, tstr_balanced_accuracy=0.5, trtr_balanced_accuracy=0.875, mixed_balanced_accuracy=None
+    )
     for name, value in (
         ("Train on synthetic, test on real: balanced accuracy", "50.0%"),
         ("Labelled real only: balanced accuracy", "87.5%"),
@@ -117,18 +122,8 @@ def test_each_figure_is_the_mean_of_classifiers_from_several_seeds_with_their_sd
     syn_labels = np.repeat(["rbc", "ring", "schizont"], 10).astype(str)
     syn_images = crops(30, np.repeat([125.0, 128.0, 131.0], 10), rng)
     features, syn_features = rng.normal(size=(60, 2)), rng.normal(size=(30, 2))
-    scores = classifier_scores(
-        features,
-        labels,
-        hold,
-        train,
-        syn_features,
-        syn_labels,
-        images=images,
-        syn_images=syn_images,
-        steps=15,
-        seeds=3,
-    )
+    args = (features, labels, hold, train, syn_features, syn_labels)
+    scores = classifier_scores(*args, images=images, syn_images=syn_images, steps=15, seeds=3)
     cnn = scores["cnn"]
     alone = [
         quality.balanced_accuracy(
@@ -141,17 +136,7 @@ def test_each_figure_is_the_mean_of_classifiers_from_several_seeds_with_their_sd
     assert cnn["tstr_balanced_accuracy_sd"] == pytest.approx(np.std(alone, ddof=1))
     assert len(set(np.round(alone, 6))) > 1  # the seeds disagree here: a figure from one would mislead
     assert len(cnn["trtr_accuracy_seeds"]) == 3 and cnn["seeds"] == 3
-    one = classifier_scores(
-        features,
-        labels,
-        hold,
-        train,
-        syn_features,
-        syn_labels,
-        images=images,
-        syn_images=syn_images,
-        steps=15,
-    )
+    one = classifier_scores(*args, images=images, syn_images=syn_images, steps=15)
     assert (
         one["tstr_balanced_accuracy"] == pytest.approx(alone[0])
         and one["cnn"]["tstr_balanced_accuracy_sd"] is None
@@ -159,13 +144,5 @@ def test_each_figure_is_the_mean_of_classifiers_from_several_seeds_with_their_sd
 
 
 def test_the_report_shows_the_sd_over_classifier_seeds(tmp_path):
-    from test_report import make_analysis
-
-    from infogan_cells.report.pages import write_report
-
-    out = make_analysis(tmp_path / "seed0")
-    metrics = json.loads((out / "metrics.json").read_text())
-    metrics["quality"].update(tstr_balanced_accuracy=0.5, tstr_balanced_accuracy_sd=0.125)
-    (out / "metrics.json").write_text(json.dumps(metrics))
-    text = write_report(out).read_text()
+    text = report_with(tmp_path, tstr_balanced_accuracy=0.5, tstr_balanced_accuracy_sd=0.125)
     assert re.search(r"balanced accuracy</td><td>(<span[^>]*>)?50\.0%(</span>)? ± 12\.5%", text)
