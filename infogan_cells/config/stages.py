@@ -33,7 +33,7 @@ class AnalyseConfig:
     classifier_seeds: int = param(
         3,
         help="Small CNNs trained per classifier figure, each from its own seed; a figure is their "
-        "mean, its sd beside it (one classifier's figure can swing by 0.1 with its seed).",
+        "mean, its sd beside it (one classifier's figure can swing by 0.2 with its seed).",
         ge=1,
     )
     nearest: int = param(16, help="Nearest real crops shown per category.", ge=1)
