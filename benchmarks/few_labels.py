@@ -45,7 +45,7 @@ SHARED = REPO.parent / "shared" / "data" / "nih_malaria_cell_images_4k"
 sys.path.insert(0, str(REPO))
 
 from infogan_cells.analysis.codes import generate  # noqa: E402
-from infogan_cells.analysis.quality import balanced_accuracy, cnn_predict  # noqa: E402
+from infogan_cells.analysis.quality import cnn_seed_scores  # noqa: E402
 from infogan_cells.config import load_config, parse_set_option  # noqa: E402
 from infogan_cells.data.store import read_crop_store  # noqa: E402
 from infogan_cells.model.checkpoint import load_generator  # noqa: E402
@@ -137,14 +137,13 @@ def run_seed(
         "classifier_seeds": classifier_seeds,
     }
     for name, (x, y, groups) in sets.items():
-        preds = [cnn_predict(x, y, cs.images[loose], groups=groups, seed=s) for s in range(classifier_seeds)]
-        if any(pred is None for pred in preds):
+        scores = cnn_seed_scores(x, y, cs.images[loose], y_loose, seeds=classifier_seeds, groups=groups)
+        if scores is None:
             row[f"{name}_balanced"] = row[f"{name}_accuracy"] = None
             continue
-        balanced = [balanced_accuracy(y_loose, pred) for pred in preds]
-        row[f"{name}_balanced"] = float(np.mean(balanced))
-        row[f"{name}_balanced_seeds"] = balanced
-        row[f"{name}_accuracy"] = float(np.mean([(pred == y_loose).mean() for pred in preds]))
+        row[f"{name}_balanced"] = float(np.mean(scores["balanced_accuracy"]))
+        row[f"{name}_balanced_seeds"] = scores["balanced_accuracy"]
+        row[f"{name}_accuracy"] = float(np.mean(scores["accuracy"]))
     log.info("%s", row)
     return row
 

@@ -319,6 +319,26 @@ def cnn_accuracy(
     return float((pred == np.asarray(y_test)).mean())
 
 
+def cnn_seed_scores(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *, seeds: int, **kwargs
+) -> dict[str, list[float]] | None:
+    """Accuracy and balanced accuracy on ``x_test`` of :func:`cnn_predict`'s classifier trained from
+    each of seeds ``0 .. seeds - 1`` (one list per measure, a value per seed; ``kwargs`` go to
+    :func:`cnn_predict`). One classifier's figure can swing by 0.2 with its seed where the training
+    set is ambiguous, so figures should be means over several. ``None`` when the classifier cannot
+    be trained (fewer than two classes) or the test set is empty."""
+    y_test = np.asarray(y_test)
+    if len(y_test) == 0:
+        return None
+    preds = [cnn_predict(x_train, y_train, x_test, seed=s, **kwargs) for s in range(seeds)]
+    if preds[0] is None:
+        return None
+    return {
+        "accuracy": [float((p == y_test).mean()) for p in preds],
+        "balanced_accuracy": [balanced_accuracy(y_test, p) for p in preds],
+    }
+
+
 def cnn_predict(
     x_train: np.ndarray,
     y_train: np.ndarray,

@@ -177,23 +177,15 @@ def classifier_scores(
             np.repeat([0, 1], [len(real_train), int(keep.sum())]),
         )
     for name, (x, y, groups) in sets.items():
-        preds = [
-            quality.cnn_predict(x, y, images[test], steps=steps, seed=s, device=device, groups=groups)
-            if len(test) and x is not None
-            else None
-            for s in range(seeds)
-        ]
-        scores = {
-            "accuracy": [None if p is None else float((p == labels[test]).mean()) for p in preds],
-            "balanced_accuracy": [
-                None if p is None else quality.balanced_accuracy(labels[test], p) for p in preds
-            ],
-        }
-        for measure, values in scores.items():
-            key = f"{name}_{measure}"
-            known_values = [v for v in values if v is not None]
-            cnn[key] = float(np.mean(known_values)) if known_values else None
-            cnn[f"{key}_sd"] = float(np.std(known_values, ddof=1)) if len(known_values) > 1 else None
+        scores = None
+        if x is not None:
+            scores = quality.cnn_seed_scores(
+                x, y, images[test], labels[test], seeds=seeds, steps=steps, device=device, groups=groups
+            )
+        for measure in ("accuracy", "balanced_accuracy"):
+            key, values = f"{name}_{measure}", None if scores is None else scores[measure]
+            cnn[key] = None if values is None else float(np.mean(values))
+            cnn[f"{key}_sd"] = float(np.std(values, ddof=1)) if values and len(values) > 1 else None
             cnn[f"{key}_seeds"] = values
     headline = cnn if images is not None and syn_images is not None else logistic
     model = (

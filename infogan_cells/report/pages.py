@@ -77,6 +77,12 @@ def code_line(analysis: Analysis, j: int) -> str:
 # Pages
 
 
+def _with_sd(quality: dict, key: str) -> str:
+    """A quality measure's cell, with "± sd" when the figure is a mean over classifier seeds."""
+    sd = number(quality.get(f"{key}_sd"))
+    return num_td(quality_value(quality, key), key) + ("" if sd is None else f" ± {esc(fmt(sd, key))}")
+
+
 def _index_body(a: Analysis, explorer: bool) -> str:
     m = a.metrics
     parts = [
@@ -176,12 +182,7 @@ def _index_body(a: Analysis, explorer: bool) -> str:
             [
                 [
                     esc(name),
-                    num_td(quality_value(q, key), key)
-                    + (
-                        f" ± {esc(fmt(q[key + '_sd'], key))}"
-                        if number(q.get(key + "_sd")) is not None
-                        else ""
-                    ),
+                    _with_sd(q, key),
                     f'<span class="what">{esc(what)}</span>',
                     esc(better),
                 ]
