@@ -22,6 +22,10 @@ again: new classifier figures for runs already trained.
     python benchmarks/few_labels.py --seeds 0 1 2 --threads 1 --out results/benchmarks/few-labels
     python benchmarks/few_labels.py --out results/benchmarks/few-labels --summarise
     python benchmarks/few_labels.py --seeds 0 1 2 --threads 1 --out results/benchmarks/few-labels --reuse
+    python benchmarks/few_labels.py --seeds 0 1 2 --threads 1 --out results/benchmarks/few-labels --pool
+
+``--pool`` trains and re-scores nothing: it draws ``--n-synthetic`` cells in equal parts from the
+seeds' generators and scores the one classifier set on their union (``<out>/pooled.jsonl``).
 
 Results: one JSON line per seed in ``<out>/results.jsonl`` and a mean +- sd table in
 ``<out>/summary.md``.
@@ -77,6 +81,52 @@ def build_folder(root: Path, per_class: int, split_seed: int) -> dict[str, str]:
     return truth
 
 
+def loose_cells(store: Path, truth: dict[str, str]):
+    """The crop store, its labelled crops (mask), the loose cells (mask) and their true labels."""
+    cs = read_crop_store(store)
+    names = np.array([Path(s).name for s in cs.obs["source_image"].astype(str)])
+    labelled = cs.labels != ""
+    loose = ~labelled & np.isin(names, list(truth))
+    return cs, labelled, loose, np.array([truth[n] for n in names[loose]])
+
+
+def synthetic_cells(run_dir: Path, n: int, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` cells drawn from a run's EMA generator with its categorical prior, less those of
+    categories no label named: (images, labels, every category's label)."""
+    G, spec, meta = load_generator(run_dir, ema=True)
+    named = list(meta.get("category_labels") or [])  # categories 0..n-1 carry the n classes' names
+    cat_labels = np.asarray(named + [""] * (spec.categorical[0] - len(named)), dtype=str)
+    prior = meta.get("category_prior")
+    latent = sample_latent(
+        spec,
+        n,
+        generator=torch.Generator().manual_seed(1),
+        cat_probs=[torch.as_tensor(prior[0])] if prior else None,
+    )
+    syn = generate(G, spec, latent, torch.device("cpu"))
+    y_syn = cat_labels[latent.cat[:, 0].numpy()]
+    known = np.isin(y_syn, classes)
+    return syn[known], y_syn[known], cat_labels
+
+
+def score_pool(
+    out: Path, store: Path, truth: dict[str, str], seeds: list[int], n_synthetic: int, classifier_seeds: int
+) -> dict:
+    """Train-on-synthetic of the seeds' runs pooled: ``n_synthetic / len(seeds)`` cells from each."""
+    cs, labelled, loose, y_loose = loose_cells(store, truth)
+    classes = np.unique(cs.labels[labelled])
+    parts = [synthetic_cells(out / f"seed{s}", n_synthetic // len(seeds), classes)[:2] for s in seeds]
+    x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    scores = cnn_seed_scores(x, y, cs.images[loose], y_loose, seeds=classifier_seeds)
+    b = scores["balanced_accuracy"]
+    return {
+        "pooled_seeds": seeds,
+        "n_synthetic": len(x),
+        "synthetic_balanced": float(np.mean(b)),
+        "synthetic_balanced_seeds": b,
+    }
+
+
 def run_seed(
     seed: int,
     store: Path,
@@ -97,41 +147,24 @@ def run_seed(
         t0 = time.perf_counter()
         train(store, run_dir, cfg.train, seed=seed, device="cpu", resolved_config=cfg)
         train_s = round(time.perf_counter() - t0, 1)
-    cs = read_crop_store(store)
-    names = np.array([Path(s).name for s in cs.obs["source_image"].astype(str)])
-    labelled = cs.labels != ""
-    loose = ~labelled & np.isin(names, list(truth))
-    y_loose = np.array([truth[n] for n in names[loose]])
-
-    G, spec, meta = load_generator(run_dir, ema=True)
-    named = list(meta.get("category_labels") or [])  # categories 0..n-1 carry the n classes' names
-    cat_labels = np.asarray(named + [""] * (spec.categorical[0] - len(named)), dtype=str)
-    prior = meta.get("category_prior")
-    latent = sample_latent(
-        spec,
-        n_synthetic,
-        generator=torch.Generator().manual_seed(1),
-        cat_probs=[torch.as_tensor(prior[0])] if prior else None,
-    )
-    syn = generate(G, spec, latent, torch.device("cpu"))
-    y_syn = cat_labels[latent.cat[:, 0].numpy()]
-    known = np.isin(y_syn, np.unique(cs.labels[labelled]))  # categories no label named are left out
+    cs, labelled, loose, y_loose = loose_cells(store, truth)
+    syn, y_syn, cat_labels = synthetic_cells(run_dir, n_synthetic, np.unique(cs.labels[labelled]))
 
     x_lab, y_lab = cs.images[labelled], cs.labels[labelled]
     sets = {
-        "synthetic": (syn[known], y_syn[known], None),
+        "synthetic": (syn, y_syn, None),
         "labelled": (x_lab, y_lab, None),
         "labelled+synthetic": (
-            np.concatenate([x_lab, syn[known]]),
-            np.concatenate([y_lab, y_syn[known]]),
-            np.repeat([0, 1], [len(x_lab), int(known.sum())]),
+            np.concatenate([x_lab, syn]),
+            np.concatenate([y_lab, y_syn]),
+            np.repeat([0, 1], [len(x_lab), len(syn)]),
         ),
     }
     row = {
         "seed": seed,
         "n_labelled": int(labelled.sum()),
         "n_test": int(loose.sum()),
-        "n_synthetic": int(known.sum()),
+        "n_synthetic": len(syn),
         "category_labels": cat_labels.tolist(),
         "train_s": train_s,
         "classifier_seeds": classifier_seeds,
@@ -175,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--summarise", action="store_true")
     p.add_argument("--classifier-seeds", type=int, default=3, help="classifiers per figure (their mean)")
     p.add_argument("--reuse", action="store_true", help="score existing runs instead of training them")
+    p.add_argument(
+        "--pool",
+        action="store_true",
+        help="train nothing: score the seeds' trained runs' synthetic cells pooled (pooled.jsonl)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     results = args.out / "results.jsonl"
@@ -187,6 +225,19 @@ def main(argv: list[str] | None = None) -> int:
         overrides = [parse_set_option(s) for s in args.set_]
         truth = build_folder(args.out / "cells", args.per_class, args.split_seed)
         store = args.out / "crops.h5"
+        if args.pool:
+            missing = [s for s in args.seeds if not (args.out / f"seed{s}" / "network-final.pt").exists()]
+            if missing or not store.exists():
+                log.error("--pool: no crop store or trained run for seed(s) %s in %s", missing, args.out)
+                return 1
+            row = score_pool(args.out, store, truth, args.seeds, args.n_synthetic, args.classifier_seeds)
+            with (args.out / "pooled.jsonl").open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            b = row["synthetic_balanced_seeds"]
+            print(
+                f"pooled seeds {args.seeds}: balanced {' / '.join(f'{v:.3f}' for v in b)}, mean {np.mean(b):.3f}"
+            )
+            return 0
         if not store.exists():
             cfg = load_config(PRESET, overrides)
             crop(str(args.out / "cells"), store, cfg.input, cfg.crop, montages=False)
