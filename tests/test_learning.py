@@ -120,21 +120,30 @@ def spotted_cells(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_hand_features_and_tint_views_let_q_find_a_small_spot(tmp_path, one_thread):
-    """The smears' recipe in small: Q must sort the cells by a 2x2 dark spot, not by their tint.
-    While it was written it passed for training seeds 0-3 (NMI 1.0 each, 31-40 s on a loaded
-    2-core machine); with the same run but neither ``hand_features`` nor ``tint``, Q's two
-    categories followed the tint (NMI 0.001 / 0.003 / 0.000 for seeds 0-2), and at the features'
-    default weight 1 two seeds of five half-failed (NMI 0.05, 0.3)."""
+    """The smears' recipe in small: Q must sort the cells by a 2x2 dark spot, not by their tint,
+    in at least two of three training runs. A GAN run is a lottery, and the arithmetic of the
+    CPU decides it as much as the seed: on one machine seeds 0-3 all gave NMI 1.0 (31-40 s each on
+    a loaded 2-core machine); on another seed 0 gave 0.03 and seeds 1-5 gave 1.0. With neither
+    ``hand_features`` nor ``tint`` Q's two categories followed the tint (NMI 0.001 / 0.003 / 0.000
+    for seeds 0-2), and at the features' default weight 1 two seeds of five half-failed (NMI 0.05,
+    0.3): a broken recipe fails more than one run in three."""
     images, kinds = spotted_cells(64)
-    categories = train_and_assign(
-        tmp_path,
-        images,
-        ["R", "G", "B"],
-        pair_mi_entropy=1.0,  # the two kinds are equally common
-        hand_features=HandFeatures(quantiles=[0.02, 0.1], centre=0.5, weight=2.0),
-        diff_augment=AugmentConfig(rot90=True, flip=True, shift=1, brightness=0.1, tint=0.15),
+    nmi = []
+    for seed in range(3):
+        (tmp_path / f"seed{seed}").mkdir()
+        categories = train_and_assign(
+            tmp_path / f"seed{seed}",
+            images,
+            ["R", "G", "B"],
+            seed=seed,
+            pair_mi_entropy=1.0,  # the two kinds are equally common
+            hand_features=HandFeatures(quantiles=[0.02, 0.1], centre=0.5, weight=2.0),
+            diff_augment=AugmentConfig(rot90=True, flip=True, shift=1, brightness=0.1, tint=0.15),
+        )
+        nmi.append(normalized_mutual_info_score(kinds, categories))
+    assert sum(v >= 0.9 for v in nmi) >= 2, (
+        f"NMI per seed {np.round(nmi, 3)}: Q found the spot in fewer than two"
     )
-    assert normalized_mutual_info_score(kinds, categories) >= 0.9
 
 
 def few_labelled_samples(tmp_path, **config):
