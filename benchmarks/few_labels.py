@@ -91,9 +91,9 @@ def loose_cells(store: Path, truth: dict[str, str]):
 
 
 def synthetic_cells(run_dir: Path, n: int, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``n`` cells drawn from a run's EMA generator with its categorical prior, less those of
+    """``n`` cells drawn from a run's EMA generator(s) with its categorical prior, less those of
     categories no label named: (images, labels, every category's label)."""
-    G, spec, meta = load_generator(run_dir, ema=True)
+    G, spec, meta = load_generator(run_dir, ema=True, snapshots=True)  # as synthesis draws
     named = list(meta.get("category_labels") or [])  # categories 0..n-1 carry the n classes' names
     cat_labels = np.asarray(named + [""] * (spec.categorical[0] - len(named)), dtype=str)
     prior = meta.get("category_prior")

@@ -37,7 +37,7 @@ from infogan_cells.model.latent import sample_latent  # noqa: E402
 
 def draw(run: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` cells from a run's EMA generator in equal shares of the categories, and their names."""
-    G, spec, meta = load_generator(run, ema=True)
+    G, spec, meta = load_generator(run, ema=True, snapshots=True)  # as synthesis draws
     names = np.asarray(meta.get("category_labels") or [], dtype=str)
     if len(names) != spec.categorical[0]:
         raise SystemExit(f"{run}: the run names {len(names)} of {spec.categorical[0]} categories")

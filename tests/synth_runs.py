@@ -38,19 +38,25 @@ def randomise(net: torch.nn.Module, g: torch.Generator) -> None:
                 t.copy_(0.1 * torch.randn(t.shape, generator=g))
 
 
-def make_run(folder: Path, *, channels: int = 3, meta: dict | None = None) -> Path:
+def make_run(folder: Path, *, channels: int = 3, meta: dict | None = None, snapshots: int = 0) -> Path:
+    """The run; with ``snapshots``, that many more random generators kept as earlier snapshots."""
     g = torch.Generator().manual_seed(0)
     G = Generator(SPEC, img_size=16, channels=channels, width=8)
     D = Discriminator(SPEC, img_size=16, channels=channels, width=8)
     randomise(G, g)
     randomise(D, g)
+    kept = []
+    for _ in range(snapshots):
+        other = Generator(SPEC, img_size=16, channels=channels, width=8)
+        randomise(other, g)
+        kept.append(other.state_dict())
     meta = {
         "channel_names": ["red", "green", "blue"][:channels],
         "category_prior": PRIOR,
         "img_size": 16,
         **(meta or {}),
     }
-    save_network(folder / "network-final.pt", G=G, D=D, G_ema=G, meta=meta)
+    save_network(folder / "network-final.pt", G=G, D=D, G_ema=G, meta=meta, snapshots=kept)
     return folder
 
 

@@ -156,7 +156,9 @@ def test_analyse_known_result(tmp_path, monkeypatch, report_calls):
         analyse_mod, "load_discriminator", lambda run, device: (WiredDiscriminator(32), SPEC, meta)
     )
     monkeypatch.setattr(
-        analyse_mod, "load_generator", lambda run, ema, device: (WiredGenerator(32), SPEC, meta)
+        analyse_mod,
+        "load_generator",
+        lambda run, ema, device, snapshots=False: (WiredGenerator(32), SPEC, meta),
     )
     out = tmp_path / "analysis"
     metrics = analyse(tmp_path / "run", crops, out, TINY, device="cpu")
@@ -261,7 +263,9 @@ def test_analyse_holds_out_the_crops_training_held_out(tmp_path, monkeypatch, re
         analyse_mod, "load_discriminator", lambda run, device: (WiredDiscriminator(32), SPEC, meta)
     )
     monkeypatch.setattr(
-        analyse_mod, "load_generator", lambda run, ema, device: (WiredGenerator(32), SPEC, meta)
+        analyse_mod,
+        "load_generator",
+        lambda run, ema, device, snapshots=False: (WiredGenerator(32), SPEC, meta),
     )
     quality = analyse(tmp_path / "run", crops, tmp_path / "analysis", TINY, device="cpu")["quality"]
     assert quality["holdout_seen_in_training"] is False
@@ -283,7 +287,9 @@ def test_classifiers_learn_from_equal_shares_whatever_the_runs_prior(tmp_path, m
         analyse_mod, "load_discriminator", lambda run, device: (WiredDiscriminator(32), SPEC, meta)
     )
     monkeypatch.setattr(
-        analyse_mod, "load_generator", lambda run, ema, device: (WiredGenerator(32), SPEC, meta)
+        analyse_mod,
+        "load_generator",
+        lambda run, ema, device, snapshots=False: (WiredGenerator(32), SPEC, meta),
     )
     quality = analyse(tmp_path / "run", crops, tmp_path / "analysis", TINY, device="cpu")["quality"]
     shares = quality["classifier"]["synthetic_train_labels"]

@@ -33,7 +33,10 @@ def store(tmp_path_factory):
 
 def state_dicts(run_dir):
     payload = torch.load(run_dir / "network-final.pt", weights_only=True)
-    return {k: payload[k]["state_dict"] for k in ("generator", "generator_ema", "discriminator")}
+    nets = {k: payload[k]["state_dict"] for k in ("generator", "generator_ema", "discriminator")}
+    for i, entry in enumerate(payload.get("generator_snapshots", [])):
+        nets[f"snapshot{i}"] = entry["state_dict"]
+    return nets
 
 
 def assert_identical(a, b):
@@ -112,7 +115,8 @@ def test_resume_after_kill_is_bit_identical(store, tmp_path, monkeypatch, precis
     # every random draw of the loop is on: augmentation, DiffAugment with intensity jitter, the IIC term
     # with its over-clustering head, a labelled batch per step, a held-out split; with ``neighbours``
     # the IIC term's positives are neighbours, mined again from D's features at steps 4, 8, 12 and 16
-    # (so the resumed run must take the ones mined before the checkpoint from it)
+    # (so the resumed run must take the ones mined before the checkpoint from it); the EMA generator
+    # is kept at 80 (before the checkpoint: the resumed run must take it from resume.pt) and 120 images
     extra = {}
     if neighbours:  # noisy copies of the crops: each crop's neighbours are then distinct images
         extra = {"pair_neighbours": 3, "pair_neighbours_refresh": 0.2}
@@ -139,7 +143,8 @@ def test_resume_after_kill_is_bit_identical(store, tmp_path, monkeypatch, precis
         supervised_batch=4,
         holdout_fraction=0.2,
         tick_images=40,
-        checkpoint_images=48,  # a tick straddles the checkpoint
+        checkpoint_images=88,  # a tick straddles the checkpoint
+        generator_snapshots=3,
         precision=precision,
     )
     whole = train(store, tmp_path / "whole", config, seed=5, device="cpu")
@@ -158,6 +163,7 @@ def test_resume_after_kill_is_bit_identical(store, tmp_path, monkeypatch, precis
     monkeypatch.setattr(train_mod, "_save_resume", save)
     resumed = train(store, tmp_path / "killed", config, seed=5, device="cpu")
     assert_identical(state_dicts(whole), state_dicts(resumed))
+    assert {"snapshot0", "snapshot1"} <= set(state_dicts(whole))
     assert losses(whole) == losses(resumed)
     meta_a = torch.load(whole / "network-final.pt", weights_only=True)["meta"]
     meta_b = torch.load(resumed / "network-final.pt", weights_only=True)["meta"]

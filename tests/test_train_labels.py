@@ -160,3 +160,18 @@ def test_partial_labels_with_more_classes_than_categories_name_the_keys(tmp_path
     config = tiny_config(latent=LatentSpec(z_dim=4, categorical=[1], n_continuous=1), partial_labels=True)
     with pytest.raises(ConfigError, match=r"train\.latent\.categorical.*train\.partial_labels"):
         train(store, tmp_path / "run", config, seed=0, device="cpu")
+
+
+def test_mode_seeking_of_a_labelled_run_applies_where_labels_supervise_q(tmp_path):
+    """lambda_mode_seeking_labelled stands in for lambda_mode_seeking (0) only where labelled crops
+    supervise Q: the NIH preset's varied samples with a few labels, its clustering without."""
+    store = make_store(tmp_path / "crops.h5", labels=("zebra", "apple"))
+    latent = LatentSpec(z_dim=4, categorical=[3], n_continuous=1)
+
+    def last_record(name, **kw):
+        config = tiny_config(latent=latent, total_images=16, lambda_mode_seeking_labelled=0.2, **kw)
+        run = train(store, tmp_path / name, config, seed=0, device="cpu")
+        return json.loads((run / "stats.jsonl").read_text().splitlines()[-1])
+
+    assert last_record("labelled", partial_labels=True)["Loss/G/mode_seeking"] > 0
+    assert "Loss/G/mode_seeking" not in last_record("unlabelled", partial_labels=False)

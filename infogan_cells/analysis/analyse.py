@@ -79,6 +79,7 @@ from infogan_cells.data.store import holdout_split, read_crop_store
 from infogan_cells.errors import InputError
 from infogan_cells.model.checkpoint import load_discriminator, load_generator, resolve_device
 from infogan_cells.model.latent import sample_latent
+from infogan_cells.model.networks import GeneratorEnsemble
 from infogan_cells.progress import progress
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,9 @@ def _analyse(
     dev = resolve_device(device)
     out_dir = Path(out_dir)
     D, spec, meta = load_discriminator(run_dir, device=dev)
-    G, _, _ = load_generator(run_dir, ema=True, device=dev)
+    G, _, _ = load_generator(run_dir, ema=True, device=dev)  # traversals: one generator's codes
+    # synthetic cells as synthesis draws them: from every generator the run kept
+    G_all, _, _ = load_generator(run_dir, ema=True, device=dev, snapshots=True)
     crops = read_crop_store(crops_path)
     # the crops training saw: those that passed QC (crop_index keeps the store's row numbers)
     keep = crops.obs["qc_pass"].to_numpy(dtype=bool) if "qc_pass" in crops.obs else np.ones(len(crops), bool)
@@ -191,7 +194,7 @@ def _analyse(
         cat_probs=[torch.as_tensor(prior)] if spec.categorical else None,
     )
     log.info("quality: %d synthetic crops", config.n_synthetic)
-    syn_images = generate(G, spec, syn_latent, dev)
+    syn_images = generate(G_all, spec, syn_latent, dev)
     syn_cats = syn_latent.cat[:, 0].numpy() if spec.categorical else np.zeros(len(syn_images), np.int64)
     syn_morph = measure_morphology(syn_images, channel_names=channel_names)
     recorded = meta.get("holdout") or []
@@ -220,7 +223,7 @@ def _analyse(
             generator=torch.Generator().manual_seed(3),
             cat_probs=[torch.full((n_cat,), 1.0 / n_cat)],
         )
-        teach = (generate(G, spec, teach_latent, dev), names[teach_latent.cat[:, 0].numpy()])
+        teach = (generate(G_all, spec, teach_latent, dev), names[teach_latent.cat[:, 0].numpy()])
     quality = synthetic_quality(
         images, labels, hold, train, real_morph, syn_images, syn_labels, syn_morph, config, dev, teach=teach
     )
@@ -240,7 +243,7 @@ def _analyse(
     for k in range(n_cat):
         grid_latent = with_category(grid_base, k) if spec.categorical else grid_base
         save_sample_grid(
-            out_dir / "samples" / f"cat{k:02d}.png", generate(G, spec, grid_latent, dev), GRID_SIDE
+            out_dir / "samples" / f"cat{k:02d}.png", generate(G_all, spec, grid_latent, dev), GRID_SIDE
         )
         top = np.argsort(-probs[:, k], kind="stable")[: config.nearest]
         save_sample_grid(out_dir / "nearest" / f"cat{k:02d}.png", images[top], math.ceil(math.sqrt(len(top))))
@@ -258,6 +261,7 @@ def _analyse(
         "n_crops": len(images),
         "n_labelled": int((labels != "").sum()),
         "n_categories": n_cat,
+        "generators": len(G_all.members) if isinstance(G_all, GeneratorEnsemble) else 1,
         "categories": summary,
         "baselines": baselines,
         "codes": name_codes(codes_table, pinned_codes(D, channel_names)),

@@ -209,6 +209,14 @@ class TrainConfig:
         16, help="Discriminator width (channels of its first layer); a GPU run wants 64.", ge=4
     )
     ema_beta: float = param(0.999, help="EMA of the generator's weights (0 disables).", ge=0, le=1)
+    generator_snapshots: int = param(
+        1,
+        help="Generators (the EMA one) kept at this many evenly spaced points of training's second "
+        "half, the end included; synthesis and the analysis draw from all in equal parts, since "
+        "one draws nearly one cell per category and each point others. 1: the final one only.",
+        ge=1,
+        le=16,
+    )
     prior: str = param(
         "uniform",
         help="Categorical prior: uniform, or learned from Q's assignments of "
@@ -221,28 +229,26 @@ class TrainConfig:
     )
     prior_warmup: float = param(
         0.2,
-        help="Fraction of training that samples the categorical code uniformly "
-        "before the learned prior takes over (Q's early assignments are noise).",
+        help="Fraction of training that samples the categorical code uniformly before the learned "
+        "prior takes over (Q's early assignments are noise).",
         ge=0,
         le=1,
     )
     holdout_fraction: float = param(
         0.0,
-        help="Fraction of the crops (that passed QC) kept out of training, "
-        "a fixed split recorded in the checkpoint; the analysis uses them as its "
-        "hold-out (memorisation check, train-on-synthetic-test-on-real). 0: train on "
-        "all, and the analysis marks its hold-out as seen in training.",
+        help="Fraction of the crops (that passed QC) kept out of training, a fixed split recorded in "
+        "the checkpoint; the analysis's hold-out (memorisation, train-on-synthetic-test-on-real). "
+        "0: train on all, and the analysis marks its hold-out as seen in training.",
         ge=0,
         le=0.9,
     )
     partial_labels: bool = param(
         True,
-        help="When the crop store labels some crops and leaves the rest "
-        "unlabelled (class sub-folders beside loose cells, an NPZ or CSV with some labels "
-        "empty), every labelled crop supervises Q's first categorical code, so categories "
-        "take the classes' names (semi-supervised InfoGAN); the unlabelled crops train "
-        "everything else. A fully labelled store stays unsupervised (its labels score the "
-        "result). false: ignore the labels.",
+        help="When the crop store labels some crops and leaves the rest unlabelled (class sub-folders "
+        "beside loose cells, an NPZ or CSV with some labels empty), every labelled crop supervises Q's "
+        "first categorical code, so categories take the classes' names (semi-supervised InfoGAN); the "
+        "unlabelled crops train everything else. A fully labelled store stays unsupervised (its labels "
+        "score the result). false: ignore the labels.",
     )
     supervised_fraction: float = param(
         0.0,
@@ -252,25 +258,22 @@ class TrainConfig:
     )
     lambda_pair_mi: float = param(
         1.0,
-        help="Weight of invariant information clustering (IIC) of Q's first "
-        "categorical head on two diff_augment views of each real batch (0 disables; "
-        "needs diff_augment). Not part of InfoGAN: it makes Q cluster real crops.",
+        help="Weight of invariant information clustering (IIC) of Q's first categorical head on two "
+        "diff_augment views of each real batch (0 disables). Not InfoGAN: it makes Q cluster real crops.",
         ge=0,
     )
     pair_mi_entropy: float = param(
         0.5,
-        help="Weight of the entropy of the categories' marginal in the IIC "
-        "term (1: mutual information; below 1 lets Q's categories on real crops be "
-        "unequal in size, as on imbalanced smears; above 1 pushes them to be equal).",
+        help="Weight of the entropy of the categories' marginal in the IIC term (1: mutual information; "
+        "below 1 lets Q's categories be unequal in size, as on imbalanced smears; above 1: equal).",
         ge=0,
     )
     pair_neighbours: int = param(
         0,
-        help="Positives of the IIC term from nearest neighbours (SCAN): each real crop's second "
-        "view is one of its this-many nearest crops (cosine similarity of the crops shrunk to "
-        "16 px, found once before training), not a second view of itself. Works where "
-        "neighbours in pixel space share a kind (digits: 94% at 5); 0: two views of one crop. "
-        "Unused without the IIC term (lambda_pair_mi 0).",
+        help="Positives of the IIC term from nearest neighbours (SCAN): each real crop's second view "
+        "is one of its this-many nearest crops (cosine similarity at 16 px, found before training), "
+        "not a second view of itself. Works where pixel neighbours share a kind (digits: 94% at 5); "
+        "0: two views of one crop.",
         ge=0,
     )
     pair_neighbours_from: str = param(
@@ -282,20 +285,17 @@ class TrainConfig:
     )
     pair_neighbours_refresh: float = param(
         0.0,
-        help="Mine the neighbours again from D's own features (its trunk's output on the crops, "
-        "BatchNorm set by real crops) every this fraction of training: after some training they "
-        "share a kind far more often than pixels do (SCAN mines them from learned features). "
-        "0: the pixel neighbours throughout. Unused without neighbours.",
+        help="Mine the neighbours again from D's own features (its trunk's output on the crops) every "
+        "this fraction of training: they share a kind far more often than pixels do (SCAN). 0: the "
+        "pixel neighbours throughout.",
         ge=0,
         lt=1,
     )
     conditional_d: bool = param(
         False,
-        help="A class-conditional D (projection discriminator, Miyato & Koyama 2018): besides "
-        "real or generated, D asks whether an image looks like a real cell of its category, "
-        "G's code for generated images and Q's category for real ones (a self-conditioned GAN, "
-        "Liu et al. 2020). G is then paid for drawing what tells the categories apart on real "
-        "cells, not any cue Q can read. Needs a categorical code.",
+        help="A class-conditional D (projection discriminator, Miyato & Koyama 2018): besides real or "
+        "generated, D asks whether an image looks like a real cell of its category (G's code, Q's "
+        "category for real ones: Liu et al. 2020), so G must draw what tells the categories apart.",
     )
     lambda_mode_seeking: float = param(
         0.0,
@@ -304,19 +304,24 @@ class TrainConfig:
         "again and again. Costs G half a batch more per step. 0: off; 1 is the paper's.",
         ge=0,
     )
+    lambda_mode_seeking_labelled: float | None = param(
+        None,
+        help="lambda_mode_seeking of a run whose labelled crops supervise Q (partial_labels, "
+        "supervised_fraction): without labels varied samples cost the clustering, with them they "
+        "teach. null: lambda_mode_seeking.",
+        ge=0,
+    )
     q_overcluster: int = param(
         0,
-        help="Categories of an auxiliary over-clustering head on Q, trained only by "
-        "the IIC term (IIC's recipe: about 5x the categories of the code; 0: none). It "
-        "shapes D's features; the code's own head is what the analysis reads.",
+        help="Categories of an auxiliary over-clustering head on Q, trained only by the IIC term (IIC's "
+        "recipe: about 5x the code's categories; 0: none). It shapes D's features only.",
         ge=0,
     )
     split_largest: float = param(
         0.0,
-        help="Repair of merged kinds, for classes of similar size: at every split_every of "
-        "training, when a category holds more than r times the mean share of the real crops (or "
-        "the smallest less than 1/r), the largest is cut in two along its crops' main axis in Q "
-        "and the smallest given up for it (infogan_cells.training.split). 0: off; r above 1.",
+        help="Repair of merged kinds, for classes of similar size: every split_every of training, when "
+        "a category holds over r times the mean share of the real crops (or one under 1/r), the "
+        "largest is cut in two in Q and the smallest given up for it (training/split.py). 0: off.",
         ge=0,
     )
     split_every: float = param(
@@ -327,8 +332,7 @@ class TrainConfig:
     )
     supervised_batch: int = param(
         32,
-        help="Labelled real crops per step for the supervised loss, drawn with "
-        "classes equally often (semi-supervised runs only).",
+        help="Labelled real crops per step for the supervised loss, classes equally often.",
         ge=1,
     )
     augment: AugmentConfig = param(
@@ -348,13 +352,11 @@ class TrainConfig:
     )
     code_measures: list = param(
         default_factory=list,
-        help="Pin continuous codes to label-free measures of the image, one entry per code "
-        "('<measure>:<channel>', or null for a code Q reads freely as in InfoGAN): Q reads a pinned "
-        "code from that measure alone, through a fixed line set by the real crops' mean and sd, so the "
-        "code becomes a slider of it over the real cells' range. Measures: total (the stain above the "
-        "background), log_total, slant, for a stain brighter than its background (fluorescence, ink; "
-        "not a brightfield stain, darker than it); the channel may be left out for crops of one channel. "
-        "E.g. [log_total:DNA] for a DNA-content slider, [slant] for a digit's slant.",
+        help="Pin continuous codes to label-free measures of the image, one entry per code ('<measure>:"
+        "<channel>', or null for a code Q reads freely): Q reads a pinned code from that measure alone "
+        "(a fixed line set by the real crops' mean and sd), so the code becomes a slider of it. Measures: "
+        "total (stain above the background), log_total, slant, for a stain brighter than its background "
+        "(fluorescence, ink); the channel may be left out for one channel. E.g. [log_total:DNA], [slant].",
     )
     tick_images: int = param(4096, help="Images between progress records in stats.jsonl.", ge=1)
     snapshot_images: int = param(10240, help="Images between sample grids.", ge=1)

@@ -1,7 +1,8 @@
 """Checkpoints that rebuild themselves, and the device choice.
 
 ``network-final.pt`` holds, for each network, its
-constructor arguments and ``state_dict``, plus the :class:`LatentSpec` and metadata (channel
+constructor arguments and ``state_dict`` (``generator_snapshots``: a list of such entries, the
+EMA generator at earlier points of training), plus the :class:`LatentSpec` and metadata (channel
 names, the learned categorical prior, the resolved config). Only tensors and plain Python
 values: loadable with ``torch.load(weights_only=True)``. Resume state (optimisers, RNG
 states, counters) lives in a separate file owned by the training loop.
@@ -20,7 +21,7 @@ import torch
 from infogan_cells._io import atomic_path
 from infogan_cells.config import LatentSpec
 from infogan_cells.errors import ConfigError, InputError
-from infogan_cells.model.networks import Discriminator, Generator
+from infogan_cells.model.networks import Discriminator, Generator, GeneratorEnsemble
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,11 @@ def save_network(
     D: Discriminator,
     G_ema: Generator | None = None,
     meta: dict[str, Any] | None = None,
+    snapshots: list[dict] | None = None,
 ) -> None:
-    """Write G (and its EMA), D+Q and ``meta`` to ``path`` atomically."""
+    """Write G (and its EMA), D+Q and ``meta`` to ``path`` atomically; ``snapshots``: state
+    dicts of the EMA generator (G where there is none) at earlier points of training, oldest
+    first, which :func:`load_generator` joins with the final one."""
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -128,6 +132,9 @@ def save_network(
     }
     if G_ema is not None:
         payload["generator_ema"] = _net_entry(G_ema)
+    if snapshots:
+        kwargs = (G_ema if G_ema is not None else G).kwargs
+        payload["generator_snapshots"] = [{"kwargs": kwargs, "state_dict": sd} for sd in snapshots]
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -177,15 +184,20 @@ def _build(cls: type, entry: dict, device: torch.device | str, path: Path) -> to
 
 
 def load_generator(
-    path: str | Path, *, ema: bool = True, device: torch.device | str = "cpu"
-) -> tuple[Generator, LatentSpec, dict]:
-    """Rebuild the generator (the EMA one when present and ``ema``) in eval mode.
+    path: str | Path, *, ema: bool = True, device: torch.device | str = "cpu", snapshots: bool = False
+) -> tuple[Generator | GeneratorEnsemble, LatentSpec, dict]:
+    """Rebuild the generator (the EMA one when present and ``ema``) in eval mode; with
+    ``snapshots`` and ``ema``, the run's kept generators and the final one as one
+    :class:`GeneratorEnsemble` when the run kept any (``train.generator_snapshots``).
 
     Returns ``(G, spec, meta)``; ``meta`` holds channel names, the learned prior and the config.
     """
     payload = load_payload(path)
     key = "generator_ema" if ema and "generator_ema" in payload else "generator"
     G = _build(Generator, payload[key], device, Path(path))
+    kept = (payload.get("generator_snapshots") or []) if ema else []
+    if snapshots and kept:
+        G = GeneratorEnsemble([_build(Generator, e, device, Path(path)) for e in kept] + [G]).eval()
     return G, G.spec, payload["meta"]
 
 

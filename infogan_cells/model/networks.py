@@ -83,6 +83,38 @@ class Generator(nn.Module):
         return self.net(h)
 
 
+class GeneratorEnsemble(nn.Module):
+    """Generators of one latent space drawing as one: row ``r`` of a batch is drawn by member
+    ``r % len(members)``, so every batch draws from the members in equal parts.
+
+    One run's EMA generator draws nearly one cell per category; the same generator kept at other
+    points of training draws other cells (``train.generator_snapshots``, *docs/benchmarks.md*).
+    Each member sees a fixed share of every batch, so a row's output depends on its position and
+    the batch's size only, as for one :class:`Generator`.
+    """
+
+    def __init__(self, members: list[Generator]):
+        super().__init__()
+        if not members:
+            raise ValueError("GeneratorEnsemble needs at least one generator")
+        self.members = nn.ModuleList(members)
+        first = members[0]
+        self.spec, self.kwargs = first.spec, first.kwargs
+        self.img_size, self.channels = first.img_size, first.channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = len(self.members)
+        if not len(x):
+            return self.members[0](x)
+        out = None
+        for m, G in enumerate(self.members[: len(x)]):
+            y = G(x[m::n])
+            if out is None:
+                out = y.new_empty(len(x), *y.shape[1:])
+            out[m::n] = y
+        return out
+
+
 @dataclasses.dataclass
 class QOutput:
     """Q's estimate of the codes: raw logits per categorical code, and a Gaussian per continuous code."""

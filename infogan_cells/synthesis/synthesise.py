@@ -55,6 +55,7 @@ from infogan_cells.model.checkpoint import (
     network_path,
     resolve_device,
 )
+from infogan_cells.model.networks import GeneratorEnsemble
 from infogan_cells.progress import progress
 from infogan_cells.synthesis.gather import crop_pixel_size, write_tiff_stacks
 from infogan_cells.synthesis.generate import _Generating
@@ -129,7 +130,7 @@ def synthesise(
         raise InputError(f"{out_path}: already exists (pass --overwrite to replace it)")
     dev = resolve_device(device)
 
-    G, spec, meta = load_generator(run_dir, ema=config.use_ema, device=dev)
+    G, spec, meta = load_generator(run_dir, ema=config.use_ema, device=dev, snapshots=True)
     D, _, _ = load_discriminator(run_dir, device=dev)
     model_file = network_path(run_dir)
     map_path = Path(category_map) if category_map is not None else find_category_map(run_dir)
@@ -175,6 +176,8 @@ def synthesise(
         "start": start,
         "stop": stop,
         "pixel_size_um": crop_pixel_size(meta),
+        # sample k drawn by generator (k % micro_batch) % generators (train.generator_snapshots)
+        "generators": len(G.members) if isinstance(G, GeneratorEnsemble) else 1,
     }
     info = {"format": FORMAT + "-tiff", "model_sha256": attrs["model_sha256"], "package_version": __version__}
 

@@ -11,7 +11,7 @@
                            removed once network-final.pt is written)
     network-final.pt       G, EMA G, D+Q and meta (see :mod:`infogan_cells.model.checkpoint`); D's BatchNorm
                            statistics are recomputed on the real crops first (Q in eval mode reads
-                           real crops)
+                           real crops); with generator_snapshots, the EMA G of earlier points too
 
 Rerunning the same command after a kill resumes from ``resume.pt``; on the CPU the resumed run
 ends bit-identical to an uninterrupted one. A finished run (``network-final.pt`` for the same
@@ -30,6 +30,7 @@ semi-supervised, else empty), ``holdout`` (store rows kept out of training), ``i
 """
 
 import contextlib
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -58,10 +59,12 @@ from infogan_cells.training.rundir import (
     STATS_NAME,
     ResumeState,
     check_same_run,
+    cpu_state,
     grid_latent,
     read_stats,
     run_identity,
     save_snapshot,
+    snapshot_points,
     write_stats,
 )
 from infogan_cells.training.split import hidden_and_categories, split_largest
@@ -172,6 +175,9 @@ def train(
     # --- data
     crops = load_crops(crops_path, config, dev, torch.Generator().manual_seed(s_sup))
     n_crops, channels, img_size = crops.images.shape[0], crops.images.shape[1], crops.img_size
+    if crops.targets is not None and config.lambda_mode_seeking_labelled is not None:
+        log.info("labelled crops supervise Q: lambda_mode_seeking %s", config.lambda_mode_seeking_labelled)
+        config = dataclasses.replace(config, lambda_mode_seeking=config.lambda_mode_seeking_labelled)
     log.info(
         "%s: %d crops of %dx%d px, %d channel(s) on %s",
         crops_path,
@@ -196,6 +202,7 @@ def train(
 
     # --- resume
     mined = None  # the pair term's neighbours, once mined from D's features
+    kept: list[dict] = []  # the generator's weights at the points of snapshot_points(), so far
     if resume_path.exists():
         state = ResumeState.load(resume_path, ident)
         G.load_state_dict(state.G)
@@ -221,6 +228,7 @@ def train(
         tick_sums = {k: v.to(dev) for k, v in state.tick_sums.items()}
         tick_steps = state.tick_steps
         mined = state.neighbours
+        kept = list(state.snapshots)
         records = read_stats(stats_path, cur_nimg)
         log.info("%s: resuming at %d images", resume_path, cur_nimg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -239,6 +247,7 @@ def train(
     batches = Batches(crops, config, data_gen, latent_gen, neighbours=mined)
     want_q_real = config.prior == "learned"
     prior_start = int(config.prior_warmup * config.total_images)
+    keep_at = snapshot_points(config.total_images, config.generator_snapshots)
     split_every = int(config.split_every * config.total_images) if config.split_largest else 0
     pbar = None
     if progress:
@@ -295,6 +304,10 @@ def train(
                 )
                 t_tick += time.perf_counter() - t0  # snapshot time is not training time
 
+            # --- the generator kept for the ensemble of generator_snapshots
+            if any(prev < p <= cur_nimg for p in keep_at) and not done:
+                kept.append(cpu_state(G_ema if G_ema is not None else G))
+
             # --- the pair term's neighbours, mined again from D's features (before a checkpoint keeps them)
             if batches.refresh_every and crossed(batches.refresh_every) and not done:
                 batches.refresh_neighbours(D, cur_nimg)
@@ -329,6 +342,7 @@ def train(
                     tick_sums=tick_sums,
                     tick_steps=tick_steps,
                     neighbours=mined,
+                    snapshots=kept,
                 )
                 _save_resume(resume_path, state)
                 t_tick += time.perf_counter() - t0
@@ -362,7 +376,7 @@ def train(
         "torch": str(torch.__version__),
         "seconds": round(seconds, 3),
     }
-    save_network(final_path, G=G, D=D, G_ema=G_ema, meta=meta)
+    save_network(final_path, G=G, D=D, G_ema=G_ema, meta=meta, snapshots=kept)
     resume_path.unlink(missing_ok=True)  # the finished network supersedes it
     log.info("%s: trained on %d images in %.0f s", final_path, cur_nimg, seconds)
     return run_dir

@@ -59,6 +59,7 @@ class ResumeState:
     tick_sums: dict[str, torch.Tensor]
     tick_steps: int
     neighbours: torch.Tensor | None = None  # the pair term's neighbours once mined from D's features
+    snapshots: list[dict] = dataclasses.field(default_factory=list)  # generator_snapshots kept so far
 
     def save(self, path: Path) -> None:
         """Write the state atomically (CPU tensors: a run may resume on another device)."""
@@ -82,6 +83,18 @@ class ResumeState:
             raise InputError(f"{path}: not an infogan-cells resume state")
         check_same_run(path, state, identity)
         return cls(**{f.name: state[f.name] for f in dataclasses.fields(cls) if f.name in state})
+
+
+def snapshot_points(total_images: int, n: int) -> list[int]:
+    """Images seen at which the generator is kept for an ensemble of ``n`` (the final one is the
+    n-th): evenly spaced over training's second half, from its middle (``n`` 4: 1/2, 2/3, 5/6)."""
+    return [total_images * (n - 1 + i) // (2 * (n - 1)) for i in range(n - 1)]
+
+
+def cpu_state(net: torch.nn.Module) -> dict:
+    """A copy of ``net``'s weights on the host (what a checkpoint keeps of it)."""
+    net = getattr(net, "_orig_mod", net)  # unwrap torch.compile
+    return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
 
 
 def write_stats(path: Path, records: list[dict]) -> None:
