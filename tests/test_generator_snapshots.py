@@ -56,6 +56,11 @@ def test_training_keeps_the_ema_generator_at_each_point(tmp_path):
     for k in final:
         assert torch.equal(G.members[2].state_dict()[k], final[k])
         assert torch.equal(G.members[0].state_dict()[k], kept[0][k])
+    # points crowded into few steps (12, 14, 16 in one, 19 and 21 in the last): still one copy each
+    crowded = train(
+        store, tmp_path / "crowded", tiny_config(total_images=24, generator_snapshots=6), seed=0, device="cpu"
+    )
+    assert len(load_generator(crowded, snapshots=True)[0].members) == 6
     without = train(store, tmp_path / "single", tiny_config(total_images=96), seed=0, device="cpu")
     assert "generator_snapshots" not in torch.load(without / "network-final.pt", weights_only=True)
     assert isinstance(load_generator(without, snapshots=True)[0], Generator)

@@ -304,8 +304,9 @@ def train(
                 )
                 t_tick += time.perf_counter() - t0  # snapshot time is not training time
 
-            # --- the generator kept for the ensemble of generator_snapshots
-            if any(prev < p <= cur_nimg for p in keep_at) and not done:
+            # --- the generator kept for the ensemble of generator_snapshots (one copy per point:
+            # a short run may pass two in one step)
+            for _ in (p for p in keep_at if prev < p <= cur_nimg):
                 kept.append(cpu_state(G_ema if G_ema is not None else G))
 
             # --- the pair term's neighbours, mined again from D's features (before a checkpoint keeps them)
