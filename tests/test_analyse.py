@@ -21,7 +21,7 @@ from infogan_cells.config import AnalyseConfig, LatentSpec
 from infogan_cells.data.store import REQUIRED_OBS, write_crop_store
 from infogan_cells.errors import InputError
 from infogan_cells.model.checkpoint import save_network
-from infogan_cells.model.networks import Discriminator, Generator, QOutput, init_weights
+from infogan_cells.model.networks import Discriminator, Generator, GeneratorEnsemble, QOutput, init_weights
 
 SPEC = LatentSpec(z_dim=4, categorical=[3], n_continuous=2, continuous_range=1.0)
 LEVELS = (60, 130, 200)  # disk intensity of each category, grey levels on a black background
@@ -390,3 +390,22 @@ def test_code_rho_is_what_the_code_changes_inside_a_category(tmp_path):
     rho = table.set_index(["code", "feature"])["rho"]
     assert rho["c0", "area"] > 0.85 and rho["c0", "total_ch0"] > 0.85
     assert abs(rho["c1", "area"]) < 0.3
+
+
+def test_synthetic_cells_come_from_every_kept_generator(tmp_path, monkeypatch, report_calls):
+    """A run that kept earlier generators (train.generator_snapshots): the synthetic cells the
+    analysis scores and shows are drawn as synthesis draws them, from all; traversals from the last."""
+    from synth_runs import make_run
+
+    run = make_run(tmp_path / "run", snapshots=2)  # 16 px, 3 channels, 3 generators
+    crops = _write_crops(tmp_path / "crops.h5", [60, 130, 200] * 5, ["a", "b", "c"] * 5, 16)
+    drawn, traversed = [], []
+    generate, traverse = analyse_mod.generate, analyse_mod.traverse
+    monkeypatch.setattr(analyse_mod, "generate", lambda G, *a, **k: drawn.append(G) or generate(G, *a, **k))
+    monkeypatch.setattr(
+        analyse_mod, "traverse", lambda G, *a, **k: traversed.append(G) or traverse(G, *a, **k)
+    )
+    metrics = analyse(run, crops, tmp_path / "analysis", TINY, device="cpu")
+    assert metrics["generators"] == 3
+    assert drawn and all(isinstance(G, GeneratorEnsemble) and len(G.members) == 3 for G in drawn)
+    assert len(traversed) == 1 and not isinstance(traversed[0], GeneratorEnsemble)

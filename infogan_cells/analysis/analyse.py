@@ -30,7 +30,7 @@ and how close its synthetic cells come to real ones.
     traversals/catKK_codeJ.png / .gif   rows = a few z, columns = code J from -r to r
 
 Real crops are assigned with Q (the argmax of the first categorical code); synthetic crops come
-from the EMA generator with the run's categorical prior, except those the train-on-synthetic
+from the EMA generator(s) with the run's categorical prior, except those the train-on-synthetic
 classifiers learn from: equal shares of the categories, as ``synthesis.proportions: uniform``
 (the default) draws the synthetic data set. Every random draw has a fixed seed, so the same run
 and crops give the same files.
