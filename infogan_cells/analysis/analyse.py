@@ -79,7 +79,7 @@ from infogan_cells.data.store import holdout_split, read_crop_store
 from infogan_cells.errors import InputError
 from infogan_cells.model.checkpoint import load_discriminator, load_generator, resolve_device
 from infogan_cells.model.latent import sample_latent
-from infogan_cells.model.networks import GeneratorEnsemble
+from infogan_cells.model.networks import generators_of
 from infogan_cells.progress import progress
 
 log = logging.getLogger(__name__)
@@ -112,9 +112,10 @@ def _analyse(
     dev = resolve_device(device)
     out_dir = Path(out_dir)
     D, spec, meta = load_discriminator(run_dir, device=dev)
-    G, _, _ = load_generator(run_dir, ema=True, device=dev)  # traversals: one generator's codes
-    # synthetic cells as synthesis draws them: from every generator the run kept
+    # synthetic cells as synthesis draws them, from every generator the run kept; traversals
+    # show one generator's codes, the final one's
     G_all, _, _ = load_generator(run_dir, ema=True, device=dev, snapshots=True)
+    G = generators_of(G_all)[-1]
     crops = read_crop_store(crops_path)
     # the crops training saw: those that passed QC (crop_index keeps the store's row numbers)
     keep = crops.obs["qc_pass"].to_numpy(dtype=bool) if "qc_pass" in crops.obs else np.ones(len(crops), bool)
@@ -261,7 +262,7 @@ def _analyse(
         "n_crops": len(images),
         "n_labelled": int((labels != "").sum()),
         "n_categories": n_cat,
-        "generators": len(G_all.members) if isinstance(G_all, GeneratorEnsemble) else 1,
+        "generators": len(generators_of(G_all)),
         "categories": summary,
         "baselines": baselines,
         "codes": name_codes(codes_table, pinned_codes(D, channel_names)),

@@ -105,9 +105,15 @@ def autocast(device: torch.device, precision: str = "fp32") -> contextlib.Abstra
 # Networks
 
 
+def host_state(net: torch.nn.Module) -> dict:
+    """A copy of ``net``'s weights on the host, torch.compile unwrapped: what a checkpoint keeps
+    of it (a copy even on the CPU, so later steps do not change it)."""
+    net = getattr(net, "_orig_mod", net)
+    return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+
+
 def _net_entry(net: torch.nn.Module) -> dict:
-    net = getattr(net, "_orig_mod", net)  # unwrap torch.compile
-    return {"kwargs": net.kwargs, "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
+    return {"kwargs": getattr(net, "_orig_mod", net).kwargs, "state_dict": host_state(net)}
 
 
 def save_network(

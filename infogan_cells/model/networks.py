@@ -115,6 +115,11 @@ class GeneratorEnsemble(nn.Module):
         return out
 
 
+def generators_of(G: Generator | GeneratorEnsemble) -> list[Generator]:
+    """The generators that draw for ``G``, oldest first: an ensemble's members, else ``G`` itself."""
+    return list(G.members) if isinstance(G, GeneratorEnsemble) else [G]
+
+
 @dataclasses.dataclass
 class QOutput:
     """Q's estimate of the codes: raw logits per categorical code, and a Gaussian per continuous code."""

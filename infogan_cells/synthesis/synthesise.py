@@ -55,7 +55,7 @@ from infogan_cells.model.checkpoint import (
     network_path,
     resolve_device,
 )
-from infogan_cells.model.networks import GeneratorEnsemble
+from infogan_cells.model.networks import generators_of
 from infogan_cells.progress import progress
 from infogan_cells.synthesis.gather import crop_pixel_size, write_tiff_stacks
 from infogan_cells.synthesis.generate import _Generating
@@ -177,7 +177,7 @@ def synthesise(
         "stop": stop,
         "pixel_size_um": crop_pixel_size(meta),
         # sample k drawn by generator (k % micro_batch) % generators (train.generator_snapshots)
-        "generators": len(G.members) if isinstance(G, GeneratorEnsemble) else 1,
+        "generators": len(generators_of(G)),
     }
     info = {"format": FORMAT + "-tiff", "model_sha256": attrs["model_sha256"], "package_version": __version__}
 

@@ -46,6 +46,7 @@ from infogan_cells.errors import ConfigError
 from infogan_cells.model.augment import to_float
 from infogan_cells.model.checkpoint import (
     FINAL_NAME,
+    host_state,
     load_payload,
     resolve_device,
     resolve_precision,
@@ -59,7 +60,6 @@ from infogan_cells.training.rundir import (
     STATS_NAME,
     ResumeState,
     check_same_run,
-    cpu_state,
     grid_latent,
     read_stats,
     run_identity,
@@ -307,7 +307,7 @@ def train(
             # --- the generator kept for the ensemble of generator_snapshots (one copy per point:
             # a short run may pass two in one step)
             for _ in (p for p in keep_at if prev < p <= cur_nimg):
-                kept.append(cpu_state(G_ema if G_ema is not None else G))
+                kept.append(host_state(G_ema if G_ema is not None else G))
 
             # --- the pair term's neighbours, mined again from D's features (before a checkpoint keeps them)
             if batches.refresh_every and crossed(batches.refresh_every) and not done:

@@ -91,12 +91,6 @@ def snapshot_points(total_images: int, n: int) -> list[int]:
     return [total_images * (n - 1 + i) // (2 * (n - 1)) for i in range(n - 1)]
 
 
-def cpu_state(net: torch.nn.Module) -> dict:
-    """A copy of ``net``'s weights on the host (what a checkpoint keeps of it)."""
-    net = getattr(net, "_orig_mod", net)  # unwrap torch.compile
-    return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
-
-
 def write_stats(path: Path, records: list[dict]) -> None:
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
 
