@@ -1,7 +1,8 @@
 """Train-on-synthetic figures of trained runs, each scored by several classifiers.
 
 For each run directory (``network-final.pt`` with category names, i.e. a run whose crop store
-carried labels) this draws ``--n-synthetic`` cells from the EMA generator in equal shares of the
+carried labels) this draws ``--n-synthetic`` cells as synthesis does (from the EMA generator and
+any kept earlier, ``train.generator_snapshots``) in equal shares of the
 categories, labels each by its category's name, trains the analysis stage's small CNN on them
 from each of ``--classifier-seeds`` seeds, and scores every classifier on a fixed random fifth of
 the crop store's labelled crops (``--split-seed``): balanced accuracy (mean recall over classes).
@@ -36,7 +37,7 @@ from infogan_cells.model.latent import sample_latent  # noqa: E402
 
 
 def draw(run: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` cells from a run's EMA generator in equal shares of the categories, and their names."""
+    """``n`` cells from a run's EMA generator(s) in equal shares of the categories, and their names."""
     G, spec, meta = load_generator(run, ema=True, snapshots=True)  # as synthesis draws
     names = np.asarray(meta.get("category_labels") or [], dtype=str)
     if len(names) != spec.categorical[0]:
